@@ -1,0 +1,107 @@
+//! Injected time: [`Clock`] gives "now" in unix milliseconds and a way to sleep.
+//!
+//! `std::time::SystemTime::now()` and `Instant::now()` panic on `wasm32-unknown-unknown`, so
+//! core never reads the system clock. Adapters implement [`Clock`] (tokio natively, the
+//! Workers runtime at the edge); tests use [`ManualClock`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::transport::{MaybeSend, MaybeSync};
+
+/// A source of wall-clock time and a way to wait.
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+pub trait Clock: MaybeSend + MaybeSync + Debug {
+    /// Milliseconds since the unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Waits for `duration`.
+    async fn sleep(&self, duration: Duration);
+}
+
+/// A clock shared by many caches.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// A clock that only moves when told to: for deterministic tests.
+///
+/// [`Clock::sleep`] on a manual clock advances the clock by the duration and returns at once,
+/// so code that sleeps runs instantly and sees time pass.
+///
+/// # Examples
+///
+/// ```
+/// use larder_core::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(1_000);
+/// clock.advance(Duration::from_millis(250));
+/// assert_eq!(clock.now_ms(), 1_250);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    now: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock that reads `start_ms`.
+    pub fn new(start_ms: u64) -> Self {
+        ManualClock {
+            now: Arc::new(AtomicU64::new(start_ms)),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(duration_ms(by), Ordering::SeqCst);
+    }
+
+    /// Sets the clock to an absolute time.
+    pub fn set(&self, now_ms: u64) {
+        self.now.store(now_ms, Ordering::SeqCst);
+    }
+}
+
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        self.advance(duration);
+    }
+}
+
+/// Whole milliseconds of a duration, saturating, rounding a non-zero sub-millisecond duration
+/// up to 1 ms (Redis has no finer resolution and a TTL of 0 would mean "expire now").
+pub fn duration_ms(d: Duration) -> u64 {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 && !d.is_zero() { 1 } else { ms }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_sleep_advances() {
+        let c = ManualClock::new(10);
+        futures_executor::block_on(c.sleep(Duration::from_secs(2)));
+        assert_eq!(c.now_ms(), 2_010);
+        let c2 = c.clone();
+        c2.set(5);
+        assert_eq!(c.now_ms(), 5, "clones share one time");
+    }
+
+    #[test]
+    fn duration_ms_rounds_sub_ms_up() {
+        assert_eq!(duration_ms(Duration::from_micros(10)), 1);
+        assert_eq!(duration_ms(Duration::ZERO), 0);
+        assert_eq!(duration_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(duration_ms(Duration::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,35 @@
+//! larder-core: the runtime-agnostic heart of larder.
+//!
+//! Everything that decides lives here and compiles to `wasm32-unknown-unknown`: the key
+//! scheme, the value envelope, the memory LRU+TTL tier, the [`Cache`] trait and the Redis
+//! cache written over a [`Transport`]. There is no I/O, no async runtime and no system clock
+//! in this crate: adapters (`larder-native`, `larder-edge`) bring a [`Transport`] and a
+//! [`Clock`].
+
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod clock;
+pub mod envelope;
+pub mod error;
+pub mod keys;
+pub mod memory;
+pub mod redis;
+pub mod transport;
+pub mod value;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+pub use bytes::Bytes;
+pub use cache::{Cache, CacheExt, CacheStats, KeyTtl, SharedStats};
+pub use clock::{Clock, ManualClock, SharedClock};
+pub use envelope::{Decoded, Envelope};
+pub use error::{Error, ErrorKind, Result, TransportError};
+pub use keys::{KeyScheme, Stat, canonical_json, go_deep_agent_key, request_hash};
+pub use memory::{MemoryCache, MemoryCacheBuilder};
+pub use redis::{RedisCache, RedisCacheBuilder};
+pub use transport::{
+    Commands, MaybeSend, MaybeSync, ScanCursor, Script, SetOptions, SharedTransport, Transport,
+};
+pub use value::{Cmd, ToArg, Value};

@@ -1,0 +1,911 @@
+//! Unit and property tests of the memory tier.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_executor::block_on;
+use proptest::prelude::*;
+
+use super::{Lru, MemoryCache};
+use crate::cache::{Cache, CacheStats, KeyTtl};
+use crate::clock::{Clock, ManualClock};
+use crate::error::Error;
+
+const START: u64 = 1_700_000_000_000;
+
+/// A single-shard cache (exact LRU) on a manual clock.
+fn cache(max_entries: usize, max_bytes: u64) -> (ManualClock, MemoryCache) {
+    let clock = ManualClock::new(START);
+    let cache = MemoryCache::builder(Arc::new(clock.clone()))
+        .max_entries(max_entries)
+        .max_bytes(max_bytes)
+        .shards(1)
+        .build();
+    (clock, cache)
+}
+
+fn val(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn stats(cache: &MemoryCache) -> CacheStats {
+    block_on(cache.stats()).unwrap()
+}
+
+#[test]
+fn evicts_least_recently_used_first() {
+    let (_, c) = cache(3, 1 << 20);
+    for k in ["a", "b", "c", "d"] {
+        assert!(c.insert(k, val(k), None));
+    }
+    assert_eq!(c.shard_keys(0), ["d", "c", "b"]);
+    assert!(!c.contains("a"));
+    assert_eq!(stats(&c).evictions, 1);
+}
+
+#[test]
+fn lookup_refreshes_recency() {
+    let (_, c) = cache(3, 1 << 20);
+    for k in ["a", "b", "c"] {
+        c.insert(k, val(k), None);
+    }
+    assert_eq!(c.lookup("a"), Some(val("a")));
+    c.insert("d", val("d"), None);
+    assert_eq!(c.shard_keys(0), ["d", "a", "c"]);
+    assert!(
+        !c.contains("b"),
+        "b was the least recently used after a was read"
+    );
+}
+
+#[test]
+fn contains_and_ttl_do_not_refresh_recency() {
+    let (_, c) = cache(2, 1 << 20);
+    c.insert("a", val("a"), None);
+    c.insert("b", val("b"), None);
+    assert!(c.contains("a"));
+    assert_eq!(c.key_ttl("a"), KeyTtl::NoExpiry);
+    c.insert("c", val("c"), None);
+    assert!(!c.contains("a"));
+    assert_eq!(c.shard_keys(0), ["c", "b"]);
+}
+
+#[test]
+fn overwrite_refreshes_recency_and_keeps_one_entry() {
+    let (_, c) = cache(3, 1 << 20);
+    for k in ["a", "b", "c"] {
+        c.insert(k, val(k), None);
+    }
+    c.insert("a", val("A2"), None);
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.shard_keys(0), ["a", "c", "b"]);
+    assert_eq!(c.lookup("a"), Some(val("A2")));
+    assert_eq!(c.size_bytes(), 2 + 2 + 2 + 1);
+}
+
+#[test]
+fn byte_bound_evicts_until_it_fits() {
+    // Entry sizes are key + value: "k1" + 10 bytes = 12.
+    let (_, c) = cache(100, 40);
+    for k in ["k1", "k2", "k3"] {
+        c.insert(k, Bytes::from(vec![0; 10]), None);
+    }
+    assert_eq!(c.size_bytes(), 36);
+    // 2 + 20 = 22 bytes: k1 and k2 must go (36 - 24 + 22 = 34 <= 40).
+    assert!(c.insert("k4", Bytes::from(vec![0; 20]), None));
+    assert_eq!(c.shard_keys(0), ["k4", "k3"]);
+    assert_eq!(c.size_bytes(), 34);
+    assert_eq!(stats(&c).evictions, 2);
+}
+
+#[test]
+fn growing_a_value_in_place_evicts_others() {
+    let (_, c) = cache(100, 30);
+    c.insert("a", Bytes::from(vec![0; 9]), None);
+    c.insert("b", Bytes::from(vec![0; 9]), None);
+    c.insert("c", Bytes::from(vec![0; 9]), None);
+    assert!(c.insert("b", Bytes::from(vec![0; 19]), None));
+    assert_eq!(c.shard_keys(0), ["b", "c"]);
+    assert_eq!(c.size_bytes(), 30);
+}
+
+#[test]
+fn oversize_value_is_rejected_and_removes_the_old_value() {
+    let (_, c) = cache(10, 16);
+    assert!(c.insert("key", val("small"), None));
+    assert!(
+        !c.insert("key", Bytes::from(vec![0; 14]), None),
+        "3 + 14 > 16"
+    );
+    assert_eq!(c.lookup("key"), None, "the stale value must not survive");
+    assert!(c.is_empty());
+    assert_eq!(c.size_bytes(), 0);
+    let s = stats(&c);
+    assert_eq!((s.writes, s.evictions, s.deletes), (2, 1, 0));
+    // Exactly max_bytes fits.
+    assert!(c.insert("key", Bytes::from(vec![0; 13]), None));
+    // A set of an oversize value succeeds without storing anything.
+    block_on(c.set("other", Bytes::from(vec![0; 100]), None)).unwrap();
+    assert!(!c.contains("other"));
+}
+
+#[test]
+fn zero_max_entries_stores_nothing() {
+    let (_, c) = cache(0, 1 << 20);
+    assert!(!c.insert("a", val("a"), None));
+    assert!(c.is_empty());
+    assert!(!block_on(c.set_nx("a", val("a"), None)).unwrap());
+}
+
+#[test]
+fn ttl_expires_at_exactly_the_deadline() {
+    let (clock, c) = cache(10, 1 << 20);
+    c.insert("k", val("v"), Some(ms(1_000)));
+    clock.advance(ms(999));
+    assert_eq!(c.lookup("k"), Some(val("v")));
+    assert_eq!(c.key_ttl("k"), KeyTtl::ExpiresIn(ms(1)));
+    clock.advance(ms(1));
+    assert_eq!(c.lookup("k"), None);
+    assert!(c.is_empty(), "an expired entry found by a read is dropped");
+    let s = stats(&c);
+    assert_eq!((s.hits, s.misses, s.expirations), (1, 1, 1));
+}
+
+#[test]
+fn default_ttl_applies_only_without_explicit_ttl() {
+    let clock = ManualClock::new(START);
+    let c = MemoryCache::builder(Arc::new(clock.clone()))
+        .default_ttl(Some(Duration::from_secs(10)))
+        .build();
+    c.insert("default", val("1"), None);
+    c.insert("explicit", val("2"), Some(Duration::from_secs(60)));
+    assert_eq!(
+        c.key_ttl("default"),
+        KeyTtl::ExpiresIn(Duration::from_secs(10))
+    );
+    clock.advance(Duration::from_secs(30));
+    assert!(!c.contains("default"));
+    assert!(c.contains("explicit"));
+    // A zero default means "no default".
+    let c = MemoryCache::builder(Arc::new(clock))
+        .default_ttl(Some(Duration::ZERO))
+        .build();
+    assert_eq!(c.default_ttl(), None);
+    c.insert("k", val("v"), None);
+    assert_eq!(c.key_ttl("k"), KeyTtl::NoExpiry);
+}
+
+#[test]
+fn expired_entries_evicted_count_as_expirations_not_evictions() {
+    let (clock, c) = cache(2, 1 << 20);
+    c.insert("short", val("1"), Some(ms(10)));
+    c.insert("long", val("2"), None);
+    clock.advance(ms(10));
+    c.insert("new", val("3"), None); // "short" is the tail and already expired
+    c.insert("newer", val("4"), None); // "long" is the tail and live
+    let s = stats(&c);
+    assert_eq!((s.expirations, s.evictions), (1, 1));
+    assert_eq!(c.shard_keys(0), ["newer", "new"]);
+}
+
+#[test]
+fn set_nx_writes_over_an_expired_value() {
+    let (clock, c) = cache(10, 1 << 20);
+    block_on(async {
+        assert!(c.set_nx("lock", val("a"), Some(ms(100))).await.unwrap());
+        assert!(!c.set_nx("lock", val("b"), Some(ms(100))).await.unwrap());
+        assert_eq!(c.get("lock").await.unwrap(), Some(val("a")));
+        clock.advance(ms(100));
+        assert!(c.set_nx("lock", val("c"), None).await.unwrap());
+        assert_eq!(c.get("lock").await.unwrap(), Some(val("c")));
+        assert_eq!(c.ttl("lock").await.unwrap(), KeyTtl::NoExpiry);
+    });
+    assert_eq!(stats(&c).expirations, 1);
+}
+
+#[test]
+fn expire_and_ttl_semantics() {
+    let (clock, c) = cache(10, 1 << 20);
+    block_on(async {
+        assert!(!c.expire("missing", ms(100)).await.unwrap());
+        assert_eq!(c.ttl("missing").await.unwrap(), KeyTtl::Missing);
+        c.set("k", val("v"), None).await.unwrap();
+        assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::NoExpiry);
+        assert!(c.expire("k", ms(500)).await.unwrap());
+        assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::ExpiresIn(ms(500)));
+        clock.advance(ms(200));
+        assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::ExpiresIn(ms(300)));
+        // A sub-millisecond TTL rounds up to 1 ms, a zero one is refused.
+        assert!(c.expire("k", Duration::from_micros(10)).await.unwrap());
+        assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::ExpiresIn(ms(1)));
+        assert!(matches!(
+            c.expire("k", Duration::ZERO).await,
+            Err(Error::InvalidInput(_))
+        ));
+        clock.advance(ms(1));
+        assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::Missing);
+        assert!(
+            !c.expire("k", ms(100)).await.unwrap(),
+            "expired keys cannot be revived"
+        );
+    });
+}
+
+#[test]
+fn zero_ttl_writes_are_rejected() {
+    let (_, c) = cache(10, 1 << 20);
+    block_on(async {
+        let zero = Some(Duration::ZERO);
+        assert!(matches!(
+            c.set("k", val("v"), zero).await,
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            c.set_nx("k", val("v"), zero).await,
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            c.mset(&[("k", val("v"))], zero).await,
+            Err(Error::InvalidInput(_))
+        ));
+    });
+    assert!(c.is_empty());
+    assert_eq!(stats(&c).writes, 0);
+}
+
+#[test]
+fn get_with_ttl_reports_remaining_time() {
+    let (clock, c) = cache(10, 1 << 20);
+    block_on(async {
+        c.set("t", val("1"), Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        c.set("n", val("2"), None).await.unwrap();
+        clock.advance(Duration::from_secs(12));
+        assert_eq!(
+            c.get_with_ttl("t").await.unwrap(),
+            Some((val("1"), Some(Duration::from_secs(18))))
+        );
+        assert_eq!(c.get_with_ttl("n").await.unwrap(), Some((val("2"), None)));
+        assert_eq!(c.get_with_ttl("x").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn mget_keeps_order_and_tells_empty_from_missing() {
+    let (_, c) = cache(10, 1 << 20);
+    block_on(async {
+        c.mset(
+            &[("a", val("1")), ("empty", Bytes::new()), ("c", val("3"))],
+            None,
+        )
+        .await
+        .unwrap();
+        let got = c.mget(&["c", "missing", "empty", "a"]).await.unwrap();
+        assert_eq!(
+            got,
+            vec![Some(val("3")), None, Some(Bytes::new()), Some(val("1"))]
+        );
+        assert_eq!(c.mget(&[]).await.unwrap(), vec![]);
+    });
+    let s = stats(&c);
+    assert_eq!((s.hits, s.misses, s.writes), (3, 1, 3));
+}
+
+#[test]
+fn delete_pattern_removes_only_matching_keys() {
+    let clock = ManualClock::new(START);
+    let c = MemoryCache::builder(Arc::new(clock.clone()))
+        .shards(4)
+        .max_entries(1_000)
+        .build();
+    block_on(async {
+        for i in 0..50 {
+            c.set(&format!("user:{i}"), val("u"), None).await.unwrap();
+            c.set(&format!("session:{i}"), val("s"), None)
+                .await
+                .unwrap();
+        }
+        c.set("user:expired", val("x"), Some(ms(5))).await.unwrap();
+        clock.advance(ms(5));
+        assert_eq!(
+            c.delete_pattern("user:*").await.unwrap(),
+            50,
+            "expired keys are not counted"
+        );
+        assert_eq!(c.delete_pattern("user:*").await.unwrap(), 0);
+        assert_eq!(c.delete_pattern("session:[0-4]").await.unwrap(), 5);
+        assert!(c.exists("session:10").await.unwrap());
+        assert!(!c.exists("session:3").await.unwrap());
+    });
+    assert_eq!(c.len(), 45);
+    let s = stats(&c);
+    assert_eq!((s.deletes, s.expirations), (55, 1));
+}
+
+#[test]
+fn clear_returns_the_number_of_live_entries() {
+    let (clock, c) = cache(10, 1 << 20);
+    block_on(async {
+        c.set("a", val("1"), None).await.unwrap();
+        c.set("b", val("2"), None).await.unwrap();
+        c.set("gone", val("3"), Some(ms(1))).await.unwrap();
+        clock.advance(ms(1));
+        assert_eq!(c.clear().await.unwrap(), 2);
+        assert_eq!(c.get("a").await.unwrap(), None);
+        assert_eq!(c.clear().await.unwrap(), 0);
+    });
+    let s = stats(&c);
+    assert_eq!(
+        (s.deletes, s.expirations, s.entries, s.bytes),
+        (2, 1, Some(0), Some(0))
+    );
+}
+
+#[test]
+fn delete_reports_whether_a_live_value_existed() {
+    let (clock, c) = cache(10, 1 << 20);
+    block_on(async {
+        c.set("k", val("v"), Some(ms(10))).await.unwrap();
+        assert!(c.delete("k").await.unwrap());
+        assert!(!c.delete("k").await.unwrap());
+        c.set("k", val("v"), Some(ms(10))).await.unwrap();
+        clock.advance(ms(10));
+        assert!(
+            !c.delete("k").await.unwrap(),
+            "an expired key is already gone"
+        );
+    });
+    let s = stats(&c);
+    assert_eq!((s.deletes, s.expirations, s.entries), (1, 1, Some(0)));
+}
+
+#[test]
+fn closed_cache_returns_closed_for_every_call() {
+    let (_, c) = cache(10, 1 << 20);
+    let other = c.clone();
+    block_on(async {
+        c.set("k", val("v"), None).await.unwrap();
+        c.close().await.unwrap();
+        assert!(matches!(other.get("k").await, Err(Error::Closed)));
+        assert!(matches!(other.get_with_ttl("k").await, Err(Error::Closed)));
+        assert!(matches!(
+            other.set("k", val("v"), None).await,
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            other.set_nx("k", val("v"), None).await,
+            Err(Error::Closed)
+        ));
+        assert!(matches!(other.delete("k").await, Err(Error::Closed)));
+        assert!(matches!(other.exists("k").await, Err(Error::Closed)));
+        assert!(matches!(other.ttl("k").await, Err(Error::Closed)));
+        assert!(matches!(other.expire("k", ms(1)).await, Err(Error::Closed)));
+        assert!(matches!(other.mget(&["k"]).await, Err(Error::Closed)));
+        assert!(matches!(
+            other.mset(&[("k", val("v"))], None).await,
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            other.delete_pattern("*").await,
+            Err(Error::Closed)
+        ));
+        assert!(matches!(other.clear().await, Err(Error::Closed)));
+        assert!(matches!(other.stats().await, Err(Error::Closed)));
+        assert!(matches!(other.ping().await, Err(Error::Closed)));
+        assert!(other.close().await.is_ok(), "close is idempotent");
+    });
+    assert!(c.is_empty(), "closing drops the entries");
+    assert!(
+        !c.insert("k", val("v"), None),
+        "a closed cache stores nothing"
+    );
+    assert!(c.is_empty());
+    assert!(format!("{c:?}").contains("closed: true"));
+}
+
+#[test]
+fn removed_slots_are_reused() {
+    let mut lru = Lru::new(4, 1 << 20);
+    for round in 0..100u64 {
+        for k in ["a", "b", "c", "d"] {
+            lru.insert(k, val(k), None, round);
+        }
+        assert!(lru.remove("b", round).is_some());
+        assert!(lru.remove("d", round).is_some());
+        lru.insert("e", val("e"), None, round);
+        lru.check_invariants();
+        // "e" reuses a freed slot, so do "b" and "d" next round; "a"/"c" update in place.
+    }
+    assert_eq!(
+        lru.slot_count(),
+        4,
+        "freed slots are reused, the slab never grows"
+    );
+    assert_eq!(lru.len(), 3);
+}
+
+#[test]
+fn slots_never_exceed_max_entries_under_churn() {
+    let mut lru = Lru::new(8, 1 << 20);
+    for i in 0..10_000 {
+        lru.insert(&format!("key{i}"), val("v"), None, 0);
+    }
+    assert_eq!(lru.len(), 8);
+    assert_eq!(
+        lru.slot_count(),
+        8,
+        "evicting before inserting reuses the evicted slot"
+    );
+    lru.check_invariants();
+}
+
+#[test]
+fn unicode_and_odd_keys_are_distinct_and_sized_in_bytes() {
+    let (_, c) = cache(100, 1 << 20);
+    let keys = [
+        "ключ",
+        "🦀",
+        "clé",
+        "cle\u{301}",
+        "with space",
+        "",
+        "nul\0byte",
+        "key:{x}",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        assert!(c.insert(k, Bytes::from(vec![i as u8; i]), None));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            c.lookup(k),
+            Some(Bytes::from(vec![i as u8; i])),
+            "key {k:?}"
+        );
+    }
+    let expected: usize = keys.iter().enumerate().map(|(i, k)| k.len() + i).sum();
+    assert_eq!(c.size_bytes(), expected as u64);
+    assert_eq!(
+        block_on(c.delete_pattern("cl?")).unwrap(),
+        0,
+        "? matches one byte, not a char"
+    );
+    assert_eq!(block_on(c.delete_pattern("ключ")).unwrap(), 1);
+}
+
+#[test]
+fn stats_count_reads_writes_and_corruption() {
+    let (_, c) = cache(10, 1 << 20);
+    block_on(async {
+        c.set("a", val("1"), None).await.unwrap();
+        c.get("a").await.unwrap();
+        c.get("a").await.unwrap();
+        c.get("b").await.unwrap();
+        c.exists("a").await.unwrap(); // not a read
+        c.record_corrupt();
+        c.delete("a").await.unwrap();
+    });
+    let s = stats(&c);
+    assert_eq!(
+        (s.hits, s.misses, s.writes, s.deletes, s.corrupt),
+        (1, 2, 1, 1, 1),
+        "the corrupt read is reported as a miss, not a hit"
+    );
+    assert_eq!((s.errors, s.evictions, s.expirations), (0, 0, 0));
+    assert_eq!((s.entries, s.bytes), (Some(0), Some(0)));
+    assert!((s.hit_rate() - 1.0 / 3.0).abs() < 1e-9);
+    block_on(c.ping()).unwrap();
+}
+
+#[test]
+fn purge_expired_drops_only_expired_entries() {
+    let (clock, c) = cache(10, 1 << 20);
+    c.insert("a", val("1"), Some(ms(10)));
+    c.insert("b", val("2"), Some(ms(20)));
+    c.insert("c", val("3"), None);
+    clock.advance(ms(15));
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.purge_expired(), 1);
+    assert_eq!(c.shard_keys(0), ["c", "b"]);
+    assert_eq!(stats(&c).expirations, 1);
+}
+
+#[test]
+fn shard_count_follows_the_documented_rules() {
+    let clock: crate::SharedClock = Arc::new(ManualClock::new(0));
+    let shards = |b: super::MemoryCacheBuilder| b.build().shard_count();
+    let b = || MemoryCache::builder(clock.clone());
+    let native = !cfg!(target_arch = "wasm32");
+    assert_eq!(shards(b()), if native { 16 } else { 1 }); // 10_000 entries, 256 MiB
+    assert_eq!(shards(b().max_entries(100)), if native { 2 } else { 1 }); // >= 32 per shard
+    assert_eq!(shards(b().max_bytes(3 << 20)), if native { 2 } else { 1 }); // >= 1 MiB per shard
+    assert_eq!(shards(b().max_entries(10)), 1);
+    assert_eq!(shards(b().shards(5)), 8);
+    assert_eq!(shards(b().shards(0)), 1);
+    assert_eq!(shards(b().shards(1 << 20).max_entries(1 << 20)), 1024);
+    assert_eq!(
+        shards(b().shards(16).max_entries(6)),
+        4,
+        "every shard holds an entry"
+    );
+}
+
+#[test]
+fn bounds_are_split_exactly_across_shards() {
+    let c = MemoryCache::builder(Arc::new(ManualClock::new(0)))
+        .shards(4)
+        .max_entries(10)
+        .max_bytes(1_003)
+        .build();
+    let lrus: Vec<_> = c
+        .inner
+        .shards
+        .iter()
+        .map(|s| {
+            let l = s.0.lock();
+            (l.max_entries(), l.max_bytes())
+        })
+        .collect();
+    assert_eq!(lrus, [(3, 251), (3, 251), (2, 251), (2, 250)]);
+    assert_eq!((c.max_entries(), c.max_bytes()), (10, 1_003));
+}
+
+#[test]
+fn clones_share_entries_and_debug_hides_nothing_sensitive() {
+    let (_, c) = cache(10, 1 << 20);
+    let d = c.clone();
+    c.insert("k", val("v"), None);
+    assert_eq!(d.lookup("k"), Some(val("v")));
+    let dbg = format!("{c:?}");
+    assert!(
+        dbg.starts_with("MemoryCache {") && dbg.contains("max_entries: 10"),
+        "{dbg}"
+    );
+}
+
+/// A clock that must not be read: entries without a TTL never need the time.
+#[derive(Debug)]
+struct NoClock;
+
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+impl Clock for NoClock {
+    fn now_ms(&self) -> u64 {
+        panic!("the clock was read for an entry without a TTL")
+    }
+    async fn sleep(&self, _: Duration) {}
+}
+
+#[test]
+fn entries_without_ttl_never_read_the_clock() {
+    let c = MemoryCache::builder(Arc::new(NoClock))
+        .max_entries(2)
+        .build();
+    for k in ["a", "b", "c", "a"] {
+        c.insert(k, val(k), None);
+    }
+    assert_eq!(c.lookup("a"), Some(val("a")));
+    assert_eq!(c.lookup_with_ttl("a"), Some((val("a"), None)));
+    assert_eq!(c.lookup("b"), None);
+    assert!(c.contains("c"));
+    assert_eq!(c.key_ttl("c"), KeyTtl::NoExpiry);
+    assert!(c.remove("c"));
+    assert_eq!(c.clear_all(), 1);
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn concurrent_use_keeps_bounds_on_16_shards() {
+    const MAX_ENTRIES: usize = 512;
+    const MAX_BYTES: u64 = 64 * 1024;
+    let clock = ManualClock::new(START);
+    let c = MemoryCache::builder(Arc::new(clock.clone()))
+        .shards(16)
+        .max_entries(MAX_ENTRIES)
+        .max_bytes(MAX_BYTES)
+        .build();
+    assert_eq!(c.shard_count(), 16);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let c = c.clone();
+            let clock = clock.clone();
+            std::thread::spawn(move || {
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for i in 0..20_000u64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = format!("k{}", x % 2_000);
+                    match x % 8 {
+                        0 => {
+                            c.remove(&key);
+                        }
+                        1 => {
+                            c.insert(
+                                &key,
+                                Bytes::from(vec![0; (x % 300) as usize]),
+                                Some(ms(x % 50 + 1)),
+                            );
+                        }
+                        2 | 3 => {
+                            c.insert(&key, Bytes::from(vec![1; (x % 200) as usize]), None);
+                        }
+                        4 if i % 64 == 0 => {
+                            clock.advance(ms(7));
+                            assert!(c.len() <= MAX_ENTRIES);
+                            assert!(c.size_bytes() <= MAX_BYTES);
+                        }
+                        _ => {
+                            if let Some(v) = c.lookup(&key) {
+                                assert!(v.iter().all(|&b| b == v[0]));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("worker panicked");
+    }
+    assert!(c.len() <= MAX_ENTRIES);
+    assert!(c.size_bytes() <= MAX_BYTES);
+    for shard in 0..16 {
+        c.shard_keys(shard); // checks the shard's invariants
+    }
+    let s = c.current_stats();
+    assert!(
+        s.writes > 0 && s.evictions > 0 && s.hits + s.misses > 0,
+        "{s:?}"
+    );
+    assert_eq!(s.entries, Some(c.len() as u64));
+}
+
+// ---------------------------------------------------------------------------------------
+// Property tests.
+
+const KEYS: [&str; 7] = ["a", "b", "c", "dd", "eee", "ключ", "🦀"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get(usize),
+    GetWithTtl(usize),
+    Insert(usize, usize, Option<u64>),
+    Remove(usize),
+    Contains(usize),
+    Ttl(usize),
+    Advance(u64),
+    Purge,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0..KEYS.len();
+    prop_oneof![
+        3 => key.clone().prop_map(Op::Get),
+        1 => key.clone().prop_map(Op::GetWithTtl),
+        4 => (key.clone(), 0..40usize, prop::option::of(0..200u64))
+            .prop_map(|(k, len, ttl)| Op::Insert(k, len, ttl)),
+        1 => key.clone().prop_map(Op::Remove),
+        1 => key.clone().prop_map(Op::Contains),
+        1 => key.prop_map(Op::Ttl),
+        2 => (0..120u64).prop_map(Op::Advance),
+        1 => Just(Op::Purge),
+    ]
+}
+
+/// The obvious LRU: a vector, most recently used first, with the documented rules.
+#[derive(Debug, Default)]
+struct Model {
+    /// (key, value, absolute expiry)
+    entries: Vec<(String, Vec<u8>, Option<u64>)>,
+    max_entries: usize,
+    max_bytes: u64,
+    default_ttl: Option<u64>,
+    now: u64,
+    stats: CacheStats,
+}
+
+impl Model {
+    fn expired(&self, i: usize) -> bool {
+        self.entries[i].2.is_some_and(|t| self.now >= t)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|(k, v, _)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
+    fn live(&mut self, key: &str) -> Option<usize> {
+        let i = self.entries.iter().position(|e| e.0 == key)?;
+        if self.expired(i) {
+            self.entries.remove(i);
+            self.stats.expirations += 1;
+            return None;
+        }
+        Some(i)
+    }
+
+    fn get(&mut self, key: &str) -> Option<(Vec<u8>, Option<Duration>)> {
+        match self.live(key) {
+            Some(i) => {
+                self.stats.hits += 1;
+                let e = self.entries.remove(i);
+                let ttl = e.2.map(|t| Duration::from_millis(t - self.now));
+                let v = e.1.clone();
+                self.entries.insert(0, e);
+                Some((v, ttl))
+            }
+            None => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    fn insert(&mut self, key: &str, value: Vec<u8>, ttl: Option<u64>) -> bool {
+        self.stats.writes += 1;
+        let expires = ttl.or(self.default_ttl).map(|t| self.now + t);
+        if let Some(i) = self.entries.iter().position(|e| e.0 == key) {
+            if self.expired(i) {
+                self.stats.expirations += 1;
+            }
+            self.entries.remove(i);
+        }
+        if (key.len() + value.len()) as u64 > self.max_bytes || self.max_entries == 0 {
+            self.stats.evictions += 1;
+            return false;
+        }
+        self.entries.insert(0, (key.to_owned(), value, expires));
+        while self.entries.len() > self.max_entries || self.bytes() > self.max_bytes {
+            let last = self.entries.len() - 1;
+            if self.expired(last) {
+                self.stats.expirations += 1;
+            } else {
+                self.stats.evictions += 1;
+            }
+            self.entries.pop();
+        }
+        true
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        match self.live(key) {
+            Some(i) => {
+                self.entries.remove(i);
+                self.stats.deletes += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn ttl(&mut self, key: &str) -> KeyTtl {
+        match self.live(key) {
+            None => KeyTtl::Missing,
+            Some(i) => match self.entries[i].2 {
+                None => KeyTtl::NoExpiry,
+                Some(t) => KeyTtl::ExpiresIn(Duration::from_millis(t - self.now)),
+            },
+        }
+    }
+
+    fn purge(&mut self) -> usize {
+        let before = self.entries.len();
+        let now = self.now;
+        self.entries.retain(|e| e.2.is_none_or(|t| now < t));
+        let n = before - self.entries.len();
+        self.stats.expirations += n as u64;
+        n
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn single_shard_matches_the_reference_model(
+        max_entries in 0..6usize,
+        max_bytes in 0..120u64,
+        default_ttl in prop::option::of(1..300u64),
+        ops in prop::collection::vec(op(), 1..150),
+    ) {
+        let clock = ManualClock::new(START);
+        let c = MemoryCache::builder(Arc::new(clock.clone()))
+            .shards(1)
+            .max_entries(max_entries)
+            .max_bytes(max_bytes)
+            .default_ttl(default_ttl.map(Duration::from_millis))
+            .build();
+        let mut m = Model { max_entries, max_bytes, default_ttl, now: START, ..Model::default() };
+        for op in ops {
+            match op {
+                Op::Get(k) => {
+                    let got = c.lookup(KEYS[k]).map(|b| b.to_vec());
+                    prop_assert_eq!(got, m.get(KEYS[k]).map(|(v, _)| v), "{:?}", op);
+                }
+                Op::GetWithTtl(k) => {
+                    let got = c.lookup_with_ttl(KEYS[k]).map(|(b, t)| (b.to_vec(), t));
+                    prop_assert_eq!(got, m.get(KEYS[k]), "{:?}", op);
+                }
+                Op::Insert(k, len, ttl) => {
+                    let value = vec![len as u8; len];
+                    let stored = c.insert(KEYS[k], Bytes::from(value.clone()), ttl.map(Duration::from_millis));
+                    prop_assert_eq!(stored, m.insert(KEYS[k], value, ttl), "{:?}", op);
+                }
+                Op::Remove(k) => prop_assert_eq!(c.remove(KEYS[k]), m.remove(KEYS[k]), "{:?}", op),
+                Op::Contains(k) => {
+                    prop_assert_eq!(c.contains(KEYS[k]), m.live(KEYS[k]).is_some(), "{:?}", op)
+                }
+                Op::Ttl(k) => prop_assert_eq!(c.key_ttl(KEYS[k]), m.ttl(KEYS[k]), "{:?}", op),
+                Op::Advance(d) => {
+                    clock.advance(Duration::from_millis(d));
+                    m.now += d;
+                }
+                Op::Purge => prop_assert_eq!(c.purge_expired(), m.purge(), "{:?}", op),
+            }
+            let order: Vec<&str> = m.entries.iter().map(|e| e.0.as_str()).collect();
+            prop_assert_eq!(c.shard_keys(0), order, "after {:?}", op);
+            prop_assert_eq!(c.len(), m.entries.len());
+            prop_assert_eq!(c.size_bytes(), m.bytes());
+            let mut expected = m.stats.clone();
+            expected.entries = Some(m.entries.len() as u64);
+            expected.bytes = Some(m.bytes());
+            prop_assert_eq!(c.current_stats(), expected, "after {:?}", op);
+        }
+    }
+
+    #[test]
+    fn lru_invariants_hold_after_random_operations(
+        max_entries in 0..10usize,
+        max_bytes in 0..200u64,
+        ops in prop::collection::vec((0..9u8, 0..12usize, 0..50usize, 0..100u64), 1..300),
+    ) {
+        let mut lru = Lru::new(max_entries, max_bytes);
+        let mut now = START;
+        for (kind, k, len, d) in ops {
+            let key = format!("key{k}");
+            match kind {
+                0 | 1 => {
+                    lru.insert(&key, Bytes::from(vec![7; len]), None, now);
+                }
+                2 => {
+                    lru.insert(&key, Bytes::from(vec![7; len]), Some(now + d), now);
+                }
+                3 => {
+                    lru.get(&key, now);
+                }
+                4 => {
+                    lru.remove(&key, now);
+                }
+                5 => {
+                    lru.set_expiry(&key, Some(now + d), now);
+                }
+                6 => now += d,
+                7 => {
+                    if d < 10 {
+                        lru.remove_matching(|key| key.ends_with('1'), now);
+                    } else if d < 20 {
+                        lru.clear(now);
+                    } else {
+                        lru.purge_expired(now);
+                    }
+                }
+                _ => {
+                    if let Some(v) = lru.peek(&key, now) {
+                        prop_assert!(v.iter().all(|&b| b == 7));
+                    }
+                }
+            }
+            lru.check_invariants();
+            prop_assert_eq!(lru.iter().len(), lru.len());
+            prop_assert_eq!(lru.stats().entries, Some(lru.len() as u64));
+        }
+    }
+}

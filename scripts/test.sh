@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every check and test of larder. Installs what is missing on a fresh machine first.
+#
+#   bash scripts/test.sh
+#
+# Steps: tool setup, cargo fmt --check, clippy -D warnings, all tests (unit, doc,
+# conformance), the core built for wasm32-unknown-unknown, the quickstart example.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step "setup"
+if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null \
+  || ! command -v redis-cli >/dev/null; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server redis-sentinel redis-tools >/dev/null
+fi
+# The Debian package starts a redis-server on 6379; our tests start their own servers on
+# free ports and never rely on it.
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+for comp in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$comp" || rustup component add "$comp"
+done
+redis-server --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo test"
+cargo test --workspace --all-features
+
+step "larder-core for wasm32-unknown-unknown"
+cargo build -p larder-core --target wasm32-unknown-unknown
+cargo build -p larder-core --features test-util --target wasm32-unknown-unknown
+
+step "quickstart (README command 1)"
+cargo run --quiet --example quickstart
+
+step "all checks passed"

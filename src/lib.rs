@@ -25,6 +25,11 @@
 
 #![deny(missing_docs)]
 
+/// The README's code, compiled as a doctest so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use larder_core::*;
 
 #[cfg(feature = "native")]

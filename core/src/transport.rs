@@ -283,21 +283,22 @@ impl Script {
 
     /// The `EVALSHA` command for these keys and arguments.
     pub fn evalsha_cmd(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
-        Cmd::new("EVALSHA")
-            .arg(self.sha1.as_str())
-            .arg(keys.len())
-            .args_from(keys.iter().copied())
-            .args_from(args.iter().copied())
+        eval_cmd("EVALSHA", self.sha1.as_bytes(), keys, args)
     }
 
     /// The `EVAL` command for these keys and arguments.
     pub fn eval_cmd(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
-        Cmd::new("EVAL")
-            .arg(self.source)
-            .arg(keys.len())
-            .args_from(keys.iter().copied())
-            .args_from(args.iter().copied())
+        eval_cmd("EVAL", self.source.as_bytes(), keys, args)
     }
+}
+
+/// `EVAL`/`EVALSHA` `script numkeys key… arg…`.
+fn eval_cmd(name: &str, script: &[u8], keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+    Cmd::new(name)
+        .arg(script)
+        .arg(keys.len())
+        .args_from(keys.iter().copied())
+        .args_from(args.iter().copied())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -426,22 +427,18 @@ pub trait Commands: Transport {
 
     /// `EVAL script numkeys key… arg…`.
     async fn eval(&self, script: &str, keys: &[&[u8]], args: &[&[u8]]) -> Result<Value> {
-        let cmd = Cmd::new("EVAL")
-            .arg(script)
-            .arg(keys.len())
-            .args_from(keys.iter().copied())
-            .args_from(args.iter().copied());
-        server(self.exec(cmd).await?)
+        server(
+            self.exec(eval_cmd("EVAL", script.as_bytes(), keys, args))
+                .await?,
+        )
     }
 
     /// `EVALSHA sha numkeys key… arg…`.
     async fn evalsha(&self, sha1: &str, keys: &[&[u8]], args: &[&[u8]]) -> Result<Value> {
-        let cmd = Cmd::new("EVALSHA")
-            .arg(sha1)
-            .arg(keys.len())
-            .args_from(keys.iter().copied())
-            .args_from(args.iter().copied());
-        server(self.exec(cmd).await?)
+        server(
+            self.exec(eval_cmd("EVALSHA", sha1.as_bytes(), keys, args))
+                .await?,
+        )
     }
 
     /// Runs a [`Script`]: `EVALSHA`, then `EVAL` if the server does not know the script.

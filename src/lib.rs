@@ -33,7 +33,10 @@ pub struct ReadmeDoctests;
 pub use larder_core::*;
 
 #[cfg(feature = "native")]
-pub use larder_native::{self as native, SystemClock};
+pub use larder_native::{
+    self as native, CacheBuilder, RedisCacheExt, RedisCacheOptions, RedisTransport,
+    SentinelOptions, SystemClock,
+};
 
 #[cfg(feature = "edge")]
 pub use larder_edge as edge;

@@ -348,29 +348,9 @@ fn main() {
     println!("\n### Heap overhead per entry (100k entries; excludes key and value bytes)\n");
     println!("| contender | bytes/entry |\n|---|---|");
     let n = 100_000;
-    let makers: Vec<(&str, Box<dyn Fn(usize) -> Box<dyn Contender>>)> = vec![
-        (
-            "larder MemoryCache",
-            Box::new(|n| contenders(n).into_iter().next().expect("larder")),
-        ),
-        (
-            "larder Lru",
-            Box::new(|n| contenders(n).into_iter().nth(1).expect("lru")),
-        ),
-        (
-            "lru (Mutex)",
-            Box::new(|n| contenders(n).into_iter().nth(2).expect("lru crate")),
-        ),
-        (
-            "moka sync",
-            Box::new(|n| contenders(n).into_iter().nth(3).expect("moka")),
-        ),
-        (
-            "quick_cache sync",
-            Box::new(|n| contenders(n).into_iter().nth(4).expect("quick")),
-        ),
-    ];
-    for (name, make) in &makers {
-        println!("| {name} | {:.0} |", overhead_per_entry(make.as_ref(), n));
+    for i in 0..contenders(1).len() {
+        let name = contenders(1)[i].name();
+        let make = |n: usize| contenders(n).swap_remove(i);
+        println!("| {name} | {:.0} |", overhead_per_entry(&make, n));
     }
 }

@@ -13,9 +13,10 @@
 //!
 //! Hits, misses and writes are counted locally and added to the shared counters
 //! `{prefix}:stats:hits|misses|writes` with `INCRBY`, sent in the same pipeline as the next
-//! write — or the next read once [`RedisCacheBuilder::stats_batch`] operations are pending —
-//! so counting never costs the caller a round trip. [`RedisCache::flush_stats`] pushes them
-//! explicitly (a background task natively, `ctx.wait_until` on Workers).
+//! operation once [`RedisCacheBuilder::stats_batch`] increments are pending, so counting
+//! never costs the caller a round trip and costs Redis one small command per batch, not per
+//! operation. [`RedisCache::flush_stats`] pushes them explicitly (from a periodic task
+//! natively, `ctx.wait_until` on Workers); [`Cache::stats`] and [`Cache::close`] flush too.
 
 use std::fmt;
 use std::sync::Arc;
@@ -180,8 +181,8 @@ impl<T: Transport> RedisCacheBuilder<T> {
         self
     }
 
-    /// Pending statistic increments after which a read carries them to Redis in its own
-    /// pipeline (default 64; writes always carry them). 0 makes every read carry them.
+    /// Pending statistic increments after which the next operation carries them to Redis in
+    /// its own pipeline (default 64). 0 makes every operation carry them.
     pub fn stats_batch(mut self, batch: u64) -> Self {
         self.stats_batch = batch;
         self
@@ -292,12 +293,12 @@ impl<T: Transport> RedisCache<T> {
             .collect()
     }
 
-    /// Runs `cmds` in one round trip, carrying pending stats when `with_stats` or when the
-    /// batch threshold is reached. Returns the replies to `cmds` only.
-    async fn run(&self, mut cmds: Vec<Cmd>, with_stats: bool) -> Result<Vec<Value>> {
+    /// Runs `cmds` in one round trip, carrying pending stats when the batch threshold is
+    /// reached. Returns the replies to `cmds` only.
+    async fn run(&self, mut cmds: Vec<Cmd>) -> Result<Vec<Value>> {
         self.check_open()?;
         let n = cmds.len();
-        let carry = with_stats || self.inner.pending.total() > self.inner.stats_batch;
+        let carry = self.inner.pending.total() > self.inner.stats_batch;
         let taken = if carry {
             self.inner.pending.take()
         } else {
@@ -328,8 +329,8 @@ impl<T: Transport> RedisCache<T> {
         }
     }
 
-    async fn run_one(&self, cmd: Cmd, with_stats: bool) -> Result<Value> {
-        let mut replies = self.run(vec![cmd], with_stats).await?;
+    async fn run_one(&self, cmd: Cmd) -> Result<Value> {
+        let mut replies = self.run(vec![cmd]).await?;
         Ok(replies.pop().expect("one reply"))
     }
 
@@ -381,7 +382,7 @@ impl<T: Transport> RedisCache<T> {
 impl<T: Transport> Cache for RedisCache<T> {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let reply = self
-            .run_one(Cmd::new("GET").arg(self.inner.keys.value_key(key)), false)
+            .run_one(Cmd::new("GET").arg(self.inner.keys.value_key(key)))
             .await?;
         let value = self.checked(bulk_opt("GET", reply))?;
         self.count(
@@ -398,10 +399,7 @@ impl<T: Transport> Cache for RedisCache<T> {
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>> {
         let k = self.inner.keys.value_key(key);
         let mut replies = self
-            .run(
-                vec![Cmd::new("GET").arg(&k), Cmd::new("PTTL").arg(&k)],
-                false,
-            )
+            .run(vec![Cmd::new("GET").arg(&k), Cmd::new("PTTL").arg(&k)])
             .await?;
         let pttl = replies.pop().expect("two replies");
         let value = self.checked(bulk_opt("GET", replies.pop().expect("two replies")))?;
@@ -418,10 +416,9 @@ impl<T: Transport> Cache for RedisCache<T> {
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let ttl = self.ttl_or_default(ttl)?;
         let cmd = SetOptions::ttl(ttl).command(self.inner.keys.value_key(key).as_bytes(), &value);
-        // Count the write first so it travels in this very pipeline.
-        self.count(Stat::Writes, 1);
-        let reply = self.run_one(cmd, true).await?;
+        let reply = self.run_one(cmd).await?;
         self.checked(set_reply(reply))?;
+        self.count(Stat::Writes, 1);
         Ok(())
     }
 
@@ -430,7 +427,7 @@ impl<T: Transport> Cache for RedisCache<T> {
         let cmd = SetOptions::ttl(ttl)
             .nx()
             .command(self.inner.keys.value_key(key).as_bytes(), &value);
-        let reply = self.run_one(cmd, true).await?;
+        let reply = self.run_one(cmd).await?;
         let written = self.checked(set_reply(reply))?;
         if written {
             self.count(Stat::Writes, 1);
@@ -440,10 +437,7 @@ impl<T: Transport> Cache for RedisCache<T> {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let reply = self
-            .run_one(
-                Cmd::new("UNLINK").arg(self.inner.keys.value_key(key)),
-                false,
-            )
+            .run_one(Cmd::new("UNLINK").arg(self.inner.keys.value_key(key)))
             .await?;
         let existed = self.checked(int("UNLINK", reply))? > 0;
         if existed {
@@ -454,17 +448,14 @@ impl<T: Transport> Cache for RedisCache<T> {
 
     async fn exists(&self, key: &str) -> Result<bool> {
         let reply = self
-            .run_one(
-                Cmd::new("EXISTS").arg(self.inner.keys.value_key(key)),
-                false,
-            )
+            .run_one(Cmd::new("EXISTS").arg(self.inner.keys.value_key(key)))
             .await?;
         Ok(self.checked(int("EXISTS", reply))? > 0)
     }
 
     async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let reply = self
-            .run_one(Cmd::new("PTTL").arg(self.inner.keys.value_key(key)), false)
+            .run_one(Cmd::new("PTTL").arg(self.inner.keys.value_key(key)))
             .await?;
         Ok(match self.checked(int("PTTL", reply))? {
             -2 => KeyTtl::Missing,
@@ -480,7 +471,6 @@ impl<T: Transport> Cache for RedisCache<T> {
                 Cmd::new("PEXPIRE")
                     .arg(self.inner.keys.value_key(key))
                     .arg(crate::clock::duration_ms(ttl)),
-                false,
             )
             .await?;
         Ok(self.checked(int("PEXPIRE", reply))? == 1)
@@ -492,7 +482,7 @@ impl<T: Transport> Cache for RedisCache<T> {
             return Ok(Vec::new());
         }
         let cmd = Cmd::new("MGET").args_from(keys.iter().map(|k| self.inner.keys.value_key(k)));
-        let reply = self.run_one(cmd, false).await?;
+        let reply = self.run_one(cmd).await?;
         let values = self.checked(mget_reply(reply, keys.len()))?;
         let hits = values.iter().filter(|v| v.is_some()).count() as u64;
         self.count(Stat::Hits, hits);
@@ -511,11 +501,11 @@ impl<T: Transport> Cache for RedisCache<T> {
             .iter()
             .map(|(k, v)| opts.command(self.inner.keys.value_key(k).as_bytes(), v))
             .collect();
-        self.count(Stat::Writes, entries.len() as u64);
-        let replies = self.run(cmds, true).await?;
+        let replies = self.run(cmds).await?;
         for reply in replies {
             self.checked(set_reply(reply))?;
         }
+        self.count(Stat::Writes, entries.len() as u64);
         Ok(())
     }
 
@@ -645,22 +635,21 @@ mod tests {
     }
 
     #[test]
-    fn stats_ride_on_the_next_write() {
+    fn stats_wait_for_the_batch_even_on_writes() {
         block_on(async {
             let t = MemTransport::new();
             let c = RedisCache::builder(t.clone()).prefix("p").build();
             c.get("missing").await.unwrap();
             c.get("missing").await.unwrap();
-            assert_eq!(
-                t.get(b"p:stats:misses").await.unwrap(),
-                None,
-                "reads do not flush below the batch"
-            );
             t.reset_counters();
             c.set("k", b("v"), None).await.unwrap();
-            assert_eq!(t.calls(), 1);
-            let log = t.command_log();
-            assert_eq!(log, vec!["SET", "INCRBY", "INCRBY"], "{log:?}");
+            assert_eq!(
+                t.command_log(),
+                vec!["SET"],
+                "a write alone carries no INCRBY"
+            );
+            assert_eq!(t.get(b"p:stats:misses").await.unwrap(), None);
+            c.flush_stats().await.unwrap();
             assert_eq!(t.get(b"p:stats:misses").await.unwrap(), Some(b("2")));
             assert_eq!(t.get(b"p:stats:writes").await.unwrap(), Some(b("1")));
             assert_eq!(t.get(b"p:stats:hits").await.unwrap(), None);
@@ -680,8 +669,9 @@ mod tests {
             }
             assert_eq!(t.get(b"p:stats:misses").await.unwrap(), None);
             t.reset_counters();
-            c.get("x").await.unwrap();
+            c.set("k", b("v"), None).await.unwrap();
             assert_eq!(t.calls(), 1, "still one round trip");
+            assert_eq!(t.command_log(), vec!["SET", "INCRBY"]);
             assert_eq!(t.get(b"p:stats:misses").await.unwrap(), Some(b("4")));
         });
     }
@@ -692,17 +682,20 @@ mod tests {
             let t = MemTransport::new();
             let c = RedisCache::builder(t.clone()).prefix("p").build();
             c.get("x").await.unwrap();
+            c.set("k", b("v"), None).await.unwrap();
             t.fail_next(1, ErrorKind::Io);
-            let err = c.set("k", b("v"), None).await.unwrap_err();
+            let err = c.flush_stats().await.unwrap_err();
             assert_eq!(err.transport_kind(), Some(ErrorKind::Io));
+            t.fail_next(1, ErrorKind::Io);
+            assert!(c.set("k2", b("v"), None).await.is_err());
             c.flush_stats().await.unwrap();
             assert_eq!(t.get(b"p:stats:misses").await.unwrap(), Some(b("1")));
             assert_eq!(
                 t.get(b"p:stats:writes").await.unwrap(),
                 Some(b("1")),
-                "the failed write was attempted and counted once"
+                "only the acknowledged write is counted"
             );
-            assert_eq!(c.stats().await.unwrap().errors, 1);
+            assert_eq!(c.stats().await.unwrap().errors, 2);
         });
     }
 

@@ -1,12 +1,37 @@
 //! larder-native: what larder needs on a native (tokio) runtime.
 //!
-//! Today: [`SystemClock`], the wall clock and tokio timer that native caches use. The
-//! redis-rs transport (standalone, Cluster, Sentinel), the HTTP gateway and the `larder` CLI
-//! are built here next.
+//! - [`RedisTransport`]: larder's `Transport` on redis-rs 1.8 for a standalone server, a
+//!   Redis Cluster or a Sentinel-managed master, with bounded calls while Redis is down,
+//!   slot-aware pipelines and scans on every master, and failover following.
+//! - [`RedisCacheExt`] (`RedisCache::connect(url)`, `new_redis`, `from_options`,
+//!   `from_sentinel`) with [`RedisCacheOptions`] / [`SentinelOptions`], and [`CacheBuilder`],
+//!   the seed's builder API returning an `Arc<dyn Cache>`.
+//! - [`SystemClock`], the wall clock and tokio timer that native caches use.
+//!
+//! ```no_run
+//! # async fn demo() -> larder_core::Result<()> {
+//! use larder_core::{Cache, RedisCache};
+//! use larder_native::RedisCacheExt;
+//!
+//! let cache = RedisCache::connect("redis://127.0.0.1:6379").await?;
+//! cache.set("greeting", "hello".into(), None).await?;
+//! # Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 
 mod clock;
+mod connect;
+mod options;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+pub mod transport;
 
 pub use clock::SystemClock;
+pub use connect::{CacheBuilder, DEFAULT_MEMORY_CAPACITY, RedisCacheExt};
 pub use larder_core as core;
+pub use options::{
+    DEFAULT_DIAL_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    RedisCacheOptions, SentinelOptions,
+};
+pub use transport::{RedisTransport, Topology};

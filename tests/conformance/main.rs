@@ -6,4 +6,7 @@
 
 #[macro_use]
 mod suite;
+mod cluster;
 mod mem;
+mod sentinel;
+mod standalone;

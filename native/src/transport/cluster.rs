@@ -1,0 +1,342 @@
+//! Redis Cluster: redis-rs's async `ClusterConnection`, plus what it lacks for a cache.
+//!
+//! - **Pipelines across slots.** redis-rs rejects a pipeline whose commands cross slots, so
+//!   a pipeline is [planned](super::slots::Plan): one pipeline per slot, run concurrently,
+//!   replies put back in order; multi-key commands inside it are split per slot the same
+//!   way. (A single multi-key command outside a pipeline is split by redis-rs itself.)
+//! - **Scanning every master.** A plain `SCAN` reaches one random node; [`Cluster::scan_page`]
+//!   lists the masters (`CLUSTER SLOTS`) when a scan starts and walks them one after the
+//!   other, routing each `SCAN` by address. [`ScanCursor::node`] indexes that list.
+//! - **Bounded failover stalls.** redis-rs waits at least 1.28 s between retries by default
+//!   (a master kill stalled one `SET` 7.8 s here); retries here wait 10–300 ms, and every
+//!   request is bounded by the call budget.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use larder_core::transport::parse_scan_reply;
+use larder_core::{Cmd, ErrorKind, ScanCursor, TransportError, Value};
+use parking_lot::RwLock;
+use redis::aio::ConnectionLike;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use tokio::sync::OnceCell;
+
+use super::convert::{
+    deadline_error, from_redis_value, replies, reply, to_redis_cmd, to_redis_pipeline,
+    transport_error,
+};
+use super::slots::{Plan, Sub};
+use crate::options::Settings;
+
+/// Retries of one request inside redis-rs (redirections, reconnects, `TRYAGAIN`…); the call
+/// budget cuts them short anyway.
+const CLUSTER_RETRIES: u32 = 10;
+/// Shortest wait between retries, in ms (redis-rs default: 1280).
+const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 10;
+/// Longest wait between retries, in ms.
+const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 300;
+
+/// `pool_size` cluster connections (each with its own connection per node), used
+/// round-robin; each opens on first use unless opened eagerly.
+pub(crate) struct Cluster {
+    client: ClusterClient,
+    conns: Vec<OnceCell<ClusterConnection>>,
+    next: AtomicUsize,
+    /// Masters as `(host, port)`, listed when a scan starts.
+    masters: RwLock<Vec<(String, u16)>>,
+    budget: Duration,
+    /// The seed addresses (no credentials), for messages.
+    label: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("seeds", &self.label)
+            .field("connections", &self.conns.len())
+            .field("masters", &*self.masters.read())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Connects to the cluster through `seeds`, opening `min_idle_conns` connections now.
+    pub(crate) async fn connect(
+        seeds: Vec<redis::ConnectionInfo>,
+        s: &Settings,
+    ) -> Result<Cluster, TransportError> {
+        let label = seeds
+            .iter()
+            .map(|i| i.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut builder = ClusterClientBuilder::new(seeds)
+            .connection_timeout(s.dial_timeout)
+            .response_timeout(s.response_timeout())
+            .overall_response_timeout(Some(s.call_budget()))
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
+            .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
+            .retry_wait_formula(10, 2);
+        if let Some(user) = &s.username {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &s.password {
+            builder = builder.password(password);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| transport_error(&e, &format!("connecting to cluster {label}")))?;
+        let cluster = Cluster {
+            client,
+            conns: (0..s.pool_size.max(1)).map(|_| OnceCell::new()).collect(),
+            next: AtomicUsize::new(0),
+            masters: RwLock::new(Vec::new()),
+            budget: s.call_budget(),
+            label,
+        };
+        let eager = s.min_idle_conns.min(cluster.conns.len());
+        let opened = try_join_all((0..eager).map(|i| cluster.conn_at(i)));
+        match tokio::time::timeout(cluster.budget, opened).await {
+            Ok(Ok(_)) => Ok(cluster),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(deadline_error(
+                &format!("connecting to cluster {}", cluster.label),
+                cluster.budget,
+            )),
+        }
+    }
+
+    async fn conn_at(&self, i: usize) -> Result<ClusterConnection, TransportError> {
+        self.conns[i]
+            .get_or_try_init(|| async {
+                self.client.get_async_connection().await.map_err(|e| {
+                    transport_error(&e, &format!("connecting to cluster {}", self.label))
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    async fn conn(&self) -> Result<ClusterConnection, TransportError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conn_at(i).await
+    }
+
+    /// Runs one command. redis-rs routes it: by its key's slot, to every master for keyless
+    /// commands that need it (`FLUSHDB`…), and split per slot for `MGET`, `MSET`, `DEL`,
+    /// `UNLINK`, `EXISTS` and `TOUCH` (replies reassembled in key order, counts added).
+    pub(crate) async fn exec(&self, cmd: Cmd) -> Result<Value, TransportError> {
+        let mut conn = self.conn().await?;
+        let result = conn.req_packed_command(&to_redis_cmd(&cmd)).await;
+        reply(result, || cmd.name())
+    }
+
+    /// Runs a pipeline: one pipeline per slot, concurrently, replies in the caller's order.
+    pub(crate) async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
+        let conn = self.conn().await?;
+        let mut plan = Plan::new(cmds);
+        let subs = plan.take_subs();
+        let results = run_subs(conn, subs).await?;
+        plan.assemble(results)
+    }
+
+    /// One page of a scan over every master (see the module docs).
+    pub(crate) async fn scan_page(
+        &self,
+        cursor: ScanCursor,
+        pattern: &[u8],
+        count: usize,
+    ) -> Result<(ScanCursor, Vec<Bytes>), TransportError> {
+        if cursor.is_done() {
+            return Ok((cursor, Vec::new()));
+        }
+        let mut conn = self.conn().await?;
+        if cursor == ScanCursor::START || self.masters.read().is_empty() {
+            let masters = list_masters(&mut conn).await?;
+            *self.masters.write() = masters;
+        }
+        let Some((host, port)) = self.masters.read().get(cursor.node).cloned() else {
+            return Ok((ScanCursor::done(), Vec::new()));
+        };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor.cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port,
+        });
+        let result = conn.route_command(scan, routing).await;
+        let value = reply(result, || format!("SCAN on master {host}:{port}"))?;
+        if let Value::Error(e) = &value {
+            return Err(TransportError::new(
+                ErrorKind::Unavailable,
+                format!("SCAN on master {host}:{port} failed: {e}; retry later"),
+            ));
+        }
+        let (next, keys) = parse_scan_reply(value)?;
+        let masters = self.masters.read().len();
+        let next = if next != 0 {
+            ScanCursor::at(cursor.node, next)
+        } else if cursor.node + 1 < masters {
+            ScanCursor::at(cursor.node + 1, 0)
+        } else {
+            ScanCursor::done()
+        };
+        Ok((next, keys))
+    }
+}
+
+/// Lists the masters with `CLUSTER SLOTS`, in slot order, without duplicates.
+async fn list_masters(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>, TransportError> {
+    let cmd = redis::cmd("CLUSTER").arg("SLOTS").to_owned();
+    let value = conn
+        .req_packed_command(&cmd)
+        .await
+        .map_err(|e| transport_error(&e, "CLUSTER SLOTS"))?;
+    parse_cluster_slots(from_redis_value(value))
+}
+
+/// Parses a `CLUSTER SLOTS` reply into the masters, ordered by their first slot.
+pub(crate) fn parse_cluster_slots(value: Value) -> Result<Vec<(String, u16)>, TransportError> {
+    let bad = |what: &str| {
+        TransportError::new(
+            ErrorKind::Protocol,
+            format!("unexpected CLUSTER SLOTS reply: {what}"),
+        )
+    };
+    let Value::Array(ranges) = value else {
+        return Err(bad(&format!("{value:?}")));
+    };
+    let mut found: Vec<(i64, String, u16)> = Vec::new();
+    for range in ranges {
+        let Value::Array(parts) = range else {
+            return Err(bad("a range is not an array"));
+        };
+        let start = parts
+            .first()
+            .and_then(Value::as_int)
+            .ok_or_else(|| bad("no start slot"))?;
+        let Some(Value::Array(master)) = parts.get(2) else {
+            return Err(bad("a range has no master"));
+        };
+        let host = master
+            .first()
+            .and_then(|h| h.as_bytes())
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .ok_or_else(|| bad("master without host"))?;
+        let port = master
+            .get(1)
+            .and_then(Value::as_int)
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| bad("master without port"))?;
+        match found.iter_mut().find(|(_, h, p)| *h == host && *p == port) {
+            Some(entry) => entry.0 = entry.0.min(start),
+            None => found.push((start, host, port)),
+        }
+    }
+    found.sort_by_key(|(start, _, _)| *start);
+    Ok(found.into_iter().map(|(_, h, p)| (h, p)).collect())
+}
+
+fn master_of(slot: u16) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master))
+}
+
+/// Runs the sub-commands of a plan: one pipeline per slot and the keyless commands one by
+/// one, all concurrently. Returns the replies indexed like `subs`.
+async fn run_subs(conn: ClusterConnection, subs: Vec<Sub>) -> Result<Vec<Value>, TransportError> {
+    let (groups, keyless) = Plan::groups(&subs);
+    let subs = &subs;
+    let slot_runs = groups.into_iter().map(|(slot, idxs)| {
+        let mut conn = conn.clone();
+        async move {
+            let values = if idxs.len() == 1 {
+                let cmd = &subs[idxs[0]].cmd;
+                let result = conn
+                    .route_command(to_redis_cmd(cmd), RoutingInfo::SingleNode(master_of(slot)))
+                    .await;
+                vec![reply(result, || cmd.name())?]
+            } else {
+                let pipe = to_redis_pipeline(idxs.iter().map(|&i| &subs[i].cmd));
+                let result = conn
+                    .route_pipeline(pipe, 0, idxs.len(), master_of(slot))
+                    .await;
+                replies(result, idxs.len(), || format!("pipeline on slot {slot}"))?
+            };
+            Ok::<_, TransportError>(idxs.into_iter().zip(values).collect::<Vec<_>>())
+        }
+    });
+    let keyless_runs = keyless.into_iter().map(|i| {
+        let mut conn = conn.clone();
+        async move {
+            let cmd = &subs[i].cmd;
+            let result = conn.req_packed_command(&to_redis_cmd(cmd)).await;
+            Ok::<_, TransportError>(vec![(i, reply(result, || cmd.name())?)])
+        }
+    });
+    let (by_slot, by_name) =
+        futures_util::future::try_join(try_join_all(slot_runs), try_join_all(keyless_runs)).await?;
+    let mut results = vec![Value::Nil; subs.len()];
+    for (i, v) in by_slot.into_iter().chain(by_name).flatten() {
+        results[i] = v;
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::Bulk(Bytes::copy_from_slice(host.as_bytes())),
+            Value::Int(port),
+            Value::Bulk(Bytes::from_static(b"id")),
+        ])
+    }
+
+    #[test]
+    fn cluster_slots_give_masters_in_slot_order() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16383),
+                node("127.0.0.1", 7002),
+                node("127.0.0.1", 7005),
+            ]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 7000),
+                node("127.0.0.1", 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("127.0.0.1", 7001),
+            ]),
+            Value::Array(vec![
+                Value::Int(16000),
+                Value::Int(16001),
+                node("127.0.0.1", 7000),
+            ]),
+        ]);
+        assert_eq!(
+            parse_cluster_slots(reply).unwrap(),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001),
+                ("127.0.0.1".to_owned(), 7002)
+            ]
+        );
+        assert!(parse_cluster_slots(Value::Int(1)).is_err());
+    }
+}

@@ -1,0 +1,586 @@
+//! [`RedisTransport`]: larder's [`Transport`] on redis-rs, for a standalone server, a Redis
+//! Cluster or a Sentinel-managed master.
+//!
+//! The transport translates and bounds; it decides nothing that core could decide. Per
+//! topology it adds what redis-rs's defaults lack under failure (measured in the design
+//! notes): a reconnect policy that fails fast while Redis is down, slot-aware pipelines and
+//! full-cluster scans, and a Sentinel client that follows failovers. On top of that, every
+//! call is cut off after `dial_timeout + write_timeout + read_timeout`, whatever redis-rs is
+//! doing underneath.
+
+mod cluster;
+mod convert;
+mod pool;
+mod sentinel;
+mod slots;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use larder_core::{Cmd, Error, ErrorKind, ScanCursor, Transport, TransportError, Value};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use tracing::Instrument;
+
+use crate::options::{RedisCacheOptions, SentinelOptions, Settings, redact_url};
+use cluster::Cluster;
+use convert::{deadline_error, unavailable_reply};
+use pool::Pool;
+use sentinel::Sentinel;
+
+/// Which kind of deployment a [`RedisTransport`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One server.
+    Standalone,
+    /// A Redis Cluster.
+    Cluster,
+    /// A master found through Redis Sentinel.
+    Sentinel,
+}
+
+impl Topology {
+    /// `"standalone"`, `"cluster"` or `"sentinel"` (stable, for logs and metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::Standalone => "standalone",
+            Topology::Cluster => "cluster",
+            Topology::Sentinel => "sentinel",
+        }
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+enum Backend {
+    Standalone(Pool),
+    Cluster(Box<Cluster>),
+    Sentinel(Sentinel),
+}
+
+struct Inner {
+    backend: Backend,
+    /// The hard limit of one call.
+    budget: Duration,
+    tracing: bool,
+    metrics: bool,
+    closed: AtomicBool,
+}
+
+/// A [`Transport`] over redis-rs: standalone, Cluster or Sentinel. Cheap to clone (clones
+/// share the connections).
+///
+/// Build one with [`connect`](RedisTransport::connect),
+/// [`from_options`](RedisTransport::from_options) or
+/// [`from_sentinel`](RedisTransport::from_sentinel), or let
+/// [`RedisCacheExt`](crate::RedisCacheExt) build the cache around it.
+///
+/// # Errors and time limits
+///
+/// A command the server rejects comes back in band as [`Value::Error`] with the server's
+/// text (`WRONGTYPE …`, `NOSCRIPT …`). `Err` means the transport failed:
+/// [`ErrorKind::Io`] (refused, reset), [`ErrorKind::Timeout`], [`ErrorKind::Auth`],
+/// [`ErrorKind::Protocol`], [`ErrorKind::Closed`], or [`ErrorKind::Unavailable`] — no
+/// master known, or a reply that says the server cannot serve anyone right now (`LOADING`,
+/// `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`), which fails the whole
+/// call, pipelines included. No call takes longer than
+/// [`call_timeout`](RedisTransport::call_timeout).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> larder_core::Result<()> {
+/// use larder_core::{Cmd, Transport};
+/// use larder_native::RedisTransport;
+///
+/// let redis = RedisTransport::connect("redis://127.0.0.1:6379").await?;
+/// let pong = redis.exec(Cmd::new("PING")).await?;
+/// assert!(pong.as_bytes() == Some(b"PONG"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisTransport {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RedisTransport");
+        match &self.inner.backend {
+            Backend::Standalone(p) => d.field("standalone", p),
+            Backend::Cluster(c) => d.field("cluster", c),
+            Backend::Sentinel(s) => d.field("sentinel", s),
+        };
+        d.field("call_timeout", &self.inner.budget)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl RedisTransport {
+    /// Connects to the server (or cluster) a URL names: `redis://[user:password@]host:port[/db]`,
+    /// `rediss://…` for TLS, or several comma-separated URLs for a Redis Cluster. Other
+    /// settings are the [`RedisCacheOptions`] defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a malformed URL; [`Error::Transport`] when the server
+    /// cannot be reached or refuses the credentials.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let addrs: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        RedisTransport::from_options(&RedisCacheOptions::default().addrs(addrs)).await
+    }
+
+    /// Connects as the options say: one address is a standalone server, several a Cluster.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for bad options (no address, a malformed one, a database other
+    /// than 0 on a Cluster, `rediss://` without the `tls` feature); [`Error::Transport`] when
+    /// Redis cannot be reached in time or refuses the credentials.
+    pub async fn from_options(opts: &RedisCacheOptions) -> Result<Self, Error> {
+        let settings = opts.settings();
+        let infos = opts
+            .addrs
+            .iter()
+            .map(|a| connection_info(a, &settings))
+            .collect::<Result<Vec<_>, _>>()?;
+        let backend = match infos.len() {
+            0 => {
+                return Err(Error::InvalidInput(
+                    "no Redis address given; set RedisCacheOptions::addrs".into(),
+                ));
+            }
+            1 => Backend::Standalone(
+                Pool::connect(infos.into_iter().next().expect("one"), &settings).await?,
+            ),
+            _ => {
+                if settings.db != 0 {
+                    return Err(Error::InvalidInput(format!(
+                        "Redis Cluster has only database 0, but db = {} was asked for",
+                        settings.db
+                    )));
+                }
+                Backend::Cluster(Box::new(Cluster::connect(infos, &settings).await?))
+            }
+        };
+        Ok(RedisTransport::with_backend(backend, &settings))
+    }
+
+    /// Finds the master through Redis Sentinel and follows it across failovers (see
+    /// [`SentinelOptions`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for bad options; [`Error::Transport`] when no sentinel names a
+    /// master that confirms its role in time, or credentials are refused.
+    pub async fn from_sentinel(opts: &SentinelOptions) -> Result<Self, Error> {
+        let settings = opts.settings();
+        if opts.master_name.is_empty() {
+            return Err(Error::InvalidInput(
+                "empty master name; set SentinelOptions::master_name".into(),
+            ));
+        }
+        let sentinels = opts
+            .sentinel_addrs
+            .iter()
+            .map(|a| {
+                sentinel::sentinel_info(
+                    a,
+                    opts.sentinel_username.as_deref(),
+                    opts.sentinel_password.as_deref(),
+                )
+                .map_err(|e| Error::InvalidInput(e.message().to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if sentinels.is_empty() {
+            return Err(Error::InvalidInput(
+                "no sentinel address given; set SentinelOptions::sentinel_addrs".into(),
+            ));
+        }
+        // Masters are reached like the first sentinel (TLS or not), with the master's
+        // credentials.
+        let template = {
+            let first = opts.sentinel_addrs[0].as_str();
+            let scheme = if first.starts_with("rediss://") {
+                "rediss"
+            } else {
+                "redis"
+            };
+            connection_info(&format!("{scheme}://127.0.0.1:6379"), &settings)?
+        };
+        let backend = Backend::Sentinel(
+            Sentinel::connect(
+                opts.master_name.clone(),
+                sentinels,
+                template,
+                settings.clone(),
+            )
+            .await?,
+        );
+        Ok(RedisTransport::with_backend(backend, &settings))
+    }
+
+    fn with_backend(backend: Backend, settings: &Settings) -> Self {
+        RedisTransport {
+            inner: Arc::new(Inner {
+                backend,
+                budget: settings.call_budget(),
+                tracing: settings.enable_tracing,
+                metrics: settings.enable_metrics,
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The kind of deployment this transport talks to.
+    pub fn topology(&self) -> Topology {
+        match &self.inner.backend {
+            Backend::Standalone(_) => Topology::Standalone,
+            Backend::Cluster(_) => Topology::Cluster,
+            Backend::Sentinel(_) => Topology::Sentinel,
+        }
+    }
+
+    /// The longest any one call may take (`dial_timeout + write_timeout + read_timeout`).
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.budget
+    }
+
+    /// With Sentinel: the master in use now, as `host:port`.
+    pub fn sentinel_master(&self) -> Option<String> {
+        match &self.inner.backend {
+            Backend::Sentinel(s) => Some(s.master_addr()),
+            _ => None,
+        }
+    }
+
+    /// With Sentinel: how many times the transport has moved to a new master.
+    pub fn failovers_followed(&self) -> u64 {
+        match &self.inner.backend {
+            Backend::Sentinel(s) => s.switches(),
+            _ => 0,
+        }
+    }
+
+    fn check_open(&self) -> Result<(), TransportError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(TransportError::new(
+                ErrorKind::Closed,
+                "the Redis transport was closed; build a new one",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `work` within the call budget, with tracing and metrics when enabled.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        what: impl FnOnce() -> String,
+        work: impl Future<Output = Result<T, TransportError>>,
+    ) -> Result<T, TransportError> {
+        self.check_open()?;
+        let budget = self.inner.budget;
+        let bounded = async {
+            match tokio::time::timeout(budget, work).await {
+                Ok(r) => r,
+                Err(_) => Err(deadline_error(op, budget)),
+            }
+        };
+        if !self.inner.tracing && !self.inner.metrics {
+            return bounded.await;
+        }
+        let what = what();
+        let topology = self.topology().as_str();
+        let start = Instant::now();
+        let result = if self.inner.tracing {
+            let span = tracing::debug_span!("larder.redis", op, command = %what, topology);
+            bounded.instrument(span).await
+        } else {
+            bounded.await
+        };
+        let elapsed = start.elapsed();
+        if self.inner.tracing {
+            match &result {
+                Ok(_) => {
+                    tracing::trace!(op, command = %what, topology, ?elapsed, "larder: redis call")
+                }
+                Err(e) => tracing::warn!(
+                    op,
+                    command = %what,
+                    topology,
+                    kind = e.kind().as_str(),
+                    error = %e,
+                    ?elapsed,
+                    "larder: redis call failed"
+                ),
+            }
+        }
+        if self.inner.metrics {
+            metrics::counter!("larder_redis_calls_total", "op" => op, "topology" => topology)
+                .increment(1);
+            metrics::histogram!("larder_redis_call_duration_seconds", "op" => op, "topology" => topology)
+                .record(elapsed.as_secs_f64());
+            if let Err(e) = &result {
+                metrics::counter!(
+                    "larder_redis_errors_total",
+                    "op" => op,
+                    "topology" => topology,
+                    "kind" => e.kind().as_str()
+                )
+                .increment(1);
+            }
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for RedisTransport {
+    async fn exec(&self, cmd: Cmd) -> Result<Value, TransportError> {
+        let name = || cmd.name();
+        let work = async {
+            let value = match &self.inner.backend {
+                Backend::Standalone(p) => p.exec(&cmd).await,
+                Backend::Cluster(c) => c.exec(cmd.clone()).await,
+                Backend::Sentinel(s) => s.exec(&cmd).await,
+            }?;
+            match unavailable_reply(&value) {
+                Some(e) => Err(e),
+                None => Ok(value),
+            }
+        };
+        self.call("exec", name, work).await
+    }
+
+    async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
+        if cmds.is_empty() {
+            self.check_open()?;
+            return Ok(Vec::new());
+        }
+        let what = || {
+            let mut names: Vec<String> = cmds.iter().take(4).map(Cmd::name).collect();
+            if cmds.len() > 4 {
+                names.push(format!("…{} in all", cmds.len()));
+            }
+            names.join(",")
+        };
+        let work = async {
+            let values = match &self.inner.backend {
+                Backend::Standalone(p) => p.pipeline(&cmds).await,
+                Backend::Cluster(c) => c.pipeline(cmds.clone()).await,
+                Backend::Sentinel(s) => s.pipeline(&cmds).await,
+            }?;
+            // A server that cannot serve (loading, read-only, cluster down) fails the whole
+            // pipeline: its other replies cannot be trusted to mean what they say.
+            match values.iter().find_map(unavailable_reply) {
+                Some(e) => Err(e),
+                None => Ok(values),
+            }
+        };
+        self.call("pipeline", what, work).await
+    }
+
+    async fn scan_page(
+        &self,
+        cursor: ScanCursor,
+        pattern: &[u8],
+        count: usize,
+    ) -> Result<(ScanCursor, Vec<Bytes>), TransportError> {
+        match &self.inner.backend {
+            Backend::Cluster(c) => {
+                self.call(
+                    "scan",
+                    || format!("SCAN node {}", cursor.node),
+                    c.scan_page(cursor, pattern, count),
+                )
+                .await
+            }
+            // One node: core's default (`SCAN` through `exec`).
+            _ => {
+                if cursor.is_done() {
+                    return Ok((cursor, Vec::new()));
+                }
+                let reply = self
+                    .exec(
+                        Cmd::new("SCAN")
+                            .arg(cursor.cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(count),
+                    )
+                    .await?;
+                let (next, keys) = larder_core::transport::parse_scan_reply(reply)?;
+                let next = if next == 0 {
+                    ScanCursor::done()
+                } else {
+                    ScanCursor::at(cursor.node, next)
+                };
+                Ok((next, keys))
+            }
+        }
+    }
+
+    async fn close(&self) -> Result<(), TransportError> {
+        if !self.inner.closed.swap(true, Ordering::AcqRel)
+            && let Backend::Sentinel(s) = &self.inner.backend
+        {
+            s.close();
+        }
+        Ok(())
+    }
+}
+
+/// The redis-rs connection info for an address (`host:port` or URL), with the options'
+/// credentials and database applied over the URL's.
+fn connection_info(addr: &str, s: &Settings) -> Result<ConnectionInfo, Error> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("redis://{addr}")
+    };
+    let info = url.as_str().into_connection_info().map_err(|e| {
+        Error::InvalidInput(format!(
+            "invalid Redis address {}: {e}; use host:port or redis://[user:password@]host:port[/db]",
+            redact_url(addr)
+        ))
+    })?;
+    if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        enable_tls()?;
+    }
+    let mut redis = info.redis_settings().clone();
+    if let Some(user) = &s.username {
+        redis = redis.set_username(user);
+    }
+    if let Some(password) = &s.password {
+        redis = redis.set_password(password);
+    }
+    if s.db != 0 {
+        redis = redis.set_db(s.db);
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
+#[cfg(feature = "tls")]
+fn enable_tls() -> Result<(), Error> {
+    // rustls needs a process-wide crypto provider; keep one that is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn enable_tls() -> Result<(), Error> {
+    Err(Error::InvalidInput(
+        "rediss:// (TLS) needs the `tls` feature of larder-native".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_credentials() {
+        let s = RedisCacheOptions::new("x").password("pw").db(3).settings();
+        let info = connection_info("127.0.0.1:6380", &s).unwrap();
+        assert_eq!(info.addr().to_string(), "127.0.0.1:6380");
+        assert_eq!(info.redis_settings().password(), Some("pw"));
+        assert_eq!(info.redis_settings().db(), 3);
+        let plain = RedisCacheOptions::new("x").settings();
+        let info = connection_info("redis://:urlpw@h:1/2", &plain).unwrap();
+        assert_eq!(info.redis_settings().password(), Some("urlpw"));
+        assert_eq!(info.redis_settings().db(), 2);
+        let err = connection_info("redis://:secretpw@h:notaport", &plain).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)));
+        assert!(!err.to_string().contains("secretpw"), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn rediss_is_tls() {
+        let s = RedisCacheOptions::default().settings();
+        let info = connection_info("rediss://cache.example.com:6380", &s).unwrap();
+        assert!(matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_fails_fast_with_io() {
+        // Bind then drop a listener: nothing listens on that port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let start = Instant::now();
+        let err = RedisTransport::connect(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(err.transport_kind(), Some(ErrorKind::Io), "{err}");
+    }
+
+    #[tokio::test]
+    async fn lazy_transport_fails_calls_within_budget() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let opts = RedisCacheOptions::new(format!("127.0.0.1:{port}"))
+            .min_idle_conns(0)
+            .dial_timeout(Duration::from_millis(200))
+            .read_timeout(Duration::from_millis(100))
+            .write_timeout(Duration::from_millis(100));
+        let t = RedisTransport::from_options(&opts).await.unwrap();
+        assert_eq!(t.topology(), Topology::Standalone);
+        assert_eq!(t.call_timeout(), Duration::from_millis(400));
+        for _ in 0..3 {
+            let start = Instant::now();
+            let err = t.exec(Cmd::new("GET").arg("k")).await.unwrap_err();
+            assert!(err.is_retryable(), "{err}");
+            assert!(start.elapsed() <= t.call_timeout() + Duration::from_millis(50));
+        }
+        t.close().await.unwrap();
+        assert_eq!(
+            t.exec(Cmd::new("PING")).await.unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_options_are_invalid_input() {
+        let e =
+            RedisTransport::from_options(&RedisCacheOptions::default().addrs(Vec::<String>::new()))
+                .await
+                .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        let e = RedisTransport::from_options(&RedisCacheOptions::cluster(["a:1", "b:2"]).db(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        let e = RedisTransport::from_sentinel(&SentinelOptions::new("m", Vec::<String>::new()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    }
+}

@@ -1,0 +1,458 @@
+//! A standalone server: faults (killed and restarted under load, hung with SIGSTOP) and
+//! behaviour of the options (pool size, db, password, tracing, metrics).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use larder_core::{Cache, Cmd, ErrorKind, RedisCache, Transport, Value};
+use larder_native::testing::{RedisServer, RespValue};
+use larder_native::{RedisCacheExt, RedisCacheOptions, RedisTransport};
+
+use crate::common::{Load, blocking, first_success_after, summarize};
+
+/// Tight timeouts for fault tests: a call may take at most 300 + 200 + 200 = 700 ms.
+fn tight(addr: &str) -> RedisCacheOptions {
+    RedisCacheOptions::new(addr)
+        .dial_timeout(Duration::from_millis(300))
+        .write_timeout(Duration::from_millis(200))
+        .read_timeout(Duration::from_millis(200))
+}
+
+/// Scheduling slack allowed over the configured budget (2-core CI under load).
+const SLACK: Duration = Duration::from_millis(250);
+
+fn info_field(server: &RedisServer, section: &str, field: &str) -> i64 {
+    let text = match server.cmd(&["INFO", section]).expect("INFO") {
+        RespValue::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO answered {other:?}"),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_killed_and_restarted_under_load() {
+    let mut server = blocking(RedisServer::start).await.expect("start redis");
+    let opts = tight(&server.addr()).pool_size(4);
+    let cache = Arc::new(RedisCache::from_options(opts).await.expect("connect"));
+    let budget = cache.transport().call_timeout();
+    let load = Load::start(cache.clone(), 16, Duration::from_millis(2));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = load.now();
+    server = blocking(move || {
+        server.kill();
+        server
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarting_at = load.now();
+    let server = blocking(move || {
+        server.restart().expect("restart on the same port");
+        server
+    })
+    .await;
+    let restarted_at = load.now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let samples = load.finish().await;
+
+    let s = summarize(&samples);
+    let recovered =
+        first_success_after(&samples, restarted_at).expect("a call succeeded after the restart");
+    let recovery = (recovered.at + recovered.took).saturating_sub(restarted_at);
+    let during: Vec<_> = samples
+        .iter()
+        .filter(|x| x.at >= killed_at + Duration::from_millis(50) && x.at + x.took <= restarting_at)
+        .collect();
+    let down_max = during.iter().map(|x| x.took).max().unwrap_or_default();
+    eprintln!(
+        "standalone kill/restart: {} calls, {} errors {:?}; budget {budget:?}; max call {:?}; \
+         max call while down {down_max:?}; restart took {:?}; recovery after restart {recovery:?}",
+        s.calls,
+        s.errors,
+        s.kinds,
+        s.max_took,
+        restarted_at - restarting_at,
+    );
+    assert!(s.errors > 0, "the kill must have been noticed");
+    assert!(
+        s.max_took <= budget + SLACK,
+        "a call took {:?}, over the {budget:?} budget",
+        s.max_took
+    );
+    assert!(
+        during.iter().all(|x| !x.ok()),
+        "no call can succeed while the server is down"
+    );
+    for x in &during {
+        let kind = x.error.as_deref().unwrap_or("");
+        assert!(
+            kind == "io" || kind == "timeout",
+            "error kind while down: {kind}"
+        );
+    }
+    assert!(
+        recovery < Duration::from_secs(2),
+        "recovery took {recovery:?} after the restart"
+    );
+    // After recovery every call succeeds.
+    let settled = recovered.at + Duration::from_millis(500);
+    let late: Vec<_> = samples.iter().filter(|x| x.at >= settled).collect();
+    assert!(!late.is_empty());
+    assert!(
+        late.iter().all(|x| x.ok()),
+        "errors after recovery: {:?}",
+        late.iter().filter(|x| !x.ok()).take(3).collect::<Vec<_>>()
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_hung_with_sigstop_times_out_then_recovers() {
+    let server = blocking(RedisServer::start).await.expect("start redis");
+    let pid = server.pid().expect("running");
+    let cache = RedisCache::from_options(tight(&server.addr()).pool_size(2))
+        .await
+        .expect("connect");
+    let budget = cache.transport().call_timeout();
+    cache.set("k", "v".into(), None).await.unwrap();
+
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        let start = Instant::now();
+        let err = cache
+            .get("k")
+            .await
+            .expect_err("a stopped server cannot answer");
+        let took = start.elapsed();
+        assert!(
+            took <= budget + SLACK,
+            "call took {took:?} (budget {budget:?})"
+        );
+        kinds.push(err.transport_kind());
+    }
+    signal("-CONT");
+    eprintln!("while stopped: {kinds:?}");
+    assert!(
+        kinds.iter().all(|k| *k == Some(ErrorKind::Timeout)),
+        "{kinds:?}"
+    );
+    let start = Instant::now();
+    loop {
+        match cache.get("k").await {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(e) if start.elapsed() < Duration::from_secs(3) => {
+                eprintln!("after SIGCONT: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("not recovered 3 s after SIGCONT: {e}"),
+        }
+    }
+    eprintln!("recovered {:?} after SIGCONT", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_replies_are_in_band_with_exact_text() {
+    let server = blocking(RedisServer::start).await.expect("start redis");
+    let t = RedisTransport::connect(&server.url())
+        .await
+        .expect("connect");
+    t.exec(Cmd::new("LPUSH").arg("list").arg("x"))
+        .await
+        .unwrap();
+    let wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    assert_eq!(
+        t.exec(Cmd::new("GET").arg("list")).await.unwrap(),
+        Value::Error(wrongtype.into())
+    );
+    let replies = t
+        .pipeline(vec![
+            Cmd::new("SET").arg("a").arg("1"),
+            Cmd::new("INCR").arg("list"),
+            Cmd::new("EVALSHA")
+                .arg("ffffffffffffffffffffffffffffffffffffffff")
+                .arg(0),
+            Cmd::new("GET").arg("a"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            Value::Status("OK".into()),
+            Value::Error(wrongtype.into()),
+            Value::Error("NOSCRIPT No matching script. Please use EVAL.".into()),
+            Value::Bulk("1".into()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_an_auth_error_and_the_right_one_works() {
+    let server = blocking(|| RedisServer::builder().password("s3cret pw").start())
+        .await
+        .expect("start redis");
+    let err = RedisCache::new_redis(&server.addr(), "wrong", 0, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.transport_kind(), Some(ErrorKind::Auth), "{err}");
+    assert!(!err.to_string().contains("wrong\""), "{err}");
+    let err = RedisCache::new_redis(&server.addr(), "", 0, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.transport_kind(), Some(ErrorKind::Auth), "{err}");
+    let cache = RedisCache::new_redis(
+        &server.addr(),
+        "s3cret pw",
+        0,
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .expect("right password");
+    cache.set("k", "v".into(), None).await.unwrap();
+    assert!(!format!("{cache:?}").contains("s3cret"));
+    let url_cache = RedisCache::connect(&server.url())
+        .await
+        .expect("password in the URL");
+    assert_eq!(
+        url_cache.get("k").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_and_db_options_take_effect() {
+    let server = blocking(RedisServer::start).await.expect("start redis");
+    let before = info_field(&server, "clients", "connected_clients");
+    let opts = RedisCacheOptions::new(server.addr())
+        .pool_size(5)
+        .min_idle_conns(5)
+        .db(3)
+        .key_prefix("pooltest");
+    let cache = RedisCache::from_options(opts).await.expect("connect");
+    let after = info_field(&server, "clients", "connected_clients");
+    // The harness's probe connection is counted in both readings.
+    assert_eq!(
+        after - before,
+        5,
+        "min_idle_conns = pool_size = 5 connections"
+    );
+    for i in 0..20 {
+        cache.set(&format!("k{i}"), "v".into(), None).await.unwrap();
+    }
+    let keys = |db: &str| match server.cmd(&["INFO", "keyspace"]).unwrap() {
+        RespValue::Bulk(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{db}:keys="))
+                    .map(|r| r.split(',').next().unwrap().parse::<i64>().unwrap())
+            })
+            .unwrap_or(0),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        keys("db3"),
+        20,
+        "20 entries in db 3 (stats still batched locally)"
+    );
+    cache.flush_stats().await.unwrap();
+    assert_eq!(keys("db3"), 21, "20 entries + the writes counter in db 3");
+    assert_eq!(keys("db0"), 0);
+    // Lazy pool: nothing is opened before the first call.
+    let lazy = RedisCache::from_options(
+        RedisCacheOptions::new(server.addr())
+            .pool_size(3)
+            .min_idle_conns(0),
+    )
+    .await
+    .expect("lazy");
+    assert_eq!(info_field(&server, "clients", "connected_clients"), after);
+    lazy.ping().await.unwrap();
+    assert_eq!(
+        info_field(&server, "clients", "connected_clients"),
+        after + 1
+    );
+}
+
+/// Counts what the transport reports through `metrics`.
+#[derive(Default)]
+struct Recorder {
+    calls: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    durations: Arc<Durations>,
+}
+
+#[derive(Default)]
+struct Durations(AtomicU64);
+
+impl metrics::HistogramFn for Durations {
+    fn record(&self, _value: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl metrics::Recorder for Recorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        match key.name() {
+            "larder_redis_calls_total" => metrics::Counter::from_arc(self.calls.clone()),
+            "larder_redis_errors_total" => metrics::Counter::from_arc(self.errors.clone()),
+            _ => metrics::Counter::noop(),
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        if key.name() == "larder_redis_call_duration_seconds" {
+            metrics::Histogram::from_arc(self.durations.clone())
+        } else {
+            metrics::Histogram::noop()
+        }
+    }
+}
+
+/// Counts `larder.redis` spans and warnings.
+#[derive(Default)]
+struct Spans {
+    next: AtomicU64,
+    redis_spans: AtomicU64,
+    warnings: AtomicU64,
+}
+
+impl tracing::Subscriber for Spans {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, attrs: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        if attrs.metadata().name() == "larder.redis" {
+            self.redis_spans.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::span::Id::from_u64(self.next.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.warnings.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn tracing_and_metrics_options_record_every_call() {
+    let server = RedisServer::start().expect("start redis");
+    let recorder = Recorder::default();
+    let spans = Arc::new(Spans::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = |opts: RedisCacheOptions| {
+        metrics::with_local_recorder(&recorder, || {
+            tracing::subscriber::with_default(spans.clone(), || {
+                rt.block_on(async {
+                    let t = RedisTransport::from_options(&opts).await.expect("connect");
+                    t.exec(Cmd::new("SET").arg("k").arg("v")).await.unwrap();
+                    t.pipeline(vec![Cmd::new("GET").arg("k"), Cmd::new("PING")])
+                        .await
+                        .unwrap();
+                    t.close().await.unwrap();
+                    assert!(t.exec(Cmd::new("PING")).await.is_err());
+                })
+            })
+        })
+    };
+    run(RedisCacheOptions::new(server.addr()));
+    assert_eq!(recorder.calls.load(Ordering::Relaxed), 0, "off by default");
+    assert_eq!(
+        spans.redis_spans.load(Ordering::Relaxed),
+        0,
+        "off by default"
+    );
+    run(RedisCacheOptions::new(server.addr())
+        .enable_metrics(true)
+        .enable_tracing(true));
+    // SET, the pipeline, and the call refused after close (which never reached Redis).
+    assert_eq!(recorder.calls.load(Ordering::Relaxed), 2);
+    assert_eq!(recorder.durations.0.load(Ordering::Relaxed), 2);
+    assert_eq!(recorder.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(spans.redis_spans.load(Ordering::Relaxed), 2);
+    assert_eq!(spans.warnings.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_readonly_reply_is_unavailable_not_a_command_error() {
+    let master = blocking(RedisServer::start).await.expect("start master");
+    let port = master.port().to_string();
+    let replica = blocking(move || {
+        RedisServer::builder()
+            .args(["--replicaof", "127.0.0.1", port.as_str()])
+            .start()
+    })
+    .await
+    .expect("start replica");
+    let t = RedisTransport::connect(&replica.url())
+        .await
+        .expect("connect");
+    let err = t
+        .exec(Cmd::new("SET").arg("k").arg("v"))
+        .await
+        .expect_err("a replica refuses writes");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.message()
+            .contains("READONLY You can't write against a read only replica."),
+        "{err}"
+    );
+    let err = t
+        .pipeline(vec![
+            Cmd::new("GET").arg("k"),
+            Cmd::new("SET").arg("k").arg("v"),
+        ])
+        .await
+        .expect_err("the whole pipeline fails");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    // Reads still work on the replica.
+    assert_eq!(t.exec(Cmd::new("GET").arg("k")).await.unwrap(), Value::Nil);
+}

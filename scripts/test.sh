@@ -4,7 +4,10 @@
 #   bash scripts/test.sh
 #
 # Steps: tool setup, cargo fmt --check, clippy -D warnings, all tests (unit, doc,
-# conformance), the core built for wasm32-unknown-unknown, the quickstart example.
+# conformance on every topology, fault tests against real redis-server processes), the edge
+# (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
+# wasm32 and served by workerd), the core built for wasm32-unknown-unknown, every example.
+# A fresh machine spends ~10 minutes once installing worker-build and wasm-bindgen-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,11 +40,20 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test"
 cargo test --workspace --all-features
 
+step "edge: pinned tools, @upstash/redis against the gateway, the Worker in workerd"
+bash scripts/install-edge-tools.sh >/dev/null
+bash scripts/edge-compat.sh
+bash scripts/edge-e2e.sh
+
 step "larder-core for wasm32-unknown-unknown"
 cargo build -p larder-core --target wasm32-unknown-unknown
 cargo build -p larder-core --features test-util --target wasm32-unknown-unknown
 
 step "quickstart (README command 1)"
 cargo run --quiet --example quickstart
+
+step "examples: cache_redis, cache_comparison (servers started on free ports)"
+cargo run --quiet --example cache_redis
+cargo run --quiet --example cache_comparison
 
 step "all checks passed"

@@ -8,13 +8,20 @@
 
 #![deny(missing_docs)]
 
+pub mod breaker;
 pub mod cache;
 pub mod clock;
+pub mod compute;
 pub mod envelope;
 pub mod error;
+pub mod fallback;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod response;
+pub mod rest;
+pub mod runtime;
+pub mod tiered;
 pub mod transport;
 pub mod value;
 
@@ -24,11 +31,16 @@ pub mod testing;
 pub use bytes::Bytes;
 pub use cache::{Cache, CacheExt, CacheStats, KeyTtl, SharedStats};
 pub use clock::{Clock, ManualClock, SharedClock};
+pub use compute::{ComputeCache, ComputeCacheBuilder, ComputeError, RedisLock};
 pub use envelope::{Decoded, Envelope};
 pub use error::{Error, ErrorKind, Result, TransportError};
 pub use keys::{KeyScheme, Stat, canonical_json, go_deep_agent_key, request_hash};
 pub use memory::{MemoryCache, MemoryCacheBuilder};
 pub use redis::{RedisCache, RedisCacheBuilder};
+pub use response::{
+    Answer, CacheControl, CacheStatus, LlmRequest, LlmResponse, ResponseCache, ResponseError, Usage,
+};
+pub use tiered::{Backplane, TieredCache, TieredCacheBuilder};
 pub use transport::{
     Commands, MaybeSend, MaybeSync, ScanCursor, Script, SetOptions, SharedTransport, Transport,
 };

@@ -142,6 +142,92 @@ pub trait Transport: MaybeSend + MaybeSync + Debug {
     async fn close(&self) -> Result<(), TransportError> {
         Ok(())
     }
+
+    /// Whether [`subscribe`](Transport::subscribe) can work on this transport (no I/O).
+    ///
+    /// Pub/sub is optional: a transport over a persistent connection (redis-rs) can
+    /// subscribe, one over HTTP (the Upstash REST dialect) cannot. Callers that only want a
+    /// faster wake-up (stampede waiters) fall back to polling when this is false; the
+    /// tiered cache's backplane is off.
+    fn supports_pubsub(&self) -> bool {
+        false
+    }
+
+    /// Subscribes to one pub/sub `channel` (`SUBSCRIBE channel`): messages `PUBLISH`ed to
+    /// it after this call returns arrive on the [`Subscription`]. Dropping the subscription
+    /// unsubscribes.
+    ///
+    /// The default answers `Err` of kind [`ErrorKind::Refused`](crate::ErrorKind::Refused):
+    /// the transport has no pub/sub.
+    async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
+        Err(pubsub_unsupported(channel))
+    }
+}
+
+/// The error of [`Transport::subscribe`] on a transport without pub/sub.
+pub fn pubsub_unsupported(channel: &[u8]) -> TransportError {
+    TransportError::new(
+        crate::ErrorKind::Refused,
+        format!(
+            "this transport has no pub/sub, cannot SUBSCRIBE to {:?}; larder falls back to \
+             polling (use a redis-rs transport for push notifications)",
+            String::from_utf8_lossy(channel)
+        ),
+    )
+}
+
+/// One pub/sub message: the channel it was published to and its payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The channel.
+    pub channel: Bytes,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// A message on `channel` carrying `payload`.
+    pub fn new(channel: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
+        Message {
+            channel: channel.into(),
+            payload: payload.into(),
+        }
+    }
+}
+
+impl Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("channel", &String::from_utf8_lossy(&self.channel))
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// The messages of a [`Transport::subscribe`]: a small stream trait (poll-based, like
+/// `futures_core::Stream`, so it works without an async runtime and on `wasm32`).
+pub trait Subscription: MaybeSend + Debug {
+    /// Polls for the next message. `Ready(None)` means the subscription ended (the
+    /// connection was lost): messages published since may be lost, subscribe again.
+    fn poll_message(&mut self, cx: &mut std::task::Context<'_>)
+    -> std::task::Poll<Option<Message>>;
+}
+
+/// A boxed [`Subscription`], as [`Transport::subscribe`] returns it.
+pub type BoxSubscription = Box<dyn Subscription>;
+
+impl<S: Subscription + ?Sized> Subscription for Box<S> {
+    fn poll_message(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        (**self).poll_message(cx)
+    }
+}
+
+/// Waits for the next message of a subscription (`None`: it ended).
+pub async fn next_message<S: Subscription + ?Sized>(sub: &mut S) -> Option<Message> {
+    std::future::poll_fn(|cx| sub.poll_message(cx)).await
 }
 
 /// A transport shared behind an `Arc`, usable wherever a [`Transport`] is expected.
@@ -206,6 +292,12 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     }
     async fn close(&self) -> Result<(), TransportError> {
         (**self).close().await
+    }
+    fn supports_pubsub(&self) -> bool {
+        (**self).supports_pubsub()
+    }
+    async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
+        (**self).subscribe(channel).await
     }
 }
 

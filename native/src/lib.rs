@@ -20,9 +20,14 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod clock;
 mod connect;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 mod options;
+mod runtime;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod transport;
@@ -34,4 +39,5 @@ pub use options::{
     DEFAULT_DIAL_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
     RedisCacheOptions, SentinelOptions,
 };
+pub use runtime::TokioRuntime;
 pub use transport::{RedisTransport, Topology};

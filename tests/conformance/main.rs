@@ -7,6 +7,7 @@
 #[macro_use]
 mod suite;
 mod cluster;
+mod edge;
 mod mem;
 mod sentinel;
 mod standalone;

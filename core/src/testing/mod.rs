@@ -32,6 +32,7 @@ use crate::transport::Transport;
 use crate::value::{Cmd, Value};
 
 mod commands;
+mod pubsub;
 mod script;
 
 pub use script::ScriptCtx;
@@ -149,7 +150,7 @@ impl MemTransport {
     }
 
     fn build(clock: SharedClock, manual: Option<ManualClock>) -> Self {
-        MemTransport {
+        let t = MemTransport {
             inner: Arc::new(Inner {
                 clock,
                 manual,
@@ -163,7 +164,10 @@ impl MemTransport {
                 calls: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
             }),
-        }
+        };
+        // larder's own Lua scripts (the stampede lease) are emulated out of the box.
+        crate::compute::emulate_scripts(&t);
+        t
     }
 
     /// The manual clock this transport reads (shared: advancing it expires keys).
@@ -394,6 +398,19 @@ impl Transport for MemTransport {
     async fn close(&self) -> Result<(), TransportError> {
         self.inner.closed.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn supports_pubsub(&self) -> bool {
+        true
+    }
+
+    /// Subscribes like [`MemTransport::subscribe`], as one call (counted, subject to faults).
+    async fn subscribe(
+        &self,
+        channel: &[u8],
+    ) -> Result<crate::transport::BoxSubscription, TransportError> {
+        self.before_call().await?;
+        Ok(Box::new(MemTransport::subscribe(self, channel)))
     }
 }
 

@@ -1,0 +1,701 @@
+//! The Upstash REST dialect (Redis over HTTP) as data: JSON bodies ⇄ [`Cmd`] and [`Value`].
+//!
+//! Written once and used by both ends: the `larder-edge` client (on Workers and natively) and
+//! the `larder gateway` server. Neither end decides anything about the wire format itself.
+//!
+//! # The dialect
+//!
+//! - `POST {base}` with body `["SET","k","v","PX",1000]` runs one command and answers
+//!   `{"result":"OK"}`, or `{"error":"ERR …"}` (HTTP 400) with Redis's text unchanged.
+//! - `POST {base}/pipeline` with body `[["GET","a"],["INCR","b"]]` answers one item per
+//!   command, `[{"result":…},{"error":…}]`; `/multi-exec` has the same shape and runs the
+//!   commands as one transaction.
+//! - A request header `Upstash-Encoding: base64` makes every string of the result base64 (at
+//!   every depth; integers and `null` unchanged; error texts never encoded), which makes
+//!   replies binary-safe.
+//! - larder extension: JSON strings carry only text, so a command with an argument that is
+//!   not UTF-8 cannot be written in the plain dialect. With the request header
+//!   `Larder-Arg-Encoding: base64` every string argument of the body is base64. The larder
+//!   gateway understands it; Upstash does not (clients only send it when told the server is
+//!   a larder gateway).
+//!
+//! # Examples
+//!
+//! ```
+//! use larder_core::rest::{self, Encoding};
+//! use larder_core::{Cmd, Value};
+//!
+//! // Client: the body of `POST /`.
+//! let body = rest::encode_command(&Cmd::new("SET").arg("k").arg("v"), Encoding::Text)?;
+//! assert_eq!(body, br#"["SET","k","v"]"#);
+//!
+//! // Server: parse it back, and answer in base64 mode.
+//! let cmd = rest::parse_command(&body, Encoding::Text)?;
+//! assert_eq!(cmd.args()[1], "k");
+//! let reply = rest::encode_reply(&Value::Status("OK".into()), Encoding::Base64);
+//! assert_eq!(reply, br#"{"result":"T0s="}"#);
+//!
+//! // Client: decode the reply.
+//! assert!(rest::decode_reply(&reply, Encoding::Base64)?.is_ok());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Value as Json;
+
+use crate::error::{ErrorKind, TransportError};
+use crate::value::{Cmd, Value};
+
+/// Request header that asks for base64-encoded result strings (value [`BASE64`]).
+pub const RESPONSE_ENCODING_HEADER: &str = "upstash-encoding";
+/// Request header (larder extension) saying every string argument is base64 (value
+/// [`BASE64`]).
+pub const ARG_ENCODING_HEADER: &str = "larder-arg-encoding";
+/// Header carrying the read-your-writes token of the official clients, echoed by servers.
+pub const SYNC_TOKEN_HEADER: &str = "upstash-sync-token";
+/// The value of the encoding headers that selects base64.
+pub const BASE64: &str = "base64";
+
+/// How strings are written in a body: as JSON text or as base64 of their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// Plain JSON strings (bytes that are not UTF-8 are replaced by U+FFFD when encoding a
+    /// reply; arguments that are not UTF-8 cannot be encoded).
+    #[default]
+    Text,
+    /// Every string is the standard base64 (with padding) of its bytes.
+    Base64,
+}
+
+impl Encoding {
+    /// Reads an encoding header value: `base64` (any case) selects [`Encoding::Base64`].
+    pub fn from_header(value: Option<&str>) -> Self {
+        match value {
+            Some(v) if v.trim().eq_ignore_ascii_case(BASE64) => Encoding::Base64,
+            _ => Encoding::Text,
+        }
+    }
+}
+
+/// A request body that is not a valid command or pipeline (the server answers HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError(String);
+
+impl RequestError {
+    fn new(message: impl Into<String>) -> Self {
+        RequestError(message.into())
+    }
+
+    /// The message, in Redis's `ERR …` style, ready for an `{"error":…}` body.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+// ---------------------------------------------------------------------------------------
+// Client side: commands → bodies, bodies → replies.
+// ---------------------------------------------------------------------------------------
+
+/// True when some argument of these commands is not UTF-8 (so the plain dialect cannot
+/// carry it and [`Encoding::Base64`] arguments are needed).
+pub fn needs_base64_args<'a>(cmds: impl IntoIterator<Item = &'a Cmd>) -> bool {
+    cmds.into_iter()
+        .any(|c| c.args().iter().any(|a| std::str::from_utf8(a).is_err()))
+}
+
+/// The body of `POST /` for one command.
+///
+/// # Errors
+///
+/// With [`Encoding::Text`], an argument that is not UTF-8 (see [`needs_base64_args`]).
+pub fn encode_command(cmd: &Cmd, args: Encoding) -> Result<Vec<u8>, TransportError> {
+    let mut out = Vec::with_capacity(body_size_hint(std::slice::from_ref(cmd)));
+    write_command(&mut out, cmd, args)?;
+    Ok(out)
+}
+
+/// The body of `POST /pipeline` (or `/multi-exec`) for several commands.
+///
+/// # Errors
+///
+/// As [`encode_command`].
+pub fn encode_pipeline(cmds: &[Cmd], args: Encoding) -> Result<Vec<u8>, TransportError> {
+    let mut out = Vec::with_capacity(body_size_hint(cmds) + 2);
+    out.push(b'[');
+    for (i, cmd) in cmds.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_command(&mut out, cmd, args)?;
+    }
+    out.push(b']');
+    Ok(out)
+}
+
+fn body_size_hint(cmds: &[Cmd]) -> usize {
+    cmds.iter()
+        .map(|c| c.args().iter().map(|a| a.len() * 4 / 3 + 4).sum::<usize>() + 2)
+        .sum()
+}
+
+fn write_command(out: &mut Vec<u8>, cmd: &Cmd, args: Encoding) -> Result<(), TransportError> {
+    out.push(b'[');
+    for (i, arg) in cmd.args().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // The command name stays readable even in base64 mode: servers route on it.
+        let text = if i == 0 || args == Encoding::Text {
+            std::str::from_utf8(arg).map_err(|_| {
+                TransportError::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "argument {i} of {} is not UTF-8: the Upstash REST dialect carries only \
+                         text arguments; store binary values through a larder gateway with \
+                         base64 arguments enabled, or encode them as text",
+                        cmd.name()
+                    ),
+                )
+            })?
+        } else {
+            out.push(b'"');
+            base64_encode_into(arg, out);
+            out.push(b'"');
+            continue;
+        };
+        serde_json::to_writer(&mut *out, text).expect("writing JSON to a Vec cannot fail");
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// Decodes the body of a `POST /` reply (`{"result":…}` or `{"error":…}`), whatever the
+/// HTTP status.
+///
+/// # Errors
+///
+/// [`ErrorKind::Protocol`] when the body is not that shape.
+pub fn decode_reply(body: &[u8], encoding: Encoding) -> Result<Value, TransportError> {
+    let json: Json = serde_json::from_slice(body).map_err(|e| protocol(format!("{e}")))?;
+    item_to_value(json, encoding)
+}
+
+/// Decodes the body of a `/pipeline` or `/multi-exec` reply: one value per command, exactly
+/// `expected` of them.
+///
+/// # Errors
+///
+/// [`ErrorKind::Protocol`] when the body is not an array of `expected` reply items.
+pub fn decode_pipeline_reply(
+    body: &[u8],
+    encoding: Encoding,
+    expected: usize,
+) -> Result<Vec<Value>, TransportError> {
+    let json: Json = serde_json::from_slice(body).map_err(|e| protocol(format!("{e}")))?;
+    let Json::Array(items) = json else {
+        return Err(protocol("a pipeline reply must be a JSON array"));
+    };
+    if items.len() != expected {
+        return Err(protocol(format!(
+            "the pipeline reply has {} items for {expected} commands",
+            items.len()
+        )));
+    }
+    items
+        .into_iter()
+        .map(|item| item_to_value(item, encoding))
+        .collect()
+}
+
+/// The `error` text of an error body (`{"error":"…"}`), if the body is one.
+pub fn error_text(body: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Json>(body).ok()? {
+        Json::Object(mut map) => match map.remove("error")? {
+            Json::String(s) => Some(s),
+            other => Some(other.to_string()),
+        },
+        _ => None,
+    }
+}
+
+fn protocol(detail: impl fmt::Display) -> TransportError {
+    TransportError::new(
+        ErrorKind::Protocol,
+        format!(
+            "the server's reply is not in the Upstash REST dialect ({detail}); check that the \
+             URL points at an Upstash database or a larder gateway"
+        ),
+    )
+}
+
+fn item_to_value(item: Json, encoding: Encoding) -> Result<Value, TransportError> {
+    let Json::Object(mut map) = item else {
+        return Err(protocol("a reply item must be an object"));
+    };
+    if let Some(err) = map.remove("error") {
+        return Ok(Value::Error(match err {
+            Json::String(s) => s,
+            other => other.to_string(),
+        }));
+    }
+    match map.remove("result") {
+        Some(result) => json_to_value(result, encoding, 0),
+        None => Err(protocol("a reply item has neither `result` nor `error`")),
+    }
+}
+
+/// Nesting deeper than this is refused (a RESP reply is never this deep; a hostile body
+/// must not overflow the stack).
+const MAX_DEPTH: usize = 64;
+
+fn json_to_value(json: Json, encoding: Encoding, depth: usize) -> Result<Value, TransportError> {
+    if depth > MAX_DEPTH {
+        return Err(protocol("the reply is nested too deeply"));
+    }
+    Ok(match json {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::Int(i64::from(b)),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Bulk(Bytes::from(n.to_string())),
+        },
+        Json::String(s) => match encoding {
+            Encoding::Text => Value::Bulk(Bytes::from(s)),
+            // Servers may leave the status `OK` unencoded (the official client accepts
+            // both); "OK" is not valid base64, so there is no ambiguity.
+            Encoding::Base64 => match base64_decode(s.as_bytes()) {
+                Some(bytes) => Value::Bulk(Bytes::from(bytes)),
+                None => Value::Bulk(Bytes::from(s)),
+            },
+        },
+        Json::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| json_to_value(v, encoding, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(_) => return Err(protocol("unexpected object inside a result")),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Server side: bodies → commands, replies → bodies.
+// ---------------------------------------------------------------------------------------
+
+/// Parses the body of `POST /`: one command as a JSON array of strings and numbers.
+///
+/// # Errors
+///
+/// [`RequestError`] for a body that is not JSON, not an array, empty, or holds something
+/// other than strings and numbers (or, with [`Encoding::Base64`], invalid base64).
+pub fn parse_command(body: &[u8], args: Encoding) -> Result<Cmd, RequestError> {
+    let json = parse_json(body)?;
+    json_to_cmd(json, args)
+}
+
+/// Parses the body of `POST /pipeline` or `/multi-exec`: a JSON array of commands.
+///
+/// # Errors
+///
+/// As [`parse_command`], for the array or any command in it.
+pub fn parse_pipeline(body: &[u8], args: Encoding) -> Result<Vec<Cmd>, RequestError> {
+    let Json::Array(items) = parse_json(body)? else {
+        return Err(RequestError::new(
+            "ERR a pipeline body must be a JSON array of commands, like [[\"GET\",\"k\"]]",
+        ));
+    };
+    if items.is_empty() {
+        return Err(RequestError::new("ERR empty pipeline"));
+    }
+    items.into_iter().map(|c| json_to_cmd(c, args)).collect()
+}
+
+fn parse_json(body: &[u8]) -> Result<Json, RequestError> {
+    serde_json::from_slice(body)
+        .map_err(|e| RequestError::new(format!("ERR the request body is not valid JSON: {e}")))
+}
+
+fn json_to_cmd(json: Json, args: Encoding) -> Result<Cmd, RequestError> {
+    let Json::Array(items) = json else {
+        return Err(RequestError::new(
+            "ERR a command must be a JSON array of strings, like [\"GET\",\"k\"]",
+        ));
+    };
+    if items.is_empty() {
+        return Err(RequestError::new("ERR empty command"));
+    }
+    let mut parts = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let part = match item {
+            Json::String(s) if i > 0 && args == Encoding::Base64 => {
+                Bytes::from(base64_decode(s.as_bytes()).ok_or_else(|| {
+                    RequestError::new(format!("ERR argument {i} is not valid base64"))
+                })?)
+            }
+            Json::String(s) => Bytes::from(s),
+            Json::Number(n) => Bytes::from(n.to_string()),
+            Json::Bool(b) => Bytes::from(if b { "true" } else { "false" }),
+            other => {
+                return Err(RequestError::new(format!(
+                    "ERR argument {i} must be a string or a number, not {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        parts.push(part);
+    }
+    if is_blank(&parts[0]) {
+        return Err(RequestError::new("ERR the command name is empty"));
+    }
+    Ok(Cmd::from_parts(parts).expect("non-empty"))
+}
+
+fn is_blank(name: &[u8]) -> bool {
+    name.iter().all(u8::is_ascii_whitespace)
+}
+
+fn json_kind(j: &Json) -> &'static str {
+    match j {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// The body answering one command: `{"result":…}` or `{"error":…}`.
+pub fn encode_reply(value: &Value, encoding: Encoding) -> Vec<u8> {
+    serde_json::to_vec(&Item(value, encoding)).expect("a reply always serializes")
+}
+
+/// The body answering a pipeline: `[{"result":…},{"error":…},…]`.
+pub fn encode_pipeline_reply(values: &[Value], encoding: Encoding) -> Vec<u8> {
+    serde_json::to_vec(&Items(values, encoding)).expect("a reply always serializes")
+}
+
+/// An error body: `{"error":"…"}`.
+pub fn encode_error(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message })).expect("serializes")
+}
+
+/// A reply item: `{"result":…}`, or `{"error":…}` for [`Value::Error`].
+struct Item<'a>(&'a Value, Encoding);
+
+impl Serialize for Item<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        match self.0 {
+            Value::Error(e) => map.serialize_entry("error", e)?,
+            v => map.serialize_entry("result", &ResultValue(v, self.1))?,
+        }
+        map.end()
+    }
+}
+
+struct Items<'a>(&'a [Value], Encoding);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for v in self.0 {
+            seq.serialize_element(&Item(v, self.1))?;
+        }
+        seq.end()
+    }
+}
+
+/// A result value: strings (bulk and status) encoded as asked, at every depth. An error
+/// nested in an array (the reply of `EXEC`, or a script's) is written as its text.
+struct ResultValue<'a>(&'a Value, Encoding);
+
+impl Serialize for ResultValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let string = |s: S, bytes: &[u8]| match self.1 {
+            Encoding::Base64 => s.serialize_str(&base64_encode(bytes)),
+            Encoding::Text => s.serialize_str(&String::from_utf8_lossy(bytes)),
+        };
+        match self.0 {
+            Value::Nil => s.serialize_unit(),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Bulk(b) => string(s, b),
+            Value::Status(t) => string(s, t.as_bytes()),
+            Value::Error(e) => s.serialize_str(e),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&ResultValue(v, self.1))?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Base64 (standard alphabet, padded), small and dependency-free.
+// ---------------------------------------------------------------------------------------
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    base64_encode_into(bytes, &mut out);
+    String::from_utf8(out).expect("base64 is ASCII")
+}
+
+fn base64_encode_into(bytes: &[u8], out: &mut Vec<u8>) {
+    let mut chunks = bytes.chunks_exact(3);
+    for c in &mut chunks {
+        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+        out.extend_from_slice(&[
+            B64[(n >> 18) as usize & 63],
+            B64[(n >> 12) as usize & 63],
+            B64[(n >> 6) as usize & 63],
+            B64[n as usize & 63],
+        ]);
+    }
+    match *chunks.remainder() {
+        [a] => {
+            let n = u32::from(a) << 16;
+            out.extend_from_slice(&[B64[(n >> 18) as usize], B64[(n >> 12) as usize & 63]]);
+            out.extend_from_slice(b"==");
+        }
+        [a, b] => {
+            let n = u32::from(a) << 16 | u32::from(b) << 8;
+            out.extend_from_slice(&[
+                B64[(n >> 18) as usize],
+                B64[(n >> 12) as usize & 63],
+                B64[(n >> 6) as usize & 63],
+                b'=',
+            ]);
+        }
+        _ => {}
+    }
+}
+
+/// Decodes standard base64. Padding is optional; anything else that is not the alphabet
+/// (including whitespace) makes it `None`.
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let trimmed = match text {
+        [rest @ .., b'=', b'='] if text.len().is_multiple_of(4) => rest,
+        [rest @ .., b'='] if text.len().is_multiple_of(4) => rest,
+        _ => text,
+    };
+    if trimmed.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trimmed.len() / 4 * 3 + 2);
+    let mut chunks = trimmed.chunks_exact(4);
+    for c in &mut chunks {
+        let n = sextet(c[0])? << 18 | sextet(c[1])? << 12 | sextet(c[2])? << 6 | sextet(c[3])?;
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+    match *chunks.remainder() {
+        [a, b] => {
+            let n = sextet(a)? << 18 | sextet(b)? << 12;
+            if n & 0xffff != 0 {
+                return None; // non-canonical trailing bits
+            }
+            out.push((n >> 16) as u8);
+        }
+        [a, b, c] => {
+            let n = sextet(a)? << 18 | sextet(b)? << 12 | sextet(c)? << 6;
+            if n & 0xff != 0 {
+                return None;
+            }
+            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8]);
+        }
+        _ => {}
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), enc);
+            assert_eq!(base64_decode(enc.as_bytes()).unwrap(), plain.as_bytes());
+        }
+        assert_eq!(base64_decode(b"Zg").unwrap(), b"f", "padding is optional");
+        for bad in ["OK", "Zh==", "Z", "Zm9v\n", "Zm=v", "a==="] {
+            assert_eq!(base64_decode(bad.as_bytes()), None, "{bad:?}");
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(base64_decode(base64_encode(&all).as_bytes()).unwrap(), all);
+    }
+
+    #[test]
+    fn command_bodies_are_json_arrays() {
+        let cmd = Cmd::new("SET")
+            .arg("k \"q\"")
+            .arg("ключ")
+            .arg("PX")
+            .arg(1000u64);
+        assert_eq!(
+            encode_command(&cmd, Encoding::Text).unwrap(),
+            r#"["SET","k \"q\"","ключ","PX","1000"]"#.as_bytes()
+        );
+        let p = encode_pipeline(
+            &[Cmd::new("GET").arg("a"), Cmd::new("PING")],
+            Encoding::Text,
+        );
+        assert_eq!(p.unwrap(), br#"[["GET","a"],["PING"]]"#);
+    }
+
+    #[test]
+    fn binary_args_need_base64_and_round_trip() {
+        let cmd = Cmd::new("SET").arg("k").arg(&[0u8, 0xff, 0xfe][..]);
+        assert!(needs_base64_args([&cmd]));
+        let err = encode_command(&cmd, Encoding::Text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        assert!(err.message().contains("not UTF-8"), "{err}");
+        let body = encode_command(&cmd, Encoding::Base64).unwrap();
+        assert_eq!(body, br#"["SET","aw==","AP/+"]"#, "the name stays plain");
+        assert_eq!(parse_command(&body, Encoding::Base64).unwrap(), cmd);
+    }
+
+    #[test]
+    fn server_parses_numbers_and_rejects_bad_bodies() {
+        let cmd = parse_command(br#"["set","k","v","PX",1500,"x",1.5]"#, Encoding::Text).unwrap();
+        let args: Vec<&[u8]> = cmd.args().iter().map(|a| &a[..]).collect();
+        assert_eq!(
+            args,
+            [&b"set"[..], b"k", b"v", b"PX", b"1500", b"x", b"1.5"]
+        );
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"[]",
+            b"[[\"GET\"]]",
+            b"[\"GET\",null]",
+            b"[\"GET\",{\"a\":1}]",
+            b"[\"\"]",
+            b"",
+        ] {
+            let e = parse_command(bad, Encoding::Text).unwrap_err();
+            assert!(e.message().starts_with("ERR "), "{e}");
+        }
+        assert!(parse_pipeline(b"[]", Encoding::Text).is_err());
+        assert!(parse_pipeline(b"[\"GET\"]", Encoding::Text).is_err());
+        assert!(parse_command(br#"["GET","***"]"#, Encoding::Base64).is_err());
+        assert_eq!(
+            parse_pipeline(br#"[["GET","a"],["DEL","a","b"]]"#, Encoding::Text)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn replies_encode_every_string_at_every_depth_in_base64() {
+        let v = Value::Array(vec![
+            bulk("a"),
+            Value::Int(7),
+            Value::Nil,
+            Value::Array(vec![Value::Status("OK".into()), bulk("")]),
+        ]);
+        assert_eq!(
+            encode_reply(&v, Encoding::Base64),
+            br#"{"result":["YQ==",7,null,["T0s=",""]]}"#
+        );
+        assert_eq!(
+            encode_reply(&v, Encoding::Text),
+            br#"{"result":["a",7,null,["OK",""]]}"#
+        );
+        assert_eq!(
+            encode_reply(&Value::Error("ERR bad".into()), Encoding::Base64),
+            br#"{"error":"ERR bad"}"#,
+            "errors are never encoded"
+        );
+        assert_eq!(
+            encode_pipeline_reply(&[Value::Int(1), Value::Error("E".into())], Encoding::Text),
+            br#"[{"result":1},{"error":"E"}]"#
+        );
+    }
+
+    #[test]
+    fn client_decodes_what_the_server_encodes() {
+        let bin = Value::Bulk(Bytes::from((0..=255u8).collect::<Vec<_>>()));
+        let v = Value::Array(vec![bin.clone(), Value::Int(-3), Value::Nil]);
+        let body = encode_reply(&v, Encoding::Base64);
+        assert_eq!(decode_reply(&body, Encoding::Base64).unwrap(), v);
+        let values = vec![bulk("x"), Value::Error("WRONGTYPE no".into()), Value::Nil];
+        let body = encode_pipeline_reply(&values, Encoding::Text);
+        assert_eq!(
+            decode_pipeline_reply(&body, Encoding::Text, 3).unwrap(),
+            values
+        );
+        assert_eq!(
+            decode_pipeline_reply(&body, Encoding::Text, 2)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Protocol
+        );
+    }
+
+    #[test]
+    fn client_accepts_plain_ok_in_base64_mode_and_rejects_garbage() {
+        assert!(
+            decode_reply(br#"{"result":"OK"}"#, Encoding::Base64)
+                .unwrap()
+                .is_ok()
+        );
+        for bad in [&b"<html>"[..], b"[]", b"{}", b"{\"result\":{\"a\":1}}"] {
+            assert_eq!(
+                decode_reply(bad, Encoding::Text).unwrap_err().kind(),
+                ErrorKind::Protocol
+            );
+        }
+        assert_eq!(
+            error_text(br#"{"error":"Unauthorized"}"#).unwrap(),
+            "Unauthorized"
+        );
+        assert_eq!(error_text(b"nope"), None);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!("{{\"result\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(decode_reply(deep.as_bytes(), Encoding::Text).is_err());
+    }
+}

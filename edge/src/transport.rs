@@ -1,0 +1,637 @@
+//! [`RestTransport`]: a [`Transport`] that speaks the Upstash REST dialect over HTTP.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use larder_core::rest::{self, Encoding};
+use larder_core::{Cmd, ErrorKind, Transport, TransportError, Value};
+use parking_lot::Mutex;
+
+use crate::http::{HttpClient, HttpRequest, HttpResponse};
+
+/// The environment variable holding the REST URL (as the official SDKs).
+pub const URL_ENV: &str = "UPSTASH_REDIS_REST_URL";
+/// The environment variable holding the bearer token (as the official SDKs).
+pub const TOKEN_ENV: &str = "UPSTASH_REDIS_REST_TOKEN";
+/// The environment variable that, set to `1`/`true`, enables base64 arguments (only for a
+/// larder gateway; see [`RestTransportBuilder::base64_args`]).
+pub const BASE64_ARGS_ENV: &str = "LARDER_REST_BASE64_ARGS";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Redis over HTTP, in the Upstash REST dialect: to Upstash itself or to a `larder gateway`
+/// in front of any Redis.
+///
+/// - one command is one `POST {url}/`, a pipeline one `POST {url}/pipeline`: exactly one
+///   HTTP request per [`Transport`] call, so a `RedisCache` operation is one Worker
+///   subrequest;
+/// - replies are asked for in base64 (`Upstash-Encoding: base64`), so values are
+///   binary-safe on the way back; per-command errors come back in band as
+///   [`Value::Error`] with Redis's text unchanged;
+/// - HTTP and network failures are [`TransportError`]s: 401/403 → [`ErrorKind::Auth`], 413 →
+///   [`ErrorKind::Refused`], 408/504 and timeouts → [`ErrorKind::Timeout`], 429/5xx →
+///   [`ErrorKind::Unavailable`], connection failures → [`ErrorKind::Io`];
+/// - the `upstash-sync-token` a server returns is sent with the next request
+///   (read-your-writes across replicas, as the official clients do).
+///
+/// Cloning is cheap and shares the client and counters.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[cfg(feature = "native-client")]
+/// # async fn demo() -> larder_core::Result<()> {
+/// use larder_core::{Cache, RedisCache};
+/// use larder_edge::RestTransport;
+///
+/// // UPSTASH_REDIS_REST_URL / UPSTASH_REDIS_REST_TOKEN, like the official SDK.
+/// let transport = RestTransport::from_env().expect("REST URL and token in the environment");
+/// let cache = RedisCache::builder(transport).prefix("myapp").build();
+/// cache.set("k", "v".into(), None).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RestTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Arc<dyn HttpClient>,
+    /// Without a trailing slash.
+    base: String,
+    token: String,
+    timeout: Duration,
+    base64_args: bool,
+    sync_token: Mutex<Option<String>>,
+    requests: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for RestTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestTransport")
+            .field("url", &self.inner.base)
+            .field("timeout", &self.inner.timeout)
+            .field("base64_args", &self.inner.base64_args)
+            .field("client", &self.inner.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`RestTransport`] could not be configured (missing or malformed URL or token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Builds a [`RestTransport`]. Start with [`RestTransport::builder`].
+#[must_use]
+pub struct RestTransportBuilder {
+    url: String,
+    token: String,
+    timeout: Duration,
+    base64_args: bool,
+    client: Option<Arc<dyn HttpClient>>,
+}
+
+impl fmt::Debug for RestTransportBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestTransportBuilder")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("base64_args", &self.base64_args)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestTransportBuilder {
+    /// How long one request may take in all (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends commands whose arguments are not UTF-8 with every argument in base64 and the
+    /// header `Larder-Arg-Encoding: base64` (default off).
+    ///
+    /// Only a larder gateway understands this: turn it on for one, and leave it off for
+    /// Upstash, which would store the base64 text. With it off, such a command fails with
+    /// [`ErrorKind::Refused`] before anything is sent. Text arguments are always sent as
+    /// plain JSON strings.
+    pub fn base64_args(mut self, on: bool) -> Self {
+        self.base64_args = on;
+        self
+    }
+
+    /// Uses this HTTP client instead of the built-in one.
+    pub fn client(mut self, client: impl HttpClient + 'static) -> Self {
+        self.client = Some(Arc::new(client));
+        self
+    }
+
+    /// Builds the transport.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not `http://` or `https://`, the token is empty, or no HTTP client is
+    /// available (no [`client`](Self::client) given and neither the `worker` feature on
+    /// wasm32 nor the `native-client` feature elsewhere).
+    pub fn build(self) -> Result<RestTransport, ConfigError> {
+        let url = self.url.trim();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError::new(format!(
+                "the REST URL must start with https:// or http:// (got {url:?}); use the \
+                 database's REST URL (UPSTASH_REDIS_REST_URL), not its redis:// URL"
+            )));
+        }
+        let token = self.token.trim();
+        if token.is_empty() {
+            return Err(ConfigError::new(format!(
+                "the REST token is empty; set {TOKEN_ENV} or pass the token to \
+                 RestTransport::builder"
+            )));
+        }
+        let client = match self.client {
+            Some(c) => c,
+            None => default_client()?,
+        };
+        Ok(RestTransport {
+            inner: Arc::new(Inner {
+                client,
+                base: url.trim_end_matches('/').to_owned(),
+                token: token.to_owned(),
+                timeout: self.timeout,
+                base64_args: self.base64_args,
+                sync_token: Mutex::new(None),
+                requests: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+#[allow(unreachable_code)]
+fn default_client() -> Result<Arc<dyn HttpClient>, ConfigError> {
+    #[cfg(all(target_arch = "wasm32", feature = "worker"))]
+    return Ok(Arc::new(crate::FetchClient::new()));
+    #[cfg(all(not(target_arch = "wasm32"), feature = "native-client"))]
+    return Ok(Arc::new(
+        crate::ReqwestClient::new().map_err(|e| ConfigError::new(e.to_string()))?,
+    ));
+    Err(ConfigError::new(
+        "no HTTP client: enable larder-edge's `worker` feature (wasm32) or `native-client` \
+         feature, or pass one with RestTransportBuilder::client",
+    ))
+}
+
+impl RestTransport {
+    /// Starts building a transport for a REST URL (with or without a trailing slash) and a
+    /// bearer token.
+    pub fn builder(url: impl Into<String>, token: impl Into<String>) -> RestTransportBuilder {
+        RestTransportBuilder {
+            url: url.into(),
+            token: token.into(),
+            timeout: DEFAULT_TIMEOUT,
+            base64_args: false,
+            client: None,
+        }
+    }
+
+    /// A transport from the process environment: [`URL_ENV`], [`TOKEN_ENV`] and, optionally,
+    /// [`BASE64_ARGS_ENV`].
+    ///
+    /// On Cloudflare Workers, secrets are not in the process environment: use
+    /// `RestTransport::from_worker_env(&env)`.
+    ///
+    /// # Errors
+    ///
+    /// When a variable is missing, or as [`RestTransportBuilder::build`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// A transport from a Worker's bindings (secrets first, then plain vars) named as in
+    /// [`from_env`](Self::from_env).
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env).
+    #[cfg(all(target_arch = "wasm32", feature = "worker"))]
+    pub fn from_worker_env(env: &worker::Env) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| {
+            env.secret(name)
+                .map(|s| s.to_string())
+                .or_else(|_| env.var(name).map(|v| v.to_string()))
+                .ok()
+        })
+    }
+
+    /// A transport from any name → value lookup (the variables of [`from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env).
+    ///
+    /// [`from_env`]: Self::from_env
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(format!(
+                        "{name} is not set; set {URL_ENV} and {TOKEN_ENV} (from the Upstash \
+                     console, or a larder gateway's URL and token)"
+                    ))
+                })
+        };
+        let base64_args = lookup(BASE64_ARGS_ENV)
+            .map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"))
+            .unwrap_or(false);
+        Self::builder(get(URL_ENV)?, get(TOKEN_ENV)?)
+            .base64_args(base64_args)
+            .build()
+    }
+
+    /// The REST URL, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// HTTP requests sent so far (one per `exec`, one per `pipeline`).
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    fn arg_encoding(&self, cmds: &[Cmd]) -> Encoding {
+        if self.inner.base64_args && rest::needs_base64_args(cmds) {
+            Encoding::Base64
+        } else {
+            Encoding::Text
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        args: Encoding,
+    ) -> Result<HttpResponse, TransportError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(TransportError::new(
+                ErrorKind::Closed,
+                "the REST transport was closed; build a new one",
+            ));
+        }
+        let mut headers = vec![
+            ("authorization", format!("Bearer {}", self.inner.token)),
+            ("content-type", "application/json".to_owned()),
+            (rest::RESPONSE_ENCODING_HEADER, rest::BASE64.to_owned()),
+        ];
+        if args == Encoding::Base64 {
+            headers.push((rest::ARG_ENCODING_HEADER, rest::BASE64.to_owned()));
+        }
+        if let Some(t) = self.inner.sync_token.lock().clone() {
+            headers.push((rest::SYNC_TOKEN_HEADER, t));
+        }
+        let request = HttpRequest {
+            url: format!("{}/{path}", self.inner.base),
+            headers,
+            body,
+            timeout: self.inner.timeout,
+        };
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        let response = self.inner.client.post(request).await?;
+        if let Some(t) = response.sync_token.as_ref().filter(|t| !t.is_empty()) {
+            *self.inner.sync_token.lock() = Some(t.clone());
+        }
+        Ok(response)
+    }
+}
+
+/// The transport error for a response whose status says the request as a whole failed.
+pub(crate) fn status_error(status: u16, body: &[u8]) -> TransportError {
+    let detail = rest::error_text(body).unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+        text.trim().to_owned()
+    });
+    let (kind, hint) = match status {
+        401 | 403 => (
+            ErrorKind::Auth,
+            "check the token (UPSTASH_REDIS_REST_TOKEN, or the gateway's token)",
+        ),
+        413 => (
+            ErrorKind::Refused,
+            "the request body is larger than the server accepts; store smaller values or raise \
+             the gateway's body limit",
+        ),
+        408 | 504 => (
+            ErrorKind::Timeout,
+            "the server or its Redis did not answer in time",
+        ),
+        429 => (ErrorKind::Unavailable, "rate limited; retry later"),
+        500..=599 => (
+            ErrorKind::Unavailable,
+            "the server or its Redis is unavailable; retry later",
+        ),
+        400..=499 => (
+            ErrorKind::Refused,
+            "the server refused the request; check the REST URL",
+        ),
+        _ => (
+            ErrorKind::Protocol,
+            "unexpected HTTP status; check the REST URL",
+        ),
+    };
+    TransportError::new(kind, format!("HTTP {status}: {detail} ({hint})"))
+}
+
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+impl Transport for RestTransport {
+    async fn exec(&self, cmd: Cmd) -> Result<Value, TransportError> {
+        let args = self.arg_encoding(std::slice::from_ref(&cmd));
+        let body = rest::encode_command(&cmd, args)?;
+        let response = self.send("", body, args).await?;
+        match response.status {
+            // A command Redis rejected is HTTP 400 with {"error": "<Redis's text>"}: in band.
+            200..=299 | 400 => match rest::decode_reply(&response.body, Encoding::Base64) {
+                Ok(value) => Ok(value),
+                Err(_) if response.status == 400 => {
+                    Err(status_error(response.status, &response.body))
+                }
+                Err(e) => Err(e),
+            },
+            status => Err(status_error(status, &response.body)),
+        }
+    }
+
+    async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args = self.arg_encoding(&cmds);
+        let body = rest::encode_pipeline(&cmds, args)?;
+        let response = self.send("pipeline", body, args).await?;
+        match response.status {
+            200..=299 => rest::decode_pipeline_reply(&response.body, Encoding::Base64, cmds.len()),
+            status => Err(status_error(status, &response.body)),
+        }
+    }
+
+    async fn close(&self) -> Result<(), TransportError> {
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use larder_core::{Commands, SetOptions};
+
+    /// Answers every request from a closure and records what was sent.
+    #[derive(Debug, Default)]
+    struct Fake {
+        sent: Mutex<Vec<HttpRequest>>,
+        replies: Mutex<Vec<HttpResponse>>,
+    }
+
+    impl Fake {
+        fn with(replies: Vec<HttpResponse>) -> Arc<Self> {
+            Arc::new(Fake {
+                sent: Mutex::new(Vec::new()),
+                replies: Mutex::new(replies.into_iter().rev().collect()),
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for Arc<Fake> {
+        async fn post(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+            self.sent.lock().push(request);
+            self.replies.lock().pop().ok_or_else(|| {
+                TransportError::new(ErrorKind::Io, "connection refused (no more fake replies)")
+            })
+        }
+    }
+
+    fn ok(status: u16, body: &str) -> HttpResponse {
+        HttpResponse::new(status, None, Bytes::copy_from_slice(body.as_bytes()))
+    }
+
+    fn transport(fake: &Arc<Fake>) -> RestTransport {
+        RestTransport::builder("https://example.test/redis/", "s3cret")
+            .client(fake.clone())
+            .build()
+            .unwrap()
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        futures_executor::block_on(f)
+    }
+
+    #[test]
+    fn one_command_is_one_post_to_the_base_url() {
+        let fake = Fake::with(vec![ok(200, r#"{"result":"dg=="}"#)]);
+        let t = transport(&fake);
+        assert_eq!(block(t.get(b"k")).unwrap().as_deref(), Some(&b"v"[..]));
+        let sent = fake.sent.lock();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].url, "https://example.test/redis/");
+        assert_eq!(sent[0].body, br#"["GET","k"]"#);
+        let header = |n: &str| {
+            sent[0]
+                .headers
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("authorization"), Some("Bearer s3cret"));
+        assert_eq!(header("upstash-encoding"), Some("base64"));
+        assert_eq!(header("larder-arg-encoding"), None);
+        assert_eq!(t.requests(), 1);
+    }
+
+    #[test]
+    fn trailing_slash_or_not_gives_the_same_urls() {
+        for base in ["http://h:1", "http://h:1/", "http://h:1//"] {
+            let fake = Fake::with(vec![ok(200, r#"[{"result":1}]"#)]);
+            let t = RestTransport::builder(base, "t")
+                .client(fake.clone())
+                .build()
+                .unwrap();
+            block(t.pipeline(vec![Cmd::new("INCR").arg("x")])).unwrap();
+            assert_eq!(fake.sent.lock()[0].url, "http://h:1/pipeline");
+        }
+    }
+
+    #[test]
+    fn pipeline_errors_stay_in_band() {
+        let fake = Fake::with(vec![ok(
+            200,
+            r#"[{"result":"T0s="},{"error":"WRONGTYPE Operation against a key holding the wrong kind of value"},{"result":null}]"#,
+        )]);
+        let t = transport(&fake);
+        let replies = block(t.pipeline(vec![
+            Cmd::new("SET").arg("a").arg("1"),
+            Cmd::new("INCR").arg("h"),
+            Cmd::new("GET").arg("z"),
+        ]))
+        .unwrap();
+        assert!(replies[0].is_ok());
+        assert_eq!(
+            replies[1].as_error(),
+            Some("WRONGTYPE Operation against a key holding the wrong kind of value")
+        );
+        assert!(replies[2].is_nil());
+    }
+
+    #[test]
+    fn a_rejected_single_command_is_an_in_band_error() {
+        let fake = Fake::with(vec![ok(
+            400,
+            r#"{"error":"ERR value is not an integer or out of range"}"#,
+        )]);
+        let t = transport(&fake);
+        let v = block(t.exec(Cmd::new("INCR").arg("s"))).unwrap();
+        assert_eq!(
+            v.as_error(),
+            Some("ERR value is not an integer or out of range")
+        );
+    }
+
+    #[test]
+    fn http_failures_map_to_kinds() {
+        for (status, kind) in [
+            (401, ErrorKind::Auth),
+            (403, ErrorKind::Auth),
+            (413, ErrorKind::Refused),
+            (404, ErrorKind::Refused),
+            (429, ErrorKind::Unavailable),
+            (502, ErrorKind::Unavailable),
+            (503, ErrorKind::Unavailable),
+            (504, ErrorKind::Timeout),
+        ] {
+            let fake = Fake::with(vec![ok(status, r#"{"error":"nope"}"#)]);
+            let err = block(transport(&fake).exec(Cmd::new("PING"))).unwrap_err();
+            assert_eq!(err.kind(), kind, "HTTP {status}");
+            assert!(err.message().contains("nope"), "{err}");
+            assert!(!err.message().contains("s3cret"));
+        }
+        // 400 that is not the dialect (a proxy's HTML page) is not a Redis error.
+        let fake = Fake::with(vec![ok(400, "<html>bad request</html>")]);
+        let err = block(transport(&fake).exec(Cmd::new("PING"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        // 200 with something else is a protocol error.
+        let fake = Fake::with(vec![ok(200, "<html>")]);
+        let err = block(transport(&fake).exec(Cmd::new("PING"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        // No response at all: the client's error as is.
+        let fake = Fake::with(vec![]);
+        let err = block(transport(&fake).exec(Cmd::new("PING"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn binary_arguments_need_opt_in() {
+        let value = Bytes::from_static(&[0, 159, 146, 150]);
+        let fake = Fake::with(vec![]);
+        let err = block(transport(&fake).set(b"k", &value, SetOptions::default())).unwrap_err();
+        assert_eq!(err.transport_kind(), Some(ErrorKind::Refused));
+        assert!(fake.sent.lock().is_empty(), "nothing was sent");
+
+        let fake = Fake::with(vec![ok(200, r#"{"result":"T0s="}"#)]);
+        let t = RestTransport::builder("http://gw", "t")
+            .base64_args(true)
+            .client(fake.clone())
+            .build()
+            .unwrap();
+        assert!(block(t.set(b"k", &value, SetOptions::default())).unwrap());
+        let sent = fake.sent.lock();
+        assert_eq!(sent[0].body, br#"["SET","aw==","AJ+Slg=="]"#);
+        assert!(
+            sent[0]
+                .headers
+                .contains(&("larder-arg-encoding", "base64".into()))
+        );
+    }
+
+    #[test]
+    fn sync_token_is_sent_back() {
+        let mut first = ok(200, r#"{"result":1}"#);
+        first.sync_token = Some("42".into());
+        let fake = Fake::with(vec![first, ok(200, r#"{"result":1}"#)]);
+        let t = transport(&fake);
+        block(t.exec(Cmd::new("INCR").arg("a"))).unwrap();
+        block(t.exec(Cmd::new("INCR").arg("a"))).unwrap();
+        let sent = fake.sent.lock();
+        assert!(
+            !sent[0]
+                .headers
+                .iter()
+                .any(|(n, _)| *n == "upstash-sync-token")
+        );
+        assert!(
+            sent[1]
+                .headers
+                .contains(&("upstash-sync-token", "42".into()))
+        );
+    }
+
+    #[test]
+    fn config_errors_say_what_to_set() {
+        let err = RestTransport::from_lookup(|_| None).unwrap_err();
+        assert!(err.to_string().contains(URL_ENV), "{err}");
+        let err = RestTransport::builder("redis://h:6379", "t")
+            .client(Fake::with(vec![]))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+        let err = RestTransport::builder("https://h", " ")
+            .client(Fake::with(vec![]))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains(TOKEN_ENV), "{err}");
+        let t = RestTransport::from_lookup(|n| match n {
+            URL_ENV => Some("https://h/".into()),
+            TOKEN_ENV => Some("tok".into()),
+            BASE64_ARGS_ENV => Some("1".into()),
+            _ => None,
+        });
+        // Without a client feature the default client may be missing; the values parse.
+        if let Ok(t) = t {
+            assert_eq!(t.url(), "https://h");
+            assert!(t.inner.base64_args);
+            assert!(
+                !format!("{t:?}").contains("tok"),
+                "the token never shows in Debug"
+            );
+        }
+    }
+
+    #[test]
+    fn closed_transport_refuses_calls() {
+        let fake = Fake::with(vec![]);
+        let t = transport(&fake);
+        block(t.close()).unwrap();
+        let err = block(t.exec(Cmd::new("PING"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed);
+    }
+}

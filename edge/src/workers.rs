@@ -1,0 +1,102 @@
+//! Cloudflare Workers (wasm32, feature `worker`): [`FetchClient`] and [`WorkerClock`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::{Either, select};
+use larder_core::rest::SYNC_TOKEN_HEADER;
+use larder_core::{Clock, ErrorKind, TransportError};
+use worker::wasm_bindgen::JsValue;
+
+use crate::http::{HttpClient, HttpRequest, HttpResponse};
+
+/// Sends requests with the Workers runtime's `fetch` (each is one subrequest), aborting
+/// it when the timeout passes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FetchClient;
+
+impl FetchClient {
+    /// The client.
+    pub fn new() -> Self {
+        FetchClient
+    }
+}
+
+fn io(e: worker::Error) -> TransportError {
+    TransportError::new(ErrorKind::Io, format!("fetch failed: {e}"))
+}
+
+#[async_trait(?Send)]
+impl HttpClient for FetchClient {
+    async fn post(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let headers = worker::Headers::new();
+        for (name, value) in &request.headers {
+            headers.set(name, value).map_err(io)?;
+        }
+        let body = worker::js_sys::Uint8Array::from(&request.body[..]);
+        let mut init = worker::RequestInit::new();
+        init.with_method(worker::Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from(body)));
+        let req = worker::Request::new_with_init(&request.url, &init).map_err(|e| {
+            TransportError::new(
+                ErrorKind::Other,
+                format!("bad request for {}: {e}", request.url),
+            )
+        })?;
+        let controller = worker::AbortController::default();
+        let signal = controller.signal();
+        let fetch = worker::Fetch::Request(req);
+        let sending = fetch.send_with_signal(&signal);
+        let timer = worker::Delay::from(request.timeout);
+        let mut response = match select(Box::pin(sending), timer).await {
+            Either::Left((result, _)) => result.map_err(io)?,
+            Either::Right(_) => {
+                controller.abort();
+                return Err(TransportError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no response from {} within {:?}",
+                        request.url, request.timeout
+                    ),
+                ));
+            }
+        };
+        let status = response.status_code();
+        let sync_token = response.headers().get(SYNC_TOKEN_HEADER).ok().flatten();
+        let body = response.bytes().await.map_err(io)?;
+        Ok(HttpResponse::new(status, sync_token, Bytes::from(body)))
+    }
+}
+
+/// The Workers runtime's clock: `Date.now()` (which, on Workers, advances only across I/O)
+/// and `setTimeout` for sleeps.
+///
+/// `std::time::SystemTime::now()` panics on wasm32-unknown-unknown; give this to anything
+/// in larder that takes a [`Clock`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerClock;
+
+impl WorkerClock {
+    /// The clock.
+    pub fn new() -> Self {
+        WorkerClock
+    }
+
+    /// The clock behind an `Arc`, as `SharedClock`.
+    pub fn shared() -> larder_core::SharedClock {
+        std::sync::Arc::new(WorkerClock)
+    }
+}
+
+#[async_trait(?Send)]
+impl Clock for WorkerClock {
+    fn now_ms(&self) -> u64 {
+        worker::Date::now().as_millis()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        worker::Delay::from(duration).await;
+    }
+}

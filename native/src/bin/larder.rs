@@ -1,0 +1,222 @@
+//! The `larder` command line. `larder gateway` serves Redis over HTTP in the Upstash REST
+//! dialect, for Cloudflare Workers (larder-edge) and the official `@upstash/redis` clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use larder_native::gateway::{Gateway, Policy, Token, shutdown_signal};
+use larder_native::{RedisCacheOptions, RedisTransport, SentinelOptions};
+
+/// larder: a cache for LLM and agent responses, natively and on Cloudflare Workers.
+#[derive(Debug, Parser)]
+#[command(name = "larder", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Redis over HTTP (the Upstash REST dialect) for Workers and Upstash clients.
+    ///
+    /// Tokens come from the environment (LARDER_GATEWAY_TOKEN, LARDER_GATEWAY_READONLY_TOKEN)
+    /// or from files (--token-file, --read-only-token-file), never from the command line.
+    Gateway(GatewayArgs),
+    // The cache commands (stats, get, purge, warm, bench) live in `larder_native::cli`.
+    #[command(flatten)]
+    Cache(larder_native::cli::CacheCommand),
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "LARDER_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Redis to serve: `redis://[user:password@]host:port[/db]` (`rediss://` for TLS);
+    /// several comma-separated URLs (or the flag repeated) mean a Redis Cluster.
+    #[arg(
+        long = "redis-url",
+        env = "LARDER_REDIS_URL",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_urls: Vec<String>,
+
+    /// Use Redis Sentinel: the sentinels' addresses (`host:port`, comma-separated or repeated).
+    #[arg(long = "sentinel", env = "LARDER_SENTINELS", value_delimiter = ',')]
+    sentinels: Vec<String>,
+
+    /// The master's name in the sentinels' configuration (with --sentinel).
+    #[arg(long, env = "LARDER_SENTINEL_MASTER", default_value = "mymaster")]
+    sentinel_master: String,
+
+    /// A file holding a full-access token (Docker/Kubernetes secret); adds to
+    /// LARDER_GATEWAY_TOKEN.
+    #[arg(long, env = "LARDER_GATEWAY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// A file holding a read-only token; adds to LARDER_GATEWAY_READONLY_TOKEN.
+    #[arg(long, env = "LARDER_GATEWAY_READONLY_TOKEN_FILE")]
+    read_only_token_file: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes; larger ones get HTTP 413.
+    #[arg(long, env = "LARDER_GATEWAY_BODY_LIMIT", default_value_t = larder_native::gateway::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+
+    /// Also deny this command (`CMD` or `"CMD SUBCOMMAND"`); repeatable.
+    #[arg(long = "deny", value_name = "COMMAND")]
+    deny: Vec<String>,
+
+    /// Allow a command that is denied by default (for example FLUSHDB on a test gateway);
+    /// repeatable.
+    #[arg(long = "allow", value_name = "COMMAND")]
+    allow: Vec<String>,
+
+    /// Serve without any token (every request gets full access). Development only.
+    #[arg(long)]
+    insecure_no_auth: bool,
+
+    /// Time allowed for a reply from Redis, in milliseconds.
+    #[arg(long, env = "LARDER_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    redis_timeout_ms: u64,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "LARDER_LOG", default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Cache(command) => larder_native::cli::run(command),
+        Command::Gateway(args) => {
+            tracing_subscriber::fmt()
+                .with_max_level(args.log_level)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("larder gateway: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(gateway(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("larder gateway: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn env_token(name: &str) -> Result<Option<Token>, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            Token::new(v).map(Some).map_err(|e| format!("{name}: {e}"))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn gateway(args: GatewayArgs) -> Result<(), String> {
+    let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+    let transport = if args.sentinels.is_empty() {
+        let opts = RedisCacheOptions::default()
+            .addrs(args.redis_urls.iter().map(|s| s.trim().to_owned()))
+            .read_timeout(timeout)
+            .write_timeout(timeout);
+        RedisTransport::from_options(&opts)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?
+    } else {
+        let opts = SentinelOptions::new(args.sentinel_master.clone(), args.sentinels.clone())
+            .read_timeout(timeout)
+            .write_timeout(timeout);
+        RedisTransport::from_sentinel(&opts)
+            .await
+            .map_err(|e| format!("cannot reach the Sentinel master: {e}"))?
+    };
+    tracing::info!(
+        topology = transport.topology().as_str(),
+        "connected to Redis"
+    );
+
+    let mut policy = Policy::default();
+    for d in &args.deny {
+        policy.deny(d);
+    }
+    for a in &args.allow {
+        policy.allow(a);
+    }
+    let mut builder = Gateway::builder(Arc::new(transport))
+        .policy(policy)
+        .body_limit(args.body_limit);
+    let mut tokens = 0;
+    for token in [
+        env_token("LARDER_GATEWAY_TOKEN")?,
+        args.token_file
+            .as_deref()
+            .map(Token::from_file)
+            .transpose()?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        builder = builder.token(token);
+        tokens += 1;
+    }
+    let mut read_only = 0;
+    for token in [
+        env_token("LARDER_GATEWAY_READONLY_TOKEN")?,
+        args.read_only_token_file
+            .as_deref()
+            .map(Token::from_file)
+            .transpose()?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        builder = builder.read_only_token(token);
+        read_only += 1;
+    }
+    if args.insecure_no_auth {
+        tracing::warn!("--insecure-no-auth: every request gets full access");
+        builder = builder.insecure_no_auth();
+    }
+    let gateway = builder.build().map_err(|e| e.to_string())?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!(
+        %addr,
+        full_tokens = tokens,
+        read_only_tokens = read_only,
+        body_limit = args.body_limit,
+        "larder gateway listening"
+    );
+    // One line on stdout for scripts that started us on port 0.
+    println!("listening on {addr}");
+    gateway
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Bearer tokens: full and read-only, compared in constant time, never shown.
+
+use std::fmt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::policy::Access;
+
+/// A secret token. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A token from its text (surrounding whitespace is trimmed).
+    ///
+    /// # Errors
+    ///
+    /// When the token is shorter than 16 characters: such a token is guessable.
+    pub fn new(text: impl Into<String>) -> Result<Self, String> {
+        let text = text.into();
+        let t = text.trim();
+        if t.chars().count() < 16 {
+            return Err(
+                "a gateway token must be at least 16 characters (try `openssl rand -hex 32`)"
+                    .to_owned(),
+            );
+        }
+        Ok(Token(t.to_owned()))
+    }
+
+    /// Reads a token from a file (the whole file, trimmed), for Docker/Kubernetes secrets.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or holds a token that [`Token::new`] refuses.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        Token::new(text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The token's text, to hand to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The tokens a gateway accepts, each stored as its SHA-256 (so every comparison has the
+/// same length and takes the same time).
+#[derive(Clone, Default)]
+pub(crate) struct Tokens {
+    entries: Vec<([u8; 32], Access)>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let full = self.count(Access::Full);
+        let read_only = self.count(Access::ReadOnly);
+        f.debug_struct("Tokens")
+            .field("full", &full)
+            .field("read_only", &read_only)
+            .finish()
+    }
+}
+
+fn digest(text: &[u8]) -> [u8; 32] {
+    Sha256::digest(text).into()
+}
+
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+impl Tokens {
+    pub(crate) fn add(&mut self, token: &Token, access: Access) {
+        self.entries.push((digest(token.0.as_bytes()), access));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn count(&self, access: Access) -> usize {
+        self.entries.iter().filter(|(_, a)| *a == access).count()
+    }
+
+    /// The access an `Authorization` header value grants, if any. Every stored token is
+    /// compared (no early exit); a full token wins over a read-only one.
+    pub(crate) fn check(&self, authorization: Option<&[u8]>) -> Option<Access> {
+        let presented = authorization.and_then(bearer)?;
+        let d = digest(presented);
+        let mut granted = None;
+        for (stored, access) in &self.entries {
+            if ct_eq(stored, &d) && granted != Some(Access::Full) {
+                granted = Some(*access);
+            }
+        }
+        granted
+    }
+}
+
+fn bearer(header: &[u8]) -> Option<&[u8]> {
+    let header = header.trim_ascii();
+    if header.len() > 7 && header[..7].eq_ignore_ascii_case(b"bearer ") {
+        Some(header[7..].trim_ascii())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_grant_their_access_and_nothing_else() {
+        let full = Token::new("full-token-0123456789").unwrap();
+        let ro = Token::new("read-only-token-0123456789").unwrap();
+        let mut t = Tokens::default();
+        t.add(&full, Access::Full);
+        t.add(&ro, Access::ReadOnly);
+        assert_eq!(
+            t.check(Some(b"Bearer full-token-0123456789")),
+            Some(Access::Full)
+        );
+        assert_eq!(
+            t.check(Some(b"bearer  read-only-token-0123456789 ")),
+            Some(Access::ReadOnly)
+        );
+        assert_eq!(t.check(Some(b"Bearer full-token-012345678")), None);
+        assert_eq!(
+            t.check(Some(b"full-token-0123456789")),
+            None,
+            "scheme required"
+        );
+        assert_eq!(t.check(Some(b"Basic Zm9vOmJhcg==")), None);
+        assert_eq!(t.check(Some(b"Bearer ")), None);
+        assert_eq!(t.check(None), None);
+    }
+
+    #[test]
+    fn tokens_never_show_and_short_ones_are_refused() {
+        let tok = Token::new("super-secret-value-42").unwrap();
+        assert!(!format!("{tok:?}").contains("secret"));
+        let mut t = Tokens::default();
+        t.add(&tok, Access::Full);
+        assert!(!format!("{t:?}").contains("secret"));
+        assert!(Token::new("short").is_err());
+    }
+}

@@ -1,0 +1,751 @@
+//! The gateway: Redis over HTTP, in the Upstash REST dialect, in front of any `Transport`.
+//!
+//! Cloudflare Workers cannot speak RESP to a self-hosted Redis; `larder gateway` lets them
+//! (and the official `@upstash/redis` clients) use one, standalone, Cluster or Sentinel,
+//! through `larder-edge`'s `RestTransport`.
+//!
+//! # Endpoints
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /` body `["SET","k","v"]` | `{"result":"OK"}`; a Redis error is HTTP 400 `{"error":"…"}` with Redis's text unchanged |
+//! | `POST /pipeline` body `[["GET","k"],["INCR","n"]]` | `[{"result":…},{"error":…}]`, one item per command, in order |
+//! | `POST /multi-exec` (same body) | the same shape, run as one `MULTI`/`EXEC` transaction; a transaction that fails as a whole is HTTP 400 `{"error":…}` |
+//! | `GET /healthz` | 200 `{"status":"ok"}` when Redis answers `PING`, else 503 (no token needed) |
+//! | `GET /metrics` | Prometheus text counters (no token needed) |
+//!
+//! The dialect itself (`Upstash-Encoding: base64` for binary-safe replies at every depth,
+//! `upstash-sync-token` echoed, larder's `Larder-Arg-Encoding: base64` for binary
+//! arguments) is `larder_core::rest`, shared with the client. Repeated slashes in the path
+//! (`//pipeline`) and a trailing slash are tolerated.
+//!
+//! # Security
+//!
+//! - `Authorization: Bearer <token>` on every command request. Full tokens run every
+//!   allowed command; read-only tokens only reads (no writes, no `EVAL`, no `SCAN`/`KEYS`).
+//!   Tokens are kept as SHA-256 digests, compared in constant time, and never logged.
+//! - Dangerous commands are denied by default ([`policy::DEFAULT_DENIED`]: `FLUSHALL`,
+//!   `FLUSHDB`, `CONFIG`, `SHUTDOWN`, `DEBUG`, `MONITOR`, `SCRIPT KILL`, `CLIENT KILL`,
+//!   blocking pops, …), configurable with [`GatewayBuilder::policy`]. Commands that change
+//!   connection state (`MULTI`, `SELECT`, `AUTH`, `SUBSCRIBE`, …) are never run: connections
+//!   are shared. A refused command answers `NOPERM …`, in band like any Redis error.
+//! - Bodies over the limit (1 MiB by default) are refused with 413 before they are read
+//!   whole; malformed JSON is a 400 with a JSON error; no input makes the server panic.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn demo(transport: larder_core::SharedTransport) -> std::io::Result<()> {
+//! use larder_native::gateway::{Gateway, Token, shutdown_signal};
+//!
+//! let gateway = Gateway::builder(transport)
+//!     .token(Token::new(std::env::var("LARDER_GATEWAY_TOKEN").unwrap()).unwrap())
+//!     .build()
+//!     .expect("a token is configured");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! gateway.serve(listener, shutdown_signal()).await
+//! # }
+//! ```
+
+mod auth;
+mod metrics;
+pub mod policy;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use larder_core::rest::{self, Encoding};
+use larder_core::{Cmd, Commands, ErrorKind, SharedTransport, TransportError, Value};
+
+pub use auth::Token;
+use auth::Tokens;
+use metrics::{Metrics, Outcome, Route};
+pub use policy::{Access, Policy};
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A gateway could not be built (for example: no token and no explicit opt-out).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GatewayError(String);
+
+/// Builds a [`Gateway`]. Start with [`Gateway::builder`].
+#[must_use]
+pub struct GatewayBuilder {
+    transport: SharedTransport,
+    tokens: Tokens,
+    policy: Policy,
+    body_limit: usize,
+    health_timeout: Duration,
+    insecure_no_auth: bool,
+}
+
+impl fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("tokens", &self.tokens)
+            .field("policy", &self.policy)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// Accepts `token` with full access. May be called several times (token rotation).
+    pub fn token(mut self, token: Token) -> Self {
+        self.tokens.add(&token, Access::Full);
+        self
+    }
+
+    /// Accepts `token` with read-only access. May be called several times.
+    pub fn read_only_token(mut self, token: Token) -> Self {
+        self.tokens.add(&token, Access::ReadOnly);
+        self
+    }
+
+    /// The command policy (default: [`Policy::default`], which denies
+    /// [`policy::DEFAULT_DENIED`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); larger
+    /// ones get HTTP 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// How long `/healthz` waits for `PING` (default 2 s).
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.health_timeout = timeout;
+        self
+    }
+
+    /// Serves without any token: every request gets full access. Only for a gateway bound to
+    /// a private interface in development.
+    pub fn insecure_no_auth(mut self) -> Self {
+        self.insecure_no_auth = true;
+        self
+    }
+
+    /// Builds the gateway.
+    ///
+    /// # Errors
+    ///
+    /// When no token is configured and [`insecure_no_auth`](Self::insecure_no_auth) was not
+    /// asked for.
+    pub fn build(self) -> Result<Gateway, GatewayError> {
+        if self.tokens.is_empty() && !self.insecure_no_auth {
+            return Err(GatewayError(
+                "no token configured: set LARDER_GATEWAY_TOKEN (or --token-file), or pass \
+                 --insecure-no-auth for a private development gateway"
+                    .into(),
+            ));
+        }
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                transport: self.transport,
+                tokens: self.tokens,
+                policy: self.policy,
+                body_limit: self.body_limit,
+                health_timeout: self.health_timeout,
+                metrics: Metrics::default(),
+                sync: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// An HTTP server speaking the Upstash REST dialect in front of a [`Transport`].
+///
+/// See the [module documentation](self) for the endpoints and the security model.
+///
+/// [`Transport`]: larder_core::Transport
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("transport", &self.shared.transport)
+            .field("tokens", &self.shared.tokens)
+            .field("body_limit", &self.shared.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    transport: SharedTransport,
+    tokens: Tokens,
+    policy: Policy,
+    body_limit: usize,
+    health_timeout: Duration,
+    metrics: Metrics,
+    sync: AtomicU64,
+}
+
+impl Gateway {
+    /// Starts building a gateway in front of `transport`.
+    pub fn builder(transport: SharedTransport) -> GatewayBuilder {
+        GatewayBuilder {
+            transport,
+            tokens: Tokens::default(),
+            policy: Policy::default(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            health_timeout: Duration::from_secs(2),
+            insecure_no_auth: false,
+        }
+    }
+
+    /// The axum router (to mount in a larger server, or to serve yourself).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .fallback(handle)
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting connections,
+    /// lets requests in flight finish, and closes the transport.
+    ///
+    /// # Errors
+    ///
+    /// When accepting connections fails.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = self.shared.transport.close().await;
+        result
+    }
+}
+
+impl Gateway {
+    /// Serves on `listener` in a task on the current tokio runtime and returns at once.
+    /// The gateway stops gracefully when the returned handle is dropped or
+    /// [`shutdown`](SpawnedGateway::shutdown). For embedding and for tests.
+    ///
+    /// # Errors
+    ///
+    /// When the listener's address cannot be read.
+    pub fn spawn(self, listener: tokio::net::TcpListener) -> std::io::Result<SpawnedGateway> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Ok(SpawnedGateway {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A gateway serving in the background (see [`Gateway::spawn`]). Dropping it stops the
+/// gateway.
+#[derive(Debug)]
+pub struct SpawnedGateway {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl SpawnedGateway {
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections, waits for requests in flight, and returns how serving
+    /// ended.
+    ///
+    /// # Errors
+    ///
+    /// The error that ended serving, if any.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SpawnedGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM: the usual signal for [`Gateway::serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing requests in flight");
+}
+
+/// What the gateway answers, before it becomes an HTTP response.
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+    outcome: Outcome,
+    content_type: &'static str,
+    sync_token: Option<String>,
+}
+
+impl Answer {
+    fn json(status: StatusCode, body: Vec<u8>, outcome: Outcome) -> Self {
+        Answer {
+            status,
+            body,
+            outcome,
+            content_type: "application/json",
+            sync_token: None,
+        }
+    }
+
+    fn error(status: StatusCode, message: &str, outcome: Outcome) -> Self {
+        Answer::json(status, rest::encode_error(message), outcome)
+    }
+
+    fn unavailable(e: &TransportError) -> Self {
+        let status = if e.kind() == ErrorKind::Timeout {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        Answer::error(
+            status,
+            &format!("ERR the gateway cannot reach Redis: {e}"),
+            Outcome::Unavailable,
+        )
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let started = Instant::now();
+    let segments: Vec<&str> = request
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (route, answer) = match (segments.as_slice(), request.method()) {
+        ([], &Method::POST) => (
+            Route::Single,
+            command(&shared, request, Route::Single).await,
+        ),
+        (["pipeline"], &Method::POST) => (
+            Route::Pipeline,
+            command(&shared, request, Route::Pipeline).await,
+        ),
+        (["multi-exec"], &Method::POST) => (
+            Route::MultiExec,
+            command(&shared, request, Route::MultiExec).await,
+        ),
+        (["healthz"], &Method::GET | &Method::HEAD) => (Route::Other, health(&shared).await),
+        (["metrics"], &Method::GET) => (
+            Route::Other,
+            Answer {
+                status: StatusCode::OK,
+                body: shared.metrics.render().into_bytes(),
+                outcome: Outcome::Ok,
+                content_type: "text/plain; version=0.0.4",
+                sync_token: None,
+            },
+        ),
+        ([] | ["pipeline"] | ["multi-exec"], _) => (
+            Route::Other,
+            Answer::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "ERR use POST with a JSON body",
+                Outcome::NotFound,
+            ),
+        ),
+        _ => (
+            Route::Other,
+            Answer::error(
+                StatusCode::NOT_FOUND,
+                "ERR unknown endpoint: POST /, /pipeline or /multi-exec; GET /healthz or /metrics",
+                Outcome::NotFound,
+            ),
+        ),
+    };
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    shared.metrics.request(route, answer.outcome, micros);
+    answer.into_response()
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Body::from(self.body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        if let Some(token) = self.sync_token.and_then(|t| HeaderValue::try_from(t).ok()) {
+            headers.insert(rest::SYNC_TOKEN_HEADER, token);
+        }
+        response
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /`, `/pipeline`, `/multi-exec`: authenticate, read, parse, check, run, answer.
+async fn command(shared: &Shared, request: Request, route: Route) -> Answer {
+    let (parts, body) = request.into_parts();
+    let mut answer = command_inner(shared, &parts, body, route).await;
+    // Read-your-writes token: echo the client's, or hand out a fresh one.
+    let sync = header_str(&parts.headers, rest::SYNC_TOKEN_HEADER)
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| shared.sync.fetch_add(1, Ordering::Relaxed).to_string());
+    answer.sync_token = Some(sync);
+    answer
+}
+
+async fn command_inner(
+    shared: &Shared,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    route: Route,
+) -> Answer {
+    // 1. Who is asking.
+    let access = if shared.tokens.is_empty() {
+        Access::Full
+    } else {
+        match shared.tokens.check(
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        ) {
+            Some(a) => a,
+            None => {
+                return Answer::error(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized: send Authorization: Bearer <token>",
+                    Outcome::Unauthorized,
+                );
+            }
+        }
+    };
+
+    // 2. The body, within the limit.
+    let too_large = || {
+        Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "ERR the request body is larger than this gateway's limit of {} bytes",
+                shared.body_limit
+            ),
+            Outcome::TooLarge,
+        )
+    };
+    let declared = header_str(&parts.headers, header::CONTENT_LENGTH.as_str())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > shared.body_limit as u64) {
+        return too_large();
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, shared.body_limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            // axum wraps http-body-util's `LengthLimitError` ("length limit exceeded").
+            let mut limit_hit = false;
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                limit_hit |= s.to_string().contains("length limit");
+                source = s.source();
+            }
+            return if limit_hit {
+                too_large()
+            } else {
+                Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("ERR cannot read the request body: {e}"),
+                    Outcome::BadRequest,
+                )
+            };
+        }
+    };
+
+    // 3. Parse.
+    let reply_enc =
+        Encoding::from_header(header_str(&parts.headers, rest::RESPONSE_ENCODING_HEADER));
+    let arg_enc = Encoding::from_header(header_str(&parts.headers, rest::ARG_ENCODING_HEADER));
+    let bad = |e: rest::RequestError| {
+        Answer::error(StatusCode::BAD_REQUEST, e.message(), Outcome::BadRequest)
+    };
+    if route == Route::Single {
+        let cmd = match rest::parse_command(&bytes, arg_enc) {
+            Ok(c) => c,
+            Err(e) => return bad(e),
+        };
+        return single(shared, cmd, access, reply_enc).await;
+    }
+    let cmds = match rest::parse_pipeline(&bytes, arg_enc) {
+        Ok(c) => c,
+        Err(e) => return bad(e),
+    };
+    if route == Route::MultiExec {
+        multi_exec(shared, cmds, access, reply_enc).await
+    } else {
+        pipeline(shared, cmds, access, reply_enc).await
+    }
+}
+
+async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Answer {
+    if let Err(refusal) = shared.policy.check(&cmd, access) {
+        shared.metrics.denied(1);
+        return Answer::error(StatusCode::BAD_REQUEST, &refusal, Outcome::RedisError);
+    }
+    shared.metrics.commands(1);
+    let result = match scan_args(&cmd) {
+        Some(scan) => run_scan(shared, scan).await,
+        None => shared.transport.exec(cmd).await,
+    };
+    match result {
+        Ok(Value::Error(e)) => Answer::error(StatusCode::BAD_REQUEST, &e, Outcome::RedisError),
+        Ok(v) => Answer::json(StatusCode::OK, rest::encode_reply(&v, enc), Outcome::Ok),
+        Err(e) => Answer::unavailable(&e),
+    }
+}
+
+async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding) -> Answer {
+    let n = cmds.len();
+    let mut results: Vec<Option<Value>> = vec![None; n];
+    let mut run = Vec::with_capacity(n);
+    let mut slots = Vec::with_capacity(n);
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        match shared.policy.check(&cmd, access) {
+            Ok(()) => {
+                run.push(cmd);
+                slots.push(i);
+            }
+            Err(refusal) => {
+                shared.metrics.denied(1);
+                results[i] = Some(Value::Error(refusal));
+            }
+        }
+    }
+    shared.metrics.commands(run.len());
+    // SCAN goes through the transport's key scan (every master of a Cluster); the commands
+    // between SCANs go as one pipeline each, in order.
+    let mut batch: Vec<(usize, Cmd)> = Vec::new();
+    let mut pending = run.into_iter().zip(slots).peekable();
+    while let Some((cmd, slot)) = pending.next() {
+        let scan = scan_args(&cmd);
+        if scan.is_none() {
+            batch.push((slot, cmd));
+        }
+        let flush = scan.is_some() || pending.peek().is_none();
+        if flush && !batch.is_empty() {
+            let (batch_slots, cmds): (Vec<usize>, Vec<Cmd>) =
+                std::mem::take(&mut batch).into_iter().unzip();
+            let replies = match shared.transport.pipeline(cmds).await {
+                Ok(r) if r.len() == batch_slots.len() => r,
+                Ok(_) => {
+                    return Answer::error(
+                        StatusCode::BAD_GATEWAY,
+                        "ERR the Redis transport returned the wrong number of replies",
+                        Outcome::Unavailable,
+                    );
+                }
+                Err(e) => return Answer::unavailable(&e),
+            };
+            for (slot, reply) in batch_slots.into_iter().zip(replies) {
+                results[slot] = Some(reply);
+            }
+        }
+        if let Some(scan) = scan {
+            match run_scan(shared, scan).await {
+                Ok(v) => results[slot] = Some(v),
+                Err(e) => return Answer::unavailable(&e),
+            }
+        }
+    }
+    let values: Vec<Value> = results
+        .into_iter()
+        .map(|v| v.unwrap_or(Value::Nil))
+        .collect();
+    Answer::json(
+        StatusCode::OK,
+        rest::encode_pipeline_reply(&values, enc),
+        Outcome::Ok,
+    )
+}
+
+/// A `SCAN cursor [MATCH pattern] [COUNT n]` the gateway runs through
+/// [`Transport::scan_page`](larder_core::Transport::scan_page).
+struct ScanArgs {
+    cursor: u64,
+    pattern: Bytes,
+    count: usize,
+}
+
+/// Bits of the gateway's SCAN cursor that hold the node index (the top 8); the other 56 are
+/// that node's own cursor. On a single node the cursor is exactly Redis's.
+const NODE_SHIFT: u32 = 56;
+
+fn scan_args(cmd: &Cmd) -> Option<ScanArgs> {
+    if !cmd.args()[0].eq_ignore_ascii_case(b"SCAN") {
+        return None;
+    }
+    let args = &cmd.args()[1..];
+    let cursor = std::str::from_utf8(args.first()?)
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    let mut scan = ScanArgs {
+        cursor,
+        pattern: Bytes::from_static(b"*"),
+        count: 10,
+    };
+    let mut rest = args[1..].chunks(2);
+    for pair in &mut rest {
+        match pair {
+            [opt, v] if opt.eq_ignore_ascii_case(b"MATCH") => scan.pattern = v.clone(),
+            [opt, v] if opt.eq_ignore_ascii_case(b"COUNT") => {
+                scan.count = std::str::from_utf8(v).ok()?.parse::<usize>().ok()?.max(1);
+            }
+            // TYPE, or anything malformed: let Redis run (and judge) the command as sent.
+            _ => return None,
+        }
+    }
+    Some(scan)
+}
+
+async fn run_scan(shared: &Shared, scan: ScanArgs) -> Result<Value, TransportError> {
+    let node = usize::try_from(scan.cursor >> NODE_SHIFT).unwrap_or(0);
+    let cursor = scan.cursor & ((1 << NODE_SHIFT) - 1);
+    let start = if scan.cursor == 0 {
+        larder_core::ScanCursor::START
+    } else {
+        larder_core::ScanCursor::at(node, cursor)
+    };
+    let (next, keys) = shared
+        .transport
+        .scan_page(start, &scan.pattern, scan.count)
+        .await?;
+    let next = if next.is_done() {
+        0
+    } else {
+        ((next.node as u64) << NODE_SHIFT) | (next.cursor & ((1 << NODE_SHIFT) - 1))
+    };
+    Ok(Value::Array(vec![
+        Value::Bulk(Bytes::from(next.to_string())),
+        Value::Array(keys.into_iter().map(Value::Bulk).collect()),
+    ]))
+}
+
+async fn multi_exec(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding) -> Answer {
+    for cmd in &cmds {
+        if let Err(refusal) = shared.policy.check(cmd, access) {
+            shared.metrics.denied(1);
+            return Answer::error(
+                StatusCode::BAD_REQUEST,
+                &format!("EXECABORT Transaction discarded because of previous errors: {refusal}"),
+                Outcome::RedisError,
+            );
+        }
+    }
+    let n = cmds.len();
+    shared.metrics.commands(n);
+    let mut tx = Vec::with_capacity(n + 2);
+    tx.push(Cmd::new("MULTI"));
+    tx.extend(cmds);
+    tx.push(Cmd::new("EXEC"));
+    let mut replies = match shared.transport.pipeline(tx).await {
+        Ok(r) if r.len() == n + 2 => r,
+        Ok(_) => {
+            return Answer::error(
+                StatusCode::BAD_GATEWAY,
+                "ERR the Redis transport returned the wrong number of replies",
+                Outcome::Unavailable,
+            );
+        }
+        Err(e) => return Answer::unavailable(&e),
+    };
+    if let Some(e) = replies[0].as_error() {
+        return Answer::error(StatusCode::BAD_REQUEST, e, Outcome::RedisError);
+    }
+    match replies.pop().expect("n + 2 replies") {
+        Value::Array(items) => Answer::json(
+            StatusCode::OK,
+            rest::encode_pipeline_reply(&items, enc),
+            Outcome::Ok,
+        ),
+        Value::Error(e) => Answer::error(StatusCode::BAD_REQUEST, &e, Outcome::RedisError),
+        other => Answer::error(
+            StatusCode::BAD_REQUEST,
+            &format!("EXECABORT the transaction was aborted ({other:?})"),
+            Outcome::RedisError,
+        ),
+    }
+}
+
+async fn health(shared: &Shared) -> Answer {
+    match tokio::time::timeout(shared.health_timeout, shared.transport.ping()).await {
+        Ok(Ok(())) => Answer::json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec(), Outcome::Ok),
+        Ok(Err(e)) => Answer::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::to_vec(
+                &serde_json::json!({"status": "unavailable", "error": e.to_string()}),
+            )
+            .unwrap_or_default(),
+            Outcome::Unavailable,
+        ),
+        Err(_) => Answer::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"unavailable","error":"Redis did not answer PING in time"}"#.to_vec(),
+            Outcome::Unavailable,
+        ),
+    }
+}

@@ -1,0 +1,157 @@
+//! The `larder gateway` binary: starts, serves, stops on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use larder_native::testing::RedisServer;
+
+use crate::support::FULL;
+
+fn binary() -> Option<&'static str> {
+    // Built only with the `cli` feature.
+    option_env!("CARGO_BIN_EXE_larder")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larder_gateway_serves_and_stops_on_sigterm() {
+    let Some(bin) = binary() else {
+        eprintln!("skipped: build with --features cli to test the binary");
+        return;
+    };
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut child = Command::new(bin)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+        ])
+        .env("LARDER_GATEWAY_TOKEN", FULL)
+        .env("LARDER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect(&line)
+        .to_owned();
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/pipeline"))
+        .bearer_auth(FULL)
+        .header("Upstash-Encoding", "base64")
+        .body(r#"[["SET","k","v"],["GET","k"]]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"[{"result":"T0s="},{"result":"dg=="}]"#
+    );
+
+    // SAFETY: signalling the child we spawned, by its pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the gateway did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn larder_gateway_refuses_to_start_without_a_token() {
+    let Some(bin) = binary() else {
+        return;
+    };
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let out = Command::new(bin)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+        ])
+        .env_remove("LARDER_GATEWAY_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("LARDER_GATEWAY_TOKEN"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larder_gateway_fronts_a_sentinel_master() {
+    use larder_core::{Commands, SetOptions};
+    use larder_native::testing::SentinelSetup;
+    use larder_native::{RedisTransport, SentinelOptions};
+
+    let Some(bin) = binary() else {
+        return;
+    };
+    let setup = tokio::task::spawn_blocking(SentinelSetup::start)
+        .await
+        .unwrap()
+        .expect("sentinel setup starts");
+    let mut child = Command::new(bin)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--sentinel"])
+        .arg(setup.sentinel_addrs().join(","))
+        .args(["--sentinel-master", setup.master_name()])
+        .env("LARDER_GATEWAY_TOKEN", FULL)
+        .env("LARDER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect(&line)
+        .to_owned();
+    let edge = larder_edge::RestTransport::builder(format!("http://{addr}"), FULL)
+        .build()
+        .unwrap();
+    let wrote = edge
+        .set(b"via-sentinel", &"yes".into(), SetOptions::default())
+        .await;
+    let native = RedisTransport::from_sentinel(&SentinelOptions::new(
+        setup.master_name(),
+        setup.sentinel_addrs(),
+    ))
+    .await
+    .unwrap();
+    let read = native.get(b"via-sentinel").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(wrote.unwrap());
+    assert_eq!(read.unwrap().as_deref(), Some(&b"yes"[..]));
+}

@@ -1,0 +1,103 @@
+//! Starting a Redis and a gateway in front of it, and talking to it raw.
+
+use std::sync::Arc;
+
+use larder_edge::RestTransport;
+use larder_native::RedisTransport;
+use larder_native::gateway::{Gateway, GatewayBuilder, SpawnedGateway, Token};
+use larder_native::testing::RedisServer;
+
+pub(crate) const FULL: &str = "full-token-for-tests-0123456789";
+pub(crate) const READ_ONLY: &str = "read-only-token-for-tests-0123456789";
+
+/// A Redis server, the native transport to it, and a gateway in front.
+pub(crate) struct Setup {
+    pub(crate) redis: RedisServer,
+    pub(crate) native: RedisTransport,
+    pub(crate) gateway: SpawnedGateway,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Setup {
+    /// Redis + a gateway with the default policy and both tokens.
+    pub(crate) async fn start() -> Setup {
+        Setup::start_with(|b| b).await
+    }
+
+    /// Redis + a gateway configured further by `configure`.
+    pub(crate) async fn start_with(
+        configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+    ) -> Setup {
+        let redis = tokio::task::spawn_blocking(RedisServer::start)
+            .await
+            .unwrap()
+            .expect("redis-server starts");
+        let native = RedisTransport::connect(&redis.url())
+            .await
+            .expect("native transport connects");
+        let builder = Gateway::builder(Arc::new(native.clone()))
+            .token(Token::new(FULL).unwrap())
+            .read_only_token(Token::new(READ_ONLY).unwrap());
+        let gateway = configure(builder).build().expect("gateway builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = gateway.spawn(listener).unwrap();
+        Setup {
+            redis,
+            native,
+            gateway,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The edge transport to the gateway (full token, base64 arguments on).
+    pub(crate) fn edge(&self) -> RestTransport {
+        RestTransport::builder(self.gateway.url(), FULL)
+            .base64_args(true)
+            .build()
+            .unwrap()
+    }
+
+    /// A raw POST with the full token; returns the status, the sync token and the JSON body.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        base64: bool,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        self.post_as(Some(FULL), path, body.as_bytes().to_vec(), base64)
+            .await
+    }
+
+    pub(crate) async fn post_as(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        body: Vec<u8>,
+        base64: bool,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.gateway.url()))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if base64 {
+            req = req.header("Upstash-Encoding", "base64");
+        }
+        let resp = req.send().await.expect("the gateway answers");
+        let status = resp.status().as_u16();
+        let sync = resp
+            .headers()
+            .get("upstash-sync-token")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.bytes().await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "non-JSON body from the gateway: {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, sync, json)
+    }
+}

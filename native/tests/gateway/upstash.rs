@@ -1,0 +1,62 @@
+//! The official `@upstash/redis` npm client against the gateway
+//! (`tests/edge/upstash-compat.test.mjs`, run with `node --test`).
+//!
+//! Needs Node.js and `tests/edge/node_modules` (`bash scripts/install-edge-tools.sh npm`).
+//! Without them the test is skipped, unless `LARDER_EDGE_TESTS=require`, which makes that a
+//! failure (the edge scripts and CI set it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::{FULL, READ_ONLY, Setup};
+
+pub(crate) fn edge_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/edge"))
+}
+
+/// Whether a missing tool fails the test (true) or skips it.
+pub(crate) fn required() -> bool {
+    std::env::var("LARDER_EDGE_TESTS").is_ok_and(|v| v == "require")
+}
+
+pub(crate) fn skip_or_fail(why: &str) {
+    assert!(!required(), "LARDER_EDGE_TESTS=require but {why}");
+    eprintln!("skipped: {why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_upstash_client_passes_against_the_gateway() {
+    let dir = edge_dir();
+    if !dir.join("node_modules/@upstash/redis").exists() {
+        return skip_or_fail(
+            "tests/edge/node_modules is missing (bash scripts/install-edge-tools.sh npm)",
+        );
+    }
+    let s = Setup::start().await;
+    let url = s.gateway.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("--test")
+            .arg("--test-reporter=spec")
+            .arg("upstash-compat.test.mjs")
+            .current_dir(&dir)
+            .env("UPSTASH_REDIS_REST_URL", &url)
+            .env("UPSTASH_REDIS_REST_TOKEN", FULL)
+            .env("LARDER_READONLY_TOKEN", READ_ONLY)
+            .output()
+    })
+    .await
+    .unwrap();
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => return skip_or_fail(&format!("cannot run node: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "node --test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("fail 0"), "{stdout}");
+}

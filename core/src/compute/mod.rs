@@ -54,8 +54,10 @@ pub(crate) use lock::emulate_scripts;
 pub(crate) use lock::event_channel;
 pub(crate) use util::{Jitter, random_token, until};
 
-use flight::{AnyArc, Flights, Join, Leader, Waited};
-use lock::{HeldLease, with_keep_alive};
+pub(crate) use flight::{Flights, Join, Waited};
+pub(crate) use lock::{HeldLease, with_keep_alive};
+
+use flight::{AnyArc, Leader};
 use value::{Freshness, freshness};
 
 /// How a value was obtained.

@@ -29,7 +29,8 @@
 //! A lookup is one round trip: `GET {prefix}:ns:{namespace}`, `GET` of the value and `MGET`
 //! of the tags' invalidation times travel in one pipeline (plus, once enough are pending,
 //! the analytics increments). Storing a computed answer is one more (`SET … PX` with the
-//! pending analytics). An entry whose envelope carries tags the request did not name costs
+//! pending analytics); the stampede lease adds two to a miss (`SET … NX PX` before
+//! computing, the release script after storing). An entry whose envelope carries tags the request did not name costs
 //! one extra `MGET` to check them.
 //!
 //! # Examples
@@ -67,6 +68,7 @@ mod answer;
 mod control;
 mod keys;
 mod request;
+mod stampede;
 mod warm;
 
 #[cfg(test)]
@@ -85,12 +87,14 @@ use serde_json::Value as Json;
 
 use crate::cache::Cache;
 use crate::clock::{SharedClock, duration_ms};
+use crate::compute::{Jitter, RedisLock};
 use crate::envelope::{Decoded, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GO_DEEP_AGENT_PREFIX, KeyScheme};
 use crate::redis::RedisCache;
 use crate::transport::{
-    ScanCursor, SetOptions, SharedTransport, Transport, bulk_opt, mget_reply, set_reply,
+    BoxSubscription, MaybeSend, MaybeSync, ScanCursor, SetOptions, SharedTransport, Transport,
+    bulk_opt, mget_reply, set_reply,
 };
 use crate::value::{Cmd, Value};
 
@@ -105,6 +109,7 @@ pub use warm::{ProgressHook, WarmOptions, WarmProgress, WarmReport};
 use analytics::{Alert, Counts, Recorder};
 use answer::meta;
 use keys::{ResponseKeys, model_tag};
+use stampede::{Got, Lease, Leased, Stampede};
 
 /// The TTL go-deep-agent uses when none is configured (5 minutes), and so the default of
 /// [`Mode::GoDeepAgent`].
@@ -135,8 +140,17 @@ pub enum Mode {
 ///
 /// # Concurrent calls on the same key
 ///
-/// Concurrent misses of one request each compute; the last write wins. Every computed
-/// answer is correct, so this only costs duplicate model calls.
+/// One model call per missing answer. Concurrent misses of one request in a process share
+/// one computation (the others wait for it and receive its answer, or its error; if the
+/// computing caller is dropped, a waiter computes instead). Over Redis, misses in other
+/// processes wait too: the computing process holds a lease `{prefix}:lock:{hash}`
+/// (`SET NX PX`, extended while the model runs, released by a compare-and-delete script
+/// that publishes the release), and waiters re-read the entry when woken — by pub/sub on
+/// transports that have it, else by polling with jittered backoff. A holder that dies
+/// blocks others at most [`lease_ttl`](ResponseCacheBuilder::lease_ttl); nobody waits
+/// longer than [`max_wait`](ResponseCacheBuilder::max_wait) before computing itself.
+/// The lease costs a miss two more round trips; turn it off with
+/// [`lease(false)`](ResponseCacheBuilder::lease).
 ///
 /// # Errors
 ///
@@ -166,6 +180,7 @@ struct Inner {
     alert: Option<Alert>,
     corrupt: AtomicU64,
     errors: AtomicU64,
+    stampede: Stampede,
 }
 
 enum Backend {
@@ -232,6 +247,15 @@ impl<T: Transport> Transport for ViaCache<T> {
     ) -> std::result::Result<(ScanCursor, Vec<Bytes>), crate::TransportError> {
         self.0.transport().scan_page(cursor, pattern, count).await
     }
+    fn supports_pubsub(&self) -> bool {
+        self.0.transport().supports_pubsub()
+    }
+    async fn subscribe(
+        &self,
+        channel: &[u8],
+    ) -> std::result::Result<BoxSubscription, crate::TransportError> {
+        self.0.transport().subscribe(channel).await
+    }
 }
 
 /// Builds a [`ResponseCache`]; start with [`ResponseCache::redis`] or
@@ -251,6 +275,10 @@ pub struct ResponseCacheBuilder {
     flush_every: u64,
     fail_open: bool,
     alert: Option<Alert>,
+    lease: bool,
+    lease_ttl: Duration,
+    max_wait: Duration,
+    max_polls: u32,
 }
 
 impl fmt::Debug for ResponseCacheBuilder {
@@ -284,6 +312,10 @@ impl ResponseCacheBuilder {
             flush_every: DEFAULT_FLUSH_EVERY,
             fail_open: true,
             alert: None,
+            lease: true,
+            lease_ttl: stampede::DEFAULT_LEASE_TTL,
+            max_wait: stampede::DEFAULT_MAX_WAIT,
+            max_polls: stampede::DEFAULT_MAX_POLLS,
         }
     }
 
@@ -382,6 +414,38 @@ impl ResponseCacheBuilder {
         self
     }
 
+    /// Whether concurrent misses in different processes share one computation through a
+    /// lease in Redis (default true; a cache over a local [`Cache`] has no lease and
+    /// coalesces within the process only). See
+    /// [concurrent calls](ResponseCache#concurrent-calls-on-the-same-key).
+    pub fn lease(mut self, on: bool) -> Self {
+        self.lease = on;
+        self
+    }
+
+    /// How long a lease lives unless its holder extends it (default 10 s). A holder that
+    /// dies blocks others at most this long; a long computation extends its lease every
+    /// third of it.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a miss waits for another process's computation before computing itself
+    /// (default 30 s).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// How many times a waiting miss re-reads the entry before computing itself (default
+    /// 20). Each poll is a lookup and a `SET NX`: two subrequests over HTTP, so keep it
+    /// within a Worker's subrequest budget.
+    pub fn max_polls(mut self, polls: u32) -> Self {
+        self.max_polls = polls;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> ResponseCache {
         let scheme = match (self.prefix, self.mode) {
@@ -393,6 +457,20 @@ impl ResponseCacheBuilder {
             Mode::GoDeepAgent => Some(GO_DEEP_AGENT_DEFAULT_TTL),
             _ => None,
         });
+        let lease = match (&self.backend, self.lease) {
+            (Backend::Redis { transport }, true) => Some(Lease {
+                lock: Arc::new(RedisLock::new(
+                    transport.clone(),
+                    scheme.clone(),
+                    self.clock.clone(),
+                )),
+                ttl: self.lease_ttl,
+                max_wait: self.max_wait,
+                max_polls: self.max_polls,
+                jitter: Jitter::new(&*self.clock),
+            }),
+            _ => None,
+        };
         ResponseCache {
             inner: Arc::new(Inner {
                 backend: self.backend,
@@ -409,6 +487,7 @@ impl ResponseCacheBuilder {
                 alert: self.alert,
                 corrupt: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
+                stampede: Stampede::new(lease),
             }),
         }
     }
@@ -419,10 +498,23 @@ impl ResponseCacheBuilder {
 struct Target {
     /// The backend key: the full Redis key, or the local cache's key.
     key: String,
+    /// What follows `{prefix}:cache:` (`{hash}` or `{namespace}:{hash}`); names the lease.
+    user: String,
     namespace: String,
     model: String,
     /// The request's tags and its model tag, without duplicates.
     tags: Vec<String>,
+}
+
+/// How a miss is handled after computing.
+#[derive(Debug, Clone, Copy)]
+struct Miss {
+    /// The namespace generation the lookup saw (stored with the answer).
+    generation: u64,
+    /// Whether the answer is written (not no-store, and the lookup reached the cache).
+    store: bool,
+    /// Whether a failed write is only logged (else it is the caller's error).
+    fail_open: bool,
 }
 
 /// A usable cached entry.
@@ -550,7 +642,7 @@ impl ResponseCache {
         let user = ResponseKeys::user_key(&namespace, &hash);
         let key = match &self.inner.backend {
             Backend::Redis { .. } => self.inner.keys.scheme().value_key(&user),
-            Backend::Local { .. } => user,
+            Backend::Local { .. } => user.clone(),
         };
         let mut tags = Vec::with_capacity(control.tags.len() + 1);
         if self.inner.mode == Mode::Larder {
@@ -563,6 +655,7 @@ impl ResponseCache {
         }
         Ok(Target {
             key,
+            user,
             namespace,
             model,
             tags,
@@ -675,7 +768,9 @@ impl ResponseCache {
     ///
     /// # Concurrent calls on the same key
     ///
-    /// See [`ResponseCache`]: concurrent misses each compute.
+    /// See [`ResponseCache`](ResponseCache#concurrent-calls-on-the-same-key): one model
+    /// call per missing answer, in this process and, through the lease, across processes.
+    /// Callers that waited for another's computation get its answer as a MISS.
     ///
     /// # Errors
     ///
@@ -691,6 +786,7 @@ impl ResponseCache {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<LlmResponse, E>>,
+        E: MaybeSend + MaybeSync + 'static,
     {
         let t = self.target(request, control)?;
         let started = self.inner.clock.now_ms();
@@ -734,21 +830,22 @@ impl ResponseCache {
                 }
             }
         }
-        match self.compute_path(&t, compute).await {
-            Ok(response) => {
-                if !control.skips_write()
-                    && lookup_ok
-                    && let Err(e) = self
-                        .store(&t, request, control, &response, generation)
-                        .await
-                {
-                    self.failed("store", &e);
-                    if !self.inner.fail_open {
-                        return Err(ResponseError::Cache(e));
-                    }
-                }
+        let computed = self
+            .compute_path(
+                &t,
+                request,
+                control,
+                Miss {
+                    generation,
+                    store: !control.skips_write() && lookup_ok,
+                    fail_open: self.inner.fail_open,
+                },
+                compute,
+            )
+            .await;
+        match computed {
+            Ok(Got::Computed(mut response)) => {
                 self.observe("get_or_compute", &t, Some(CacheStatus::Miss), started);
-                let mut response = response;
                 if response.model.is_empty() {
                     response.model = t.model.clone();
                 }
@@ -759,7 +856,11 @@ impl ResponseCache {
                     stored_at_ms: None,
                 })
             }
-            Err(err) => match fallback {
+            Ok(Got::Found(e)) => {
+                self.observe("get_or_compute", &t, Some(CacheStatus::Miss), started);
+                Ok(answer_of(e, CacheStatus::Miss, &t))
+            }
+            Err(ResponseError::Compute(err)) => match fallback {
                 Some(e) => {
                     tracing::warn!(
                         key = %short(&t.key),
@@ -768,23 +869,95 @@ impl ResponseCache {
                     self.observe("get_or_compute", &t, Some(CacheStatus::Stale), started);
                     Ok(answer_of(e, CacheStatus::Stale, &t))
                 }
-                None => Err(ResponseError::Compute(Arc::new(err))),
+                None => Err(ResponseError::Compute(err)),
             },
+            Err(e) => Err(e),
         }
     }
 
-    /// Runs the computation of a missing answer. The one place that decides how a miss is
-    /// computed.
+    /// Computes (and stores) a missing answer: the one place that decides how a miss is
+    /// computed. Concurrent misses of the same key in this process share one computation;
+    /// with a lease, so do misses in other processes (see [`stampede`]).
     async fn compute_path<F, Fut, E>(
         &self,
-        _target: &Target,
+        t: &Target,
+        request: &LlmRequest,
+        control: &CacheControl,
+        miss: Miss,
         compute: F,
-    ) -> std::result::Result<LlmResponse, E>
+    ) -> std::result::Result<Got, ResponseError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<LlmResponse, E>>,
+        E: MaybeSend + MaybeSync + 'static,
     {
-        compute().await
+        let Miss {
+            generation,
+            store: stores,
+            fail_open,
+        } = miss;
+        // Callers that would store differently never share a computation.
+        let flight = format!("{}\u{0}{}{}", t.key, u8::from(stores), u8::from(fail_open));
+        let stampede = &self.inner.stampede;
+        stampede
+            .coalesce(&flight, compute, |compute: F| async move {
+                // The lease: only when the result will be stored (else others gain nothing
+                // by waiting) and Redis answered the lookup.
+                let leased = if stores && stampede.has_lease() {
+                    stampede
+                        .acquire(&self.inner.clock, &t.user, || self.recheck(t))
+                        .await
+                } else {
+                    Leased::Unleased
+                };
+                let held = match leased {
+                    Leased::Found(e) => return Ok(Got::Found(e)),
+                    Leased::Held(h) => Some(h),
+                    Leased::Unleased => None,
+                };
+                let result = stampede
+                    .keep_alive(&self.inner.clock, held.as_ref(), compute())
+                    .await;
+                let outcome = match result {
+                    Ok(response) => {
+                        let stored = if stores {
+                            self.store(t, request, control, &response, generation).await
+                        } else {
+                            Ok(())
+                        };
+                        match stored {
+                            Err(e) => {
+                                self.failed("store", &e);
+                                if fail_open {
+                                    Ok(Got::Computed(response))
+                                } else {
+                                    Err(ResponseError::Cache(e))
+                                }
+                            }
+                            Ok(()) => Ok(Got::Computed(response)),
+                        }
+                    }
+                    Err(e) => Err(ResponseError::Compute(Arc::new(e))),
+                };
+                if let Some(h) = held
+                    && let Err(e) = h.release().await
+                {
+                    self.failed("release lease", &e);
+                }
+                outcome
+            })
+            .await
+    }
+
+    /// Re-reads a request's entry while waiting for another process's computation.
+    async fn recheck(&self, t: &Target) -> Option<Envelope> {
+        match self.lookup(t, true).await {
+            Ok(Lookup {
+                entry: Some(Entry::Fresh(e)),
+                ..
+            }) => Some(e),
+            _ => None,
+        }
     }
 
     /// Makes every entry of a namespace a miss, in O(1): one `INCR` of the namespace's

@@ -612,9 +612,32 @@ fn analytics_accumulate_across_instances_sharing_one_redis() {
 }
 
 #[test]
-fn analytics_ride_with_the_write_and_cost_no_extra_round_trip() {
+fn a_miss_with_the_lease_costs_two_more_round_trips() {
     let t = MemTransport::new();
     let cache = redis_cache(&t).build();
+    for (i, expected) in [(0, 5), (1, 4)] {
+        t.reset_counters();
+        let r = LlmRequest::prompt("gpt-4o-mini", format!("q{i}"));
+        block_on(cache.get_or_compute(&r, &none(), Model::default().answer("a"))).unwrap();
+        // Lookup, SET NX, write, release (the first release loads the script: EVALSHA
+        // answers NOSCRIPT, then EVAL).
+        assert_eq!(t.calls(), expected, "{:?}", t.command_log());
+    }
+    t.reset_counters();
+    block_on(cache.get_or_compute(
+        &LlmRequest::prompt("gpt-4o-mini", "q0"),
+        &none(),
+        Model::default().answer("a"),
+    ))
+    .unwrap();
+    assert_eq!(t.calls(), 1, "a hit is one round trip, lease or not");
+}
+
+#[test]
+fn analytics_ride_with_the_write_and_cost_no_extra_round_trip() {
+    let t = MemTransport::new();
+    // Without the lease a miss is two round trips; the lease adds its SET NX and release.
+    let cache = redis_cache(&t).lease(false).build();
     ask(&cache, &none(), Model::default().answer("x")).unwrap(); // warm the entry
     block_on(cache.flush()).unwrap();
     for _ in 0..3 {
@@ -936,4 +959,233 @@ fn debug_names_the_backend_and_prefix() {
     let t = MemTransport::new();
     let s = format!("{:?}", redis_cache(&t).build());
     assert!(s.contains("ResponseCache") && s.contains("\"p\""), "{s}");
+}
+
+// ---- one computation per miss: in-process single-flight and the lease ----
+
+mod stampede {
+    use super::*;
+    use crate::compute::tests::support::TokioClock;
+
+    fn slow_model(
+        calls: &Arc<AtomicUsize>,
+        text: &'static str,
+        delay_ms: u64,
+    ) -> impl FnOnce() -> Pin<Box<dyn Future<Output = TestResult> + Send>> + Send + use<> {
+        let calls = calls.clone();
+        move || {
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                Ok(LlmResponse::new(text).with_usage(Usage::new(10, 5)))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_in_one_process_compute_once() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let cache = ResponseCache::redis(
+            RedisCache::builder(t.clone()).prefix("p").build(),
+            clock.clone(),
+        )
+        .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let cache = cache.clone();
+            let f = slow_model(&calls, "Paris.", 200);
+            tasks.push(tokio::spawn(async move {
+                cache.get_or_compute(&question(), &none(), f).await
+            }));
+        }
+        for task in tasks {
+            let answer = task.await.unwrap().unwrap();
+            assert_eq!(answer.text(), "Paris.");
+            assert_eq!(answer.status, CacheStatus::Miss);
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one model call for 50 misses"
+        );
+        assert!(
+            !t.keys().iter().any(|k| k.starts_with(b"p:lock:")),
+            "the lease was released"
+        );
+        let again = cache
+            .get_or_compute(&question(), &none(), slow_model(&calls, "x", 0))
+            .await
+            .unwrap();
+        assert_eq!((again.status, again.text()), (CacheStatus::Hit, "Paris."));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_instances_share_one_computation_through_the_lease() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let instance = || {
+            ResponseCache::redis(
+                RedisCache::builder(t.clone()).prefix("p").build(),
+                clock.clone(),
+            )
+            .build()
+        };
+        let (a, b_) = (instance(), instance());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let cache = if i % 2 == 0 { a.clone() } else { b_.clone() };
+            let f = slow_model(&calls, "Paris.", 300);
+            tasks.push(tokio::spawn(async move {
+                cache.get_or_compute(&question(), &none(), f).await
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().text(), "Paris.");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one call across both");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_holders_lease_expires_and_the_waiter_computes() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let cache = ResponseCache::redis(
+            RedisCache::builder(t.clone()).prefix("p").build(),
+            clock.clone(),
+        )
+        .lease_ttl(Duration::from_secs(2))
+        .build();
+        // Another process took the lease and died.
+        let key = cache.key(&question(), &none()).unwrap();
+        let hash = key.rsplit(':').next().unwrap().to_owned();
+        t.set(
+            format!("p:lock:{hash}").as_bytes(),
+            &b("someone-else"),
+            SetOptions::ttl(Some(Duration::from_secs(2))).nx(),
+        )
+        .await
+        .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let answer = cache
+            .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
+            .await
+            .unwrap();
+        assert_eq!(answer.text(), "Paris.");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
+            "computed once the foreign lease expired, after {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_past_max_wait_computes_anyway() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let cache = ResponseCache::redis(
+            RedisCache::builder(t.clone()).prefix("p").build(),
+            clock.clone(),
+        )
+        .max_wait(Duration::from_millis(500))
+        .build();
+        let key = cache.key(&question(), &none()).unwrap();
+        let hash = key.rsplit(':').next().unwrap().to_owned();
+        t.set(
+            format!("p:lock:{hash}").as_bytes(),
+            &b("held-for-long"),
+            SetOptions::ttl(Some(Duration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let answer = cache
+            .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
+            .await
+            .unwrap();
+        assert_eq!(answer.text(), "Paris.");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited < Duration::from_secs(1),
+            "{waited:?}"
+        );
+        assert_eq!(
+            t.get(format!("p:lock:{hash}").as_bytes()).await.unwrap(),
+            Some(b("held-for-long")),
+            "someone else's lease is left alone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_leader_hands_the_miss_to_a_waiter() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let cache = ResponseCache::redis(
+            RedisCache::builder(t.clone()).prefix("p").build(),
+            clock.clone(),
+        )
+        .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let leader = {
+            let cache = cache.clone();
+            let f = slow_model(&calls, "never", 10_000);
+            tokio::spawn(async move { cache.get_or_compute(&question(), &none(), f).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let waiter = {
+            let cache = cache.clone();
+            let f = slow_model(&calls, "Paris.", 100);
+            tokio::spawn(async move { cache.get_or_compute(&question(), &none(), f).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        leader.abort();
+        let answer = waiter.await.unwrap().unwrap();
+        assert_eq!(
+            answer.text(),
+            "Paris.",
+            "the waiter computed with its own closure"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leaders_error_reaches_its_waiters_and_poisons_nothing() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let cache = ResponseCache::redis(
+            RedisCache::builder(t.clone()).prefix("p").build(),
+            clock.clone(),
+        )
+        .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_compute(&question(), &none(), move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err::<LlmResponse, _>("model down".to_owned())
+                    })
+                    .await
+            }));
+        }
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert_eq!(err.compute_error().map(String::as_str), Some("model down"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let ok = cache
+            .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
+            .await
+            .unwrap();
+        assert_eq!((ok.status, ok.text()), (CacheStatus::Miss, "Paris."));
+    }
 }

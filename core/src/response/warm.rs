@@ -5,7 +5,9 @@ use std::future::Future;
 
 use futures_util::StreamExt;
 
-use super::{CacheControl, Entry, LlmRequest, LlmResponse, Mode, ResponseCache};
+use super::{
+    CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache, ResponseError,
+};
 use crate::transport::MaybeSend;
 
 /// A progress callback for [`ResponseCache::warm`]: `Send` natively.
@@ -243,16 +245,25 @@ impl ResponseCache {
         if matches!(lookup.entry, Some(Entry::Fresh(_))) {
             return Outcome::Skipped;
         }
-        let response = match self.compute_path(&t, || compute(request.clone())).await {
-            Ok(r) => r,
-            Err(e) => return Outcome::Failed(e.to_string()),
-        };
+        // Errors become text so that they can be shared with coalesced callers.
+        let compute = || async { compute(request.clone()).await.map_err(|e| e.to_string()) };
         match self
-            .store(&t, request, control, &response, lookup.generation)
+            .compute_path(
+                &t,
+                request,
+                control,
+                Miss {
+                    generation: lookup.generation,
+                    store: true,
+                    fail_open: false,
+                },
+                compute,
+            )
             .await
         {
-            Ok(()) => Outcome::Computed,
-            Err(e) => Outcome::Failed(format!("cache write failed: {e}")),
+            Ok(_) => Outcome::Computed,
+            Err(ResponseError::Compute(e)) => Outcome::Failed(e.to_string()),
+            Err(ResponseError::Cache(e)) => Outcome::Failed(format!("cache write failed: {e}")),
         }
     }
 }

@@ -6,5 +6,6 @@
 
 mod cluster;
 mod common;
+mod response;
 mod sentinel;
 mod standalone;

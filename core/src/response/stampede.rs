@@ -1,0 +1,200 @@
+//! One computation per missing answer: the in-process single-flight and the distributed
+//! lease of [`ComputeCache`](crate::compute::ComputeCache), applied to the response cache's
+//! own lookups and writes.
+//!
+//! - Callers in one process that miss the same key (same namespace, same write policy) join
+//!   one flight: the leader computes and stores, the others receive its result. Dropping the
+//!   leader's future promotes a waiter, which computes with its own closure.
+//! - Over Redis, the leader first takes the lease `{prefix}:lock:{ns:}{hash}`
+//!   (`SET … NX PX`). When another process holds it, the leader waits — woken by the
+//!   release's pub/sub message where the transport has pub/sub, else polling with jittered
+//!   backoff — re-reading the entry after each wake-up, and computes anyway once
+//!   [`max_wait`](super::ResponseCacheBuilder::max_wait) or
+//!   [`max_polls`](super::ResponseCacheBuilder::max_polls) pass (availability first, like
+//!   [`WaitPolicy::Compute`](crate::compute::WaitPolicy::Compute)). A holder that dies
+//!   releases nothing: its lease expires after the lease TTL, which long computations
+//!   extend every third of it.
+
+use std::any::TypeId;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{SharedClock, duration_ms};
+use crate::compute::{
+    Flights, HeldLease, Jitter, Join, LockBackend, Waited, random_token, with_keep_alive,
+};
+use crate::envelope::Envelope;
+use crate::transport::{MaybeSend, MaybeSync};
+
+use super::answer::{LlmResponse, ResponseError};
+
+/// Default lease TTL: a dead holder blocks others at most this long.
+pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default bound on waiting for another process's computation.
+pub(crate) const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+/// Default bound on polls while waiting (each is up to two requests over HTTP).
+pub(crate) const DEFAULT_MAX_POLLS: u32 = 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What a miss ended with.
+#[derive(Debug, Clone)]
+pub(crate) enum Got {
+    /// Computed (by this caller or the flight's leader in this process).
+    Computed(LlmResponse),
+    /// Written by another process while this one waited for its lease.
+    Found(Envelope),
+}
+
+/// The leader's result, shared with the flight's waiters.
+pub(crate) type Shared<E> = std::result::Result<Got, ResponseError<E>>;
+
+/// The stampede settings and state of one response cache.
+pub(crate) struct Stampede {
+    flights: Arc<Flights<()>>,
+    lease: Option<Lease>,
+}
+
+impl fmt::Debug for Stampede {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stampede")
+            .field("in_flight", &self.flights.len())
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+/// The distributed lease.
+pub(crate) struct Lease {
+    pub(crate) lock: Arc<dyn LockBackend>,
+    pub(crate) ttl: Duration,
+    pub(crate) max_wait: Duration,
+    pub(crate) max_polls: u32,
+    pub(crate) jitter: Jitter,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("lock", &self.lock)
+            .field("ttl", &self.ttl)
+            .field("max_wait", &self.max_wait)
+            .field("max_polls", &self.max_polls)
+            .finish()
+    }
+}
+
+/// What the lease phase decided.
+pub(crate) enum Leased {
+    /// This process holds the lease: compute, store, then release it.
+    Held(HeldLease),
+    /// Compute without the lease (no lease configured, Redis failing, or the wait bound
+    /// passed).
+    Unleased,
+    /// Another process stored the answer while we waited.
+    Found(Envelope),
+}
+
+impl Stampede {
+    pub(crate) fn new(lease: Option<Lease>) -> Self {
+        Stampede {
+            flights: Arc::new(Flights::default()),
+            lease,
+        }
+    }
+
+    /// Whether a distributed lease is configured.
+    pub(crate) fn has_lease(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Runs `lead` once per `flight` key among concurrent callers in this process; the
+    /// others get a clone of its result. `lead` receives the caller's own `compute`.
+    pub(crate) async fn coalesce<C, E, L, Fut>(
+        &self,
+        flight: &str,
+        compute: C,
+        lead: L,
+    ) -> Shared<E>
+    where
+        E: MaybeSend + MaybeSync + 'static,
+        L: Fn(C) -> Fut,
+        Fut: Future<Output = Shared<E>>,
+    {
+        let mut joined = self.flights.join(flight, TypeId::of::<Shared<E>>());
+        loop {
+            match joined {
+                Join::Leader(leader) => {
+                    let outcome = lead(compute).await;
+                    leader.complete(Arc::new(outcome.clone()));
+                    return outcome;
+                }
+                Join::Waiter(waiter) => match waiter.await {
+                    Waited::Outcome(shared) => {
+                        return shared
+                            .downcast_ref::<Shared<E>>()
+                            .expect("flights are keyed by outcome type")
+                            .clone();
+                    }
+                    Waited::Promoted(leader) => joined = Join::Leader(leader),
+                },
+            }
+        }
+    }
+
+    /// Takes the lease of `id`, or waits for its holder: `recheck` re-reads the entry after
+    /// each wake-up and ends the wait when it finds a fresh one.
+    pub(crate) async fn acquire<R, RFut>(&self, clock: &SharedClock, id: &str, recheck: R) -> Leased
+    where
+        R: Fn() -> RFut,
+        RFut: Future<Output = Option<Envelope>>,
+    {
+        let Some(lease) = &self.lease else {
+            return Leased::Unleased;
+        };
+        let token = random_token(&**clock);
+        let held = || HeldLease::new(lease.lock.clone(), id, token.clone(), None);
+        // Listen before the first attempt, so a release right after it is not missed.
+        let mut listener = lease.lock.listen(id);
+        match lease.lock.try_acquire(id, &token, lease.ttl).await {
+            Ok(true) => return Leased::Held(held()),
+            Ok(false) => {}
+            Err(_) => return Leased::Unleased,
+        }
+        let bound = clock.now_ms().saturating_add(duration_ms(lease.max_wait));
+        let mut backoff = BACKOFF_MIN;
+        for _ in 0..lease.max_polls {
+            let now = clock.now_ms();
+            if now >= bound {
+                break;
+            }
+            let nap = lease
+                .jitter
+                .jitter(backoff, 0.5)
+                .min(Duration::from_millis(bound - now));
+            listener.wait(&**clock, nap).await;
+            if let Some(found) = recheck().await {
+                return Leased::Found(found);
+            }
+            match lease.lock.try_acquire(id, &token, lease.ttl).await {
+                Ok(true) => return Leased::Held(held()),
+                Ok(false) => {}
+                Err(_) => return Leased::Unleased,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Leased::Unleased
+    }
+
+    /// Runs `work` while keeping `held` alive.
+    pub(crate) async fn keep_alive<F: Future>(
+        &self,
+        clock: &SharedClock,
+        held: Option<&HeldLease>,
+        work: F,
+    ) -> F::Output {
+        let ttl = self.lease.as_ref().map_or(DEFAULT_LEASE_TTL, |l| l.ttl);
+        with_keep_alive(work, held, &**clock, ttl).await
+    }
+}

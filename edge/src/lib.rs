@@ -50,4 +50,4 @@ pub use transport::{
 #[cfg(all(not(target_arch = "wasm32"), feature = "native-client"))]
 pub use native::ReqwestClient;
 #[cfg(all(target_arch = "wasm32", feature = "worker"))]
-pub use workers::{FetchClient, WorkerClock};
+pub use workers::{FetchClient, WaitUntil, WorkerClock};

@@ -1,4 +1,5 @@
-//! Cloudflare Workers (wasm32, feature `worker`): [`FetchClient`] and [`WorkerClock`].
+//! Cloudflare Workers (wasm32, feature `worker`): [`FetchClient`], [`WorkerClock`] and
+//! [`WaitUntil`].
 
 use std::time::Duration;
 
@@ -98,5 +99,46 @@ impl Clock for WorkerClock {
 
     async fn sleep(&self, duration: Duration) {
         worker::Delay::from(duration).await;
+    }
+}
+
+/// A larder [`Runtime`](larder_core::runtime::Runtime) for one Worker request: background
+/// work (a fail-safe refresh that outlives its caller, the release of a lease whose caller
+/// went away, a deferred statistics flush) runs under the request's
+/// [`Context::wait_until`](worker::Context::wait_until), so the Workers runtime keeps the
+/// request alive until it finishes without delaying the response.
+///
+/// Build one per request from the handler's `Context`:
+///
+/// ```ignore
+/// #[event(fetch)]
+/// async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+///     let runtime = WaitUntil::shared(std::sync::Arc::new(ctx));
+///     let cache = ComputeCache::builder(redis_cache, WorkerClock::shared())
+///         .runtime(runtime)
+///         .build();
+///     // …
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct WaitUntil {
+    ctx: std::sync::Arc<worker::Context>,
+}
+
+impl WaitUntil {
+    /// The runtime of the request `ctx` belongs to.
+    pub fn new(ctx: std::sync::Arc<worker::Context>) -> Self {
+        WaitUntil { ctx }
+    }
+
+    /// The runtime behind an `Arc`, as [`SharedRuntime`](larder_core::runtime::SharedRuntime).
+    pub fn shared(ctx: std::sync::Arc<worker::Context>) -> larder_core::runtime::SharedRuntime {
+        std::sync::Arc::new(WaitUntil::new(ctx))
+    }
+}
+
+impl larder_core::runtime::Runtime for WaitUntil {
+    fn spawn(&self, task: larder_core::runtime::BoxFuture<'static, ()>) {
+        self.ctx.wait_until(task);
     }
 }

@@ -17,13 +17,13 @@
 //! | `GET /stats` | `cache.stats()` (local counts and the shared totals in Redis) |
 //! | `GET /vectors` | checks the golden key vectors inside the Worker |
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use larder_core::compute::{ComputeCache, Status};
 use larder_core::keys::{go_deep_agent_json, go_deep_agent_key};
-use larder_core::{
-    Cache, CacheExt, Clock, Envelope, KeyScheme, RedisCache, canonical_json, request_hash,
-};
-use larder_edge::{RestTransport, WorkerClock};
+use larder_core::{Cache, Clock, Envelope, KeyScheme, RedisCache, canonical_json, request_hash};
+use larder_edge::{RestTransport, WaitUntil, WorkerClock};
 use serde_json::{Value as Json, json};
 use worker::{Context, Env, Method, Request, Response, Result, event};
 
@@ -54,6 +54,7 @@ fn text(bytes: &[u8]) -> Json {
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
+    let ctx = Arc::new(ctx);
     let path = req.path();
     if path == "/vectors" {
         return Response::from_json(&check_vectors());
@@ -122,7 +123,7 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
                 Ok(h) => h,
                 Err(e) => return fail(400, e),
             };
-            match compute(&cache, &hash, &request).await {
+            match compute(&cache, &ctx, &hash, &request).await {
                 Ok((computed, envelope)) => json!({
                     "hash": hash,
                     "computed": computed,
@@ -150,21 +151,32 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     Response::from_json(&body)
 }
 
-/// Get-or-compute: a hit costs one subrequest; a miss two (read, then write).
+/// Get-or-compute through larder's `ComputeCache` (concurrent misses in this isolate share
+/// one computation; work that outlives the request runs under `wait_until`): a hit costs
+/// one subrequest, a miss two (read, then write).
 async fn compute(
     cache: &RedisCache<RestTransport>,
+    ctx: &Arc<Context>,
     hash: &str,
     request: &Json,
-) -> larder_core::Result<(bool, Envelope)> {
-    if let Some(envelope) = cache.get_envelope(hash).await? {
-        return Ok((false, envelope));
-    }
+) -> std::result::Result<(bool, Envelope), String> {
+    let computer = ComputeCache::builder(cache.clone(), WorkerClock::shared())
+        .runtime(WaitUntil::shared(ctx.clone()))
+        .build();
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
-    let prompt = request["prompt"].as_str().unwrap_or_default();
-    let now_s = (WorkerClock::new().now_ms() / 1000) as i64;
-    let envelope = Envelope::new(format!("echo: {prompt}"), model, now_s);
-    cache.set_envelope(hash, &envelope, None).await?;
-    Ok((true, envelope))
+    let prompt = request["prompt"].as_str().unwrap_or_default().to_owned();
+    let fetched = computer
+        .fetch(hash, None, async move {
+            let now_s = (WorkerClock::new().now_ms() / 1000) as i64;
+            Ok::<_, std::convert::Infallible>(Envelope::new(
+                format!("echo: {prompt}"),
+                model,
+                now_s,
+            ))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((fetched.status == Status::Computed, fetched.value))
 }
 
 /// Checks every golden key vector (canonical JSON, request hash, go-deep-agent keys) with

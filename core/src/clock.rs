@@ -18,6 +18,14 @@ pub trait Clock: MaybeSend + MaybeSync + Debug {
     /// Milliseconds since the unix epoch.
     fn now_ms(&self) -> u64;
 
+    /// A reading in microseconds for measuring how long something took: only differences
+    /// between two readings mean anything. The default is [`now_ms`](Clock::now_ms) × 1000;
+    /// clocks with a finer source (the native `SystemClock`: a monotonic `Instant`)
+    /// override it.
+    fn now_us(&self) -> u64 {
+        self.now_ms().saturating_mul(1000)
+    }
+
     /// Waits for `duration`.
     async fn sleep(&self, duration: Duration);
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fallback;
 pub mod keys;
 pub mod memory;
+pub mod observe;
 pub mod redis;
 pub mod response;
 pub mod rest;

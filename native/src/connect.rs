@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_core::keys::KeyScheme;
+use larder_core::observe::Instrumented;
 use larder_core::{Cache, Error, MemoryCache, RedisCache, Result};
 
 use crate::SystemClock;
@@ -259,16 +260,33 @@ impl CacheBuilder {
                 if let Some(ttl) = ttl_override {
                     opts.default_ttl = ttl;
                 }
-                Arc::new(RedisCache::from_options(opts).await?)
+                let (tracing, metrics) = (opts.enable_tracing, opts.enable_metrics);
+                instrumented(RedisCache::from_options(opts).await?, tracing, metrics)
             }
             Backend::Sentinel(mut opts) => {
                 if let Some(ttl) = ttl_override {
                     opts.default_ttl = ttl;
                 }
-                Arc::new(RedisCache::from_sentinel(opts).await?)
+                let (tracing, metrics) = (opts.enable_tracing, opts.enable_metrics);
+                instrumented(RedisCache::from_sentinel(opts).await?, tracing, metrics)
             }
             Backend::Custom(cache) => cache,
         })
+    }
+}
+
+/// The cache, wrapped in [`Instrumented`] (a span and metrics per cache operation, on top
+/// of the transport's per-call ones) when the options ask for tracing or metrics.
+fn instrumented(cache: impl Cache + 'static, tracing: bool, metrics: bool) -> Arc<dyn Cache> {
+    if tracing || metrics {
+        Arc::new(
+            Instrumented::new(cache, SystemClock::shared())
+                .name("redis")
+                .tracing(tracing)
+                .metrics(metrics),
+        )
+    } else {
+        Arc::new(cache)
     }
 }
 

@@ -73,9 +73,12 @@ pub struct RedisCacheOptions {
     pub key_prefix: String,
     /// TTL of writes that pass none (`None`: entries never expire).
     pub default_ttl: Option<Duration>,
-    /// Emit a `tracing` span (and a warning on failure) for every Redis call.
+    /// Emit a `tracing` span (and a warning on failure) for every Redis call; caches built
+    /// with [`CacheBuilder`](crate::CacheBuilder) also get a span per cache operation
+    /// ([`Instrumented`](larder_core::observe::Instrumented)).
     pub enable_tracing: bool,
-    /// Record `metrics` counters and a latency histogram for every Redis call.
+    /// Record `metrics` counters and a latency histogram for every Redis call (and, through
+    /// [`CacheBuilder`](crate::CacheBuilder), per cache operation: hits, misses, errors).
     pub enable_metrics: bool,
 }
 

@@ -104,6 +104,7 @@ impl Machine {
             self.state = BreakerState::HalfOpen;
             self.probes_in_flight = 0;
             self.probe_successes = 0;
+            report(BreakerState::HalfOpen);
         }
         match self.state {
             BreakerState::Closed => Admit::Call,
@@ -156,6 +157,7 @@ impl Machine {
         self.probes_in_flight = 0;
         self.probe_successes = 0;
         self.times_opened += 1;
+        report(BreakerState::Open);
     }
 
     pub(crate) fn close(&mut self) {
@@ -163,6 +165,27 @@ impl Machine {
         self.consecutive_failures = 0;
         self.probes_in_flight = 0;
         self.probe_successes = 0;
+        report(BreakerState::Closed);
+    }
+}
+
+/// Reports a transition: the gauge `larder_breaker_state` (0 closed, 1 half-open, 2 open),
+/// the counter `larder_breaker_transitions_total{to}`, and a log line.
+fn report(to: BreakerState) {
+    let level = match to {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    metrics::gauge!("larder_breaker_state").set(level);
+    metrics::counter!("larder_breaker_transitions_total", "to" => to.as_str()).increment(1);
+    match to {
+        BreakerState::Open => tracing::warn!(state = to.as_str(), "larder: circuit breaker opened"),
+        _ => tracing::info!(
+            state = to.as_str(),
+            "larder: circuit breaker {}",
+            to.as_str()
+        ),
     }
 }
 

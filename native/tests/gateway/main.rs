@@ -9,6 +9,7 @@ mod support;
 mod cache;
 mod cli;
 mod dialect;
+mod hostile;
 mod lifecycle;
 mod security;
 mod upstash;

@@ -11,6 +11,7 @@ mod cli;
 mod dialect;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod security;
 mod upstash;
 mod worker;

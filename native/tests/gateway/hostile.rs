@@ -593,3 +593,82 @@ async fn debug_output_of_the_gateway_never_shows_a_token() {
         "{shown}"
     );
 }
+
+/// The deny list filters commands, not what a script does: with a full token, `EVAL` can
+/// call any command Redis lets scripts call, `FLUSHALL` included. Redis's own ACLs close
+/// that gap (scripts run with the caller's permissions): this is the deployment
+/// docs/SECURITY.md recommends, checked end to end.
+#[tokio::test]
+async fn a_redis_acl_user_stops_denied_commands_run_from_scripts() {
+    let redis = tokio::task::spawn_blocking(larder_native::testing::RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = larder_native::RedisTransport::connect(&redis.url())
+        .await
+        .unwrap();
+    let acl = larder_core::Cmd::new("ACL").args_from([
+        "SETUSER",
+        "larder-gateway",
+        "on",
+        ">gateway-password-0123456789",
+        "~*",
+        "&*",
+        "+@all",
+        "-flushall",
+        "-flushdb",
+        "-swapdb",
+        "-config",
+        "-shutdown",
+        "-debug",
+    ]);
+    use larder_core::Transport;
+    assert_eq!(
+        admin.exec(acl).await.unwrap(),
+        larder_core::Value::Status("OK".into())
+    );
+    admin
+        .exec(larder_core::Cmd::new("SET").arg("keep").arg("me"))
+        .await
+        .unwrap();
+    let url = format!(
+        "redis://larder-gateway:gateway-password-0123456789@{}",
+        redis.addr()
+    );
+    let transport = larder_native::RedisTransport::connect(&url).await.unwrap();
+    let gateway = larder_native::gateway::Gateway::builder(std::sync::Arc::new(transport))
+        .token(larder_native::gateway::Token::new(FULL).unwrap())
+        .build()
+        .unwrap()
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let http = reqwest::Client::new();
+    for script in [
+        "return redis.call('FLUSHALL')",
+        "return redis.call('flushdb')",
+        "return redis.call('SWAPDB','0','1')",
+    ] {
+        let resp = http
+            .post(gateway.url())
+            .bearer_auth(FULL)
+            .body(json!(["EVAL", script, "0"]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{script}");
+        let reply: serde_json::Value =
+            serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.contains("NOPERM") || error.contains("can't run this command"),
+            "{script}: {error}"
+        );
+    }
+    assert_eq!(
+        admin
+            .exec(larder_core::Cmd::new("GET").arg("keep"))
+            .await
+            .unwrap(),
+        larder_core::Value::Bulk("me".into())
+    );
+}

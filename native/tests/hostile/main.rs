@@ -45,7 +45,8 @@ impl Setup {
 
     /// Another program's command, run as is.
     async fn foreign(&self, parts: &[&[u8]]) -> Value {
-        let cmd = Cmd::from_parts(parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()).unwrap();
+        let cmd =
+            Cmd::from_parts(parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()).unwrap();
         self.raw.exec(cmd).await.expect("the foreign command runs")
     }
 
@@ -53,7 +54,11 @@ impl Setup {
         self.foreign(&[b"GET", key.as_bytes()]).await
     }
 
-    fn compute(&self, policy: WaitPolicy, max_wait: Duration) -> ComputeCache<RedisCache<RedisTransport>> {
+    fn compute(
+        &self,
+        policy: WaitPolicy,
+        max_wait: Duration,
+    ) -> ComputeCache<RedisCache<RedisTransport>> {
         ComputeCache::builder(self.cache.clone(), SystemClock::shared())
             .lock(RedisLock::for_cache(&self.cache, SystemClock::shared()))
             .runtime(TokioRuntime::shared())
@@ -65,7 +70,10 @@ impl Setup {
 }
 
 /// An Envelope computation that counts its runs.
-fn answer(runs: &Arc<AtomicU32>, text: &'static str) -> impl Future<Output = Result<Envelope, Infallible>> + Send + 'static {
+fn answer(
+    runs: &Arc<AtomicU32>,
+    text: &'static str,
+) -> impl Future<Output = Result<Envelope, Infallible>> + Send + 'static {
     let runs = runs.clone();
     async move {
         runs.fetch_add(1, Ordering::SeqCst);
@@ -95,7 +103,8 @@ async fn foreign_values_at_cache_keys_are_legacy_text_or_counted_misses() {
         ("json", br#"{"answer":42,"from":"another program"}"#),
         ("array", b"[1,2,3]"),
     ] {
-        s.foreign(&[b"SET", s.keys().value_key(key).as_bytes(), stored]).await;
+        s.foreign(&[b"SET", s.keys().value_key(key).as_bytes(), stored])
+            .await;
         let got = compute
             .try_get_or_compute_value(key, None, answer(&runs, "computed"))
             .await
@@ -112,16 +121,28 @@ async fn foreign_values_at_cache_keys_are_legacy_text_or_counted_misses() {
         ("binary", vec![0xff, 0x00, 0xfe, 0x80, 0x01]),
         ("truncated", br#"{"v":1,"response":"cut of"#.to_vec()),
         ("wrong-fields", br#"{"v":"one","response":["x"]}"#.to_vec()),
-        ("deep", format!("{{\"v\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes()),
+        (
+            "deep",
+            format!("{{\"v\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        ),
     ];
     for (i, (key, bytes)) in garbage.iter().enumerate() {
-        s.foreign(&[b"SET", s.keys().value_key(key).as_bytes(), bytes]).await;
+        s.foreign(&[b"SET", s.keys().value_key(key).as_bytes(), bytes])
+            .await;
         let got = compute
             .try_get_or_compute_value(key, None, answer(&runs, "recomputed"))
             .await
             .unwrap();
-        assert_eq!((got.status, got.value.response.as_str()), (Status::Computed, "recomputed"), "{key}");
-        assert_eq!(compute.compute_stats().corrupt, i as u64 + 1, "{key} counted corrupt");
+        assert_eq!(
+            (got.status, got.value.response.as_str()),
+            (Status::Computed, "recomputed"),
+            "{key}"
+        );
+        assert_eq!(
+            compute.compute_stats().corrupt,
+            i as u64 + 1,
+            "{key} counted corrupt"
+        );
         let stored = s.raw_get(&s.keys().value_key(key)).await;
         assert!(
             matches!(Envelope::decode(bulk(&stored)), larder_core::Decoded::Envelope(e) if e.response == "recomputed"),
@@ -139,31 +160,47 @@ async fn a_20_mb_foreign_value_is_read_or_counted_corrupt_without_harm() {
     let compute = s.compute(WaitPolicy::Compute, Duration::from_millis(200));
     let runs = Arc::new(AtomicU32::new(0));
     let text = "a".repeat(20 * 1024 * 1024);
-    s.foreign(&[b"SET", s.keys().value_key("big-text").as_bytes(), text.as_bytes()]).await;
+    s.foreign(&[
+        b"SET",
+        s.keys().value_key("big-text").as_bytes(),
+        text.as_bytes(),
+    ])
+    .await;
     let started = Instant::now();
     let got = compute
         .try_get_or_compute_value("big-text", None, answer(&runs, "small"))
         .await
         .unwrap();
-    eprintln!("20 MB legacy value read and decoded in {:?}", started.elapsed());
+    eprintln!(
+        "20 MB legacy value read and decoded in {:?}",
+        started.elapsed()
+    );
     assert_eq!(got.status, Status::Hit);
     assert_eq!(got.value.response.len(), text.len());
 
     let mut binary = vec![0xffu8; 20 * 1024 * 1024];
     binary[0] = b'{';
-    s.foreign(&[b"SET", s.keys().value_key("big-binary").as_bytes(), &binary]).await;
+    s.foreign(&[b"SET", s.keys().value_key("big-binary").as_bytes(), &binary])
+        .await;
     let started = Instant::now();
     let got = compute
         .try_get_or_compute_value("big-binary", None, answer(&runs, "small"))
         .await
         .unwrap();
-    eprintln!("20 MB binary value found corrupt and replaced in {:?}", started.elapsed());
+    eprintln!(
+        "20 MB binary value found corrupt and replaced in {:?}",
+        started.elapsed()
+    );
     assert_eq!(got.status, Status::Computed);
     assert_eq!(compute.compute_stats().corrupt, 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     // The raw API hands the bytes back unchanged.
-    s.foreign(&[b"SET", s.keys().value_key("big-raw").as_bytes(), &binary]).await;
-    assert_eq!(s.cache.get("big-raw").await.unwrap().unwrap().len(), binary.len());
+    s.foreign(&[b"SET", s.keys().value_key("big-raw").as_bytes(), &binary])
+        .await;
+    assert_eq!(
+        s.cache.get("big-raw").await.unwrap().unwrap().len(),
+        binary.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +215,10 @@ async fn wrong_types_at_cache_keys_are_surfaced_raw_and_a_counted_miss_when_comp
 
     // The raw cache API reports what Redis said.
     let err = s.cache.get("hash").await.unwrap_err();
-    assert!(matches!(&err, Error::Server(m) if m.starts_with("WRONGTYPE")), "{err}");
+    assert!(
+        matches!(&err, Error::Server(m) if m.starts_with("WRONGTYPE")),
+        "{err}"
+    );
     assert!(matches!(s.cache.mget(&["list", "hash"]).await, Ok(v) if v == vec![None, None]));
 
     // get_or_compute: a counted corrupt miss, computed under the lease like any miss, and
@@ -190,12 +230,23 @@ async fn wrong_types_at_cache_keys_are_surfaced_raw_and_a_counted_miss_when_comp
             .unwrap();
         assert_eq!(got.status, Status::Computed, "{key}");
         let st = compute.compute_stats();
-        assert_eq!((st.corrupt, st.lock_acquired, st.cache_errors), (i as u64 + 1, i as u64 + 1, 0), "{key}: {st:?}");
+        assert_eq!(
+            (st.corrupt, st.lock_acquired, st.cache_errors),
+            (i as u64 + 1, i as u64 + 1, 0),
+            "{key}: {st:?}"
+        );
         let stored = s.raw_get(&s.keys().value_key(key)).await;
-        assert!(matches!(Envelope::decode(bulk(&stored)), larder_core::Decoded::Envelope(_)));
+        assert!(matches!(
+            Envelope::decode(bulk(&stored)),
+            larder_core::Decoded::Envelope(_)
+        ));
     }
     let stats = s.cache.stats().await.unwrap();
-    assert_eq!((stats.corrupt, stats.hits), (3, 0), "the raw read and both computes: {stats:?}");
+    assert_eq!(
+        (stats.corrupt, stats.hits),
+        (3, 0),
+        "the raw read and both computes: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,9 +267,16 @@ async fn wrong_types_and_garbage_under_response_cache_keys_are_counted_misses() 
         if foreign[0] == b"HSET" {
             s.foreign(&[b"DEL", key.as_bytes()]).await;
         }
-        assert!(!matches!(s.foreign(foreign).await, Value::Error(_)), "{foreign:?}");
+        assert!(
+            !matches!(s.foreign(foreign).await, Value::Error(_)),
+            "{foreign:?}"
+        );
         let before = responses.corrupt();
-        assert_eq!(responses.get(&request, &control).await.unwrap(), None, "{foreign:?}");
+        assert_eq!(
+            responses.get(&request, &control).await.unwrap(),
+            None,
+            "{foreign:?}"
+        );
         let answer = responses
             .get_or_compute(&request, &control, || async {
                 Ok::<_, Infallible>(LlmResponse::new("Paris, recomputed."))
@@ -228,7 +286,11 @@ async fn wrong_types_and_garbage_under_response_cache_keys_are_counted_misses() 
         assert_eq!(answer.status, CacheStatus::Miss);
         let expected = u64::from(foreign[0] != b"DEL");
         assert_eq!(responses.corrupt() - before, 2 * expected, "{foreign:?}");
-        let hit = responses.get(&request, &control).await.unwrap().expect("stored again");
+        let hit = responses
+            .get(&request, &control)
+            .await
+            .unwrap()
+            .expect("stored again");
         assert_eq!(hit.text(), "Paris, recomputed.");
     }
 }
@@ -239,7 +301,14 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
     let runs = Arc::new(AtomicU32::new(0));
     let max_wait = Duration::from_millis(300);
     let lock = s.keys().lock_key("locked");
-    s.foreign(&[b"SET", lock.as_bytes(), b"someone-elses-token", b"PX", b"60000"]).await;
+    s.foreign(&[
+        b"SET",
+        lock.as_bytes(),
+        b"someone-elses-token",
+        b"PX",
+        b"60000",
+    ])
+    .await;
 
     // Compute (the default): waits out the bound, then computes without the lease.
     let compute = s.compute(WaitPolicy::Compute, max_wait);
@@ -276,8 +345,15 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
 
     // The foreign lock is exactly as it was: same value, TTL only ever counting down.
     assert_eq!(bulk(&s.raw_get(&lock).await), b"someone-elses-token");
-    let pttl = s.foreign(&[b"PTTL", lock.as_bytes()]).await.as_int().unwrap();
-    assert!(pttl > 0 && pttl <= 60_000 - started.elapsed().as_millis() as i64, "{pttl}");
+    let pttl = s
+        .foreign(&[b"PTTL", lock.as_bytes()])
+        .await
+        .as_int()
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 60_000 - started.elapsed().as_millis() as i64,
+        "{pttl}"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
@@ -286,7 +362,8 @@ async fn a_lock_key_of_the_wrong_type_is_waited_out_and_left_alone() {
     let s = Setup::start().await;
     let runs = Arc::new(AtomicU32::new(0));
     let lock = s.keys().lock_key("typed");
-    s.foreign(&[b"HSET", lock.as_bytes(), b"owner", b"another-program"]).await;
+    s.foreign(&[b"HSET", lock.as_bytes(), b"owner", b"another-program"])
+        .await;
     let compute = s.compute(WaitPolicy::Compute, Duration::from_millis(200));
     let got = compute
         .try_get_or_compute_value("typed", None, answer(&runs, "computed"))
@@ -312,14 +389,23 @@ async fn a_lock_taken_over_during_the_compute_is_neither_released_nor_extended()
     let s = Setup::start().await;
     let compute = s.compute(WaitPolicy::Compute, Duration::from_millis(200));
     for (key, intruder) in [
-        ("string", &[&b"SET"[..], b"{lock}", b"intruder-token", b"PX", b"60000"][..]),
+        (
+            "string",
+            &[&b"SET"[..], b"{lock}", b"intruder-token", b"PX", b"60000"][..],
+        ),
         ("hash", &[&b"DEL"[..], b"{lock}"][..]),
     ] {
         let lock = s.keys().lock_key(key);
         let raw = s.raw.clone();
         let parts: Vec<Vec<u8>> = intruder
             .iter()
-            .map(|p| if *p == b"{lock}" { lock.clone().into_bytes() } else { p.to_vec() })
+            .map(|p| {
+                if *p == b"{lock}" {
+                    lock.clone().into_bytes()
+                } else {
+                    p.to_vec()
+                }
+            })
             .collect();
         let hash_lock = key == "hash";
         let lock_for_task = lock.clone();
@@ -344,14 +430,21 @@ async fn a_lock_taken_over_during_the_compute_is_neither_released_nor_extended()
             assert_eq!(bulk(&f), b"v", "the intruder's hash survives our release");
         } else {
             assert_eq!(bulk(&s.raw_get(&lock).await), b"intruder-token");
-            let pttl = s.foreign(&[b"PTTL", lock.as_bytes()]).await.as_int().unwrap();
+            let pttl = s
+                .foreign(&[b"PTTL", lock.as_bytes()])
+                .await
+                .as_int()
+                .unwrap();
             assert!(pttl <= 60_000, "{pttl}");
         }
     }
     let st = compute.compute_stats();
     eprintln!("after two take-overs: {st:?}");
     assert_eq!(st.lock_acquired, 2);
-    assert_eq!(st.lock_errors, 1, "the release found a hash: a counted lock error, no harm");
+    assert_eq!(
+        st.lock_errors, 1,
+        "the release found a hash: a counted lock error, no harm"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,18 +459,34 @@ async fn stats_keys_that_are_not_integers_never_fail_a_cache_operation_nor_get_o
     let writes = s.keys().stats_key(Stat::Writes);
     s.foreign(&[b"SET", hits.as_bytes(), b"not a number"]).await;
     s.foreign(&[b"HSET", misses.as_bytes(), b"f", b"1"]).await;
-    s.foreign(&[b"SET", writes.as_bytes(), b"99999999999999999999999"]).await;
+    s.foreign(&[b"SET", writes.as_bytes(), b"99999999999999999999999"])
+        .await;
     for i in 0..5 {
-        cache.set("k", Bytes::from_static(b"v"), None).await.unwrap();
+        cache
+            .set("k", Bytes::from_static(b"v"), None)
+            .await
+            .unwrap();
         assert!(cache.get("k").await.unwrap().is_some(), "{i}");
         assert!(cache.get("absent").await.unwrap().is_none(), "{i}");
     }
     cache.flush_stats().await.unwrap();
     let stats = cache.stats().await.unwrap();
-    assert_eq!((stats.hits, stats.misses, stats.writes), (5, 5, 5), "local counts");
+    assert_eq!(
+        (stats.hits, stats.misses, stats.writes),
+        (5, 5, 5),
+        "local counts"
+    );
     let shared = stats.shared.expect("shared stats are read");
-    assert_eq!((shared.hits, shared.misses, shared.writes), (0, 0, 0), "unreadable counters read as 0");
-    assert_eq!(bulk(&s.raw_get(&hits).await), b"not a number", "not overwritten");
+    assert_eq!(
+        (shared.hits, shared.misses, shared.writes),
+        (0, 0, 0),
+        "unreadable counters read as 0"
+    );
+    assert_eq!(
+        bulk(&s.raw_get(&hits).await),
+        b"not a number",
+        "not overwritten"
+    );
     let f = s.foreign(&[b"HGET", misses.as_bytes(), b"f"]).await;
     assert_eq!(bulk(&f), b"1");
     assert_eq!(bulk(&s.raw_get(&writes).await), b"99999999999999999999999");

@@ -672,3 +672,82 @@ async fn a_redis_acl_user_stops_denied_commands_run_from_scripts() {
         larder_core::Value::Bulk("me".into())
     );
 }
+
+/// Secrets stay out of the logs: the `larder gateway` binary at `trace`, with a Redis
+/// password in its URL, answering good, bad and query-string tokens, then stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trace() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let Some(bin) = option_env!("CARGO_BIN_EXE_larder") else {
+        eprintln!("skipped: build with --features cli to test the binary");
+        return;
+    };
+    const PASSWORD: &str = "redis-password-never-logged-42";
+    let redis = tokio::task::spawn_blocking(larder_native::testing::RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = larder_native::RedisTransport::connect(&redis.url())
+        .await
+        .unwrap();
+    use larder_core::Transport;
+    admin
+        .exec(larder_core::Cmd::new("ACL").args_from([
+            "SETUSER",
+            "gw",
+            "on",
+            &format!(">{PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]))
+        .await
+        .unwrap();
+    let mut child = Command::new(bin)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--redis-url"])
+        .arg(format!("redis://gw:{PASSWORD}@{}", redis.addr()))
+        .env("LARDER_GATEWAY_TOKEN", FULL)
+        .env("LARDER_GATEWAY_READONLY_TOKEN", READ_ONLY)
+        .env("LARDER_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = format!("http://{}", line.trim().strip_prefix("listening on ").unwrap());
+    let http = reqwest::Client::new();
+    let wrong = "wrong-token-that-is-long-enough-0123";
+    for (token, query) in [
+        (Some(FULL), ""),
+        (Some(READ_ONLY), ""),
+        (Some(wrong), ""),
+        (None, "?_token=query-token-never-logged-0123"),
+    ] {
+        let mut req = http
+            .post(format!("{base}/pipeline{query}"))
+            .body(r#"[["SET","k","v"],["FLUSHALL"],["GET","k"]]"#);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        assert!(req.send().await.is_ok());
+    }
+    // SAFETY: signalling the child we spawned, by its pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = child.wait();
+    assert!(logs.contains("larder gateway listening"), "{logs}");
+    for secret in [FULL, READ_ONLY, wrong, PASSWORD, "query-token-never-logged"] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs:\n{logs}");
+    }
+}

@@ -719,7 +719,10 @@ async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trac
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let base = format!("http://{}", line.trim().strip_prefix("listening on ").unwrap());
+    let base = format!(
+        "http://{}",
+        line.trim().strip_prefix("listening on ").unwrap()
+    );
     let http = reqwest::Client::new();
     let wrong = "wrong-token-that-is-long-enough-0123";
     for (token, query) in [
@@ -748,6 +751,9 @@ async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trac
     let _ = child.wait();
     assert!(logs.contains("larder gateway listening"), "{logs}");
     for secret in [FULL, READ_ONLY, wrong, PASSWORD, "query-token-never-logged"] {
-        assert!(!logs.contains(secret), "{secret} leaked into the logs:\n{logs}");
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
     }
 }

@@ -187,23 +187,47 @@ async fn connections_past_the_cap_wait_unaccepted_until_one_closes() {
         "{}",
         String::from_utf8_lossy(&got)
     );
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.gateway.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The third's task may still be finishing its close: poll (on one kept-alive
+    // connection) until only the metrics request itself is open.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = s
+            .http
+            .get(format!("{}/metrics", s.gateway.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("larder_gateway_open_connections 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         metrics.contains("larder_gateway_connections_total 4"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("larder_gateway_open_connections 1"),
+        metrics.contains("larder_gateway_open_connections 1\n"),
         "{metrics}"
     );
+}
+
+/// Lets this test process hold its 10 000 client sockets (soft limit up to the hard one).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -257,6 +281,7 @@ async fn ten_thousand_connections_stay_bounded_by_the_cap_and_the_gateway_recove
     assert_eq!(http.get(&health).send().await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let baseline = open_fds(pid);
+    raise_fd_limit();
 
     // 10 000 clients connect at once and hold their connections.
     let started = Instant::now();

@@ -491,3 +491,42 @@ async fn stats_keys_that_are_not_integers_never_fail_a_cache_operation_nor_get_o
     assert_eq!(bulk(&f), b"1");
     assert_eq!(bulk(&s.raw_get(&writes).await), b"99999999999999999999999");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_under_a_tiered_cache_is_a_corrupt_miss_not_an_l2_outage() {
+    use larder_core::{MemoryCache, TieredCache};
+    let s = Setup::start().await;
+    let tiered = TieredCache::builder(
+        MemoryCache::new(SystemClock::shared(), 1000, None),
+        s.cache.clone(),
+    )
+    .runtime(TokioRuntime::shared())
+    .build();
+    let compute = ComputeCache::builder(tiered.clone(), SystemClock::shared())
+        .lock(RedisLock::for_cache(&s.cache, SystemClock::shared()))
+        .runtime(TokioRuntime::shared())
+        .build();
+    let key = s.keys().value_key("tiered");
+    s.foreign(&[b"SADD", key.as_bytes(), b"member"]).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let got = compute
+        .try_get_or_compute_value("tiered", None, answer(&runs, "computed"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, Status::Computed);
+    let st = compute.compute_stats();
+    assert_eq!((st.lock_acquired, st.cache_errors), (1, 0), "{st:?}");
+    let ts = tiered.tiered_stats();
+    assert_eq!(ts.l2_errors, 0, "{ts:?}");
+    let stats = tiered.stats().await.unwrap();
+    assert_eq!(
+        (stats.corrupt, stats.misses, stats.hits),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    let stored = s.raw_get(&key).await;
+    assert!(matches!(
+        Envelope::decode(bulk(&stored)),
+        larder_core::Decoded::Envelope(_)
+    ));
+}

@@ -757,3 +757,57 @@ async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trac
         );
     }
 }
+
+/// `--allow-query-token` on the binary: off by default, on when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_query_tokens_unless_started_with_allow_query_token() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let Some(bin) = option_env!("CARGO_BIN_EXE_larder") else {
+        eprintln!("skipped: build with --features cli to test the binary");
+        return;
+    };
+    let redis = tokio::task::spawn_blocking(larder_native::testing::RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    for (flag, expected) in [(None, 401), (Some("--allow-query-token"), 200)] {
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+        ])
+        .env("LARDER_GATEWAY_TOKEN", FULL)
+        .env_remove("LARDER_GATEWAY_ALLOW_QUERY_TOKEN")
+        .env("LARDER_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        let status = reqwest::Client::new()
+            .post(format!("http://{addr}/?_token={FULL}"))
+            .body(r#"["PING"]"#)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(status, expected, "{flag:?}");
+    }
+}

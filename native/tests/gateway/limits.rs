@@ -143,6 +143,20 @@ async fn slow_bodies_get_408_json_and_the_connection_closed_at_the_body_timeout(
         None,
         "nothing was written"
     );
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.gateway.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"larder_gateway_requests_total{endpoint="command",outcome="timeout"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,8 @@ pub struct CacheStats {
     pub writes: u64,
     /// Keys deleted by `delete`, `delete_pattern` or `clear`.
     pub deletes: u64,
-    /// Values that were present but could not be decoded; each is also a miss.
+    /// Values that were present but could not be decoded, or keys holding a value of the
+    /// wrong type (`WRONGTYPE`); each is also a miss.
     pub corrupt: u64,
     /// Entries removed to make room (memory tier).
     pub evictions: u64,

@@ -158,6 +158,13 @@ impl Error {
         }
     }
 
+    /// True for Redis's `WRONGTYPE` reply: the key holds a value of another type (a hash
+    /// where a string was expected, say), written by some other program. Caches treat such
+    /// a key as a corrupt entry (a counted miss), not as an outage.
+    pub fn is_wrong_type(&self) -> bool {
+        matches!(self, Error::Server(s) if s.starts_with("WRONGTYPE"))
+    }
+
     /// The transport error kind, when this is a transport error.
     pub fn transport_kind(&self) -> Option<ErrorKind> {
         match self {
@@ -182,6 +189,8 @@ mod tests {
         assert!(!TransportError::new(ErrorKind::Protocol, "bad").is_retryable());
         assert!(Error::Server("LOADING Redis is loading".into()).is_retryable());
         assert!(!Error::Server("WRONGTYPE Operation".into()).is_retryable());
+        assert!(Error::Server("WRONGTYPE Operation".into()).is_wrong_type());
+        assert!(!Error::Server("ERR wrong number of arguments".into()).is_wrong_type());
     }
 
     #[test]

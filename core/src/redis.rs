@@ -384,7 +384,16 @@ impl<T: Transport> Cache for RedisCache<T> {
         let reply = self
             .run_one(Cmd::new("GET").arg(self.inner.keys.value_key(key)))
             .await?;
-        let value = self.checked(bulk_opt("GET", reply))?;
+        let value = match bulk_opt("GET", reply) {
+            Err(e) if e.is_wrong_type() => {
+                // Another program's hash/list/… at a cache key: unreadable, so a corrupt
+                // miss in the counts; the caller gets Redis's error.
+                self.inner.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.count(Stat::Misses, 1);
+                return Err(self.fail(e));
+            }
+            r => self.checked(r)?,
+        };
         self.count(
             if value.is_some() {
                 Stat::Hits
@@ -402,7 +411,14 @@ impl<T: Transport> Cache for RedisCache<T> {
             .run(vec![Cmd::new("GET").arg(&k), Cmd::new("PTTL").arg(&k)])
             .await?;
         let pttl = replies.pop().expect("two replies");
-        let value = self.checked(bulk_opt("GET", replies.pop().expect("two replies")))?;
+        let value = match bulk_opt("GET", replies.pop().expect("two replies")) {
+            Err(e) if e.is_wrong_type() => {
+                self.inner.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.count(Stat::Misses, 1);
+                return Err(self.fail(e));
+            }
+            r => self.checked(r)?,
+        };
         let Some(value) = value else {
             self.count(Stat::Misses, 1);
             return Ok(None);

@@ -153,7 +153,8 @@ pub struct ComputeStats {
     /// Cache reads and writes that failed and were absorbed (the call went on without the
     /// cache).
     pub cache_errors: u64,
-    /// Stored values that could not be decoded (treated as misses and recomputed).
+    /// Stored values that could not be decoded, or keys of the wrong type (`WRONGTYPE`),
+    /// treated as misses and recomputed.
     pub corrupt: u64,
     /// Leases taken.
     pub lock_acquired: u64,
@@ -992,6 +993,13 @@ impl<C: Cache + 'static> ComputeCache<C> {
                     Freshness::Dead => Read::Miss,
                 },
             },
+            Err(e) if e.is_wrong_type() => {
+                // A value of another type at our key (written by another program): as
+                // corrupt as undecodable bytes. The cache counted it; recompute under the
+                // lease, and the write replaces it.
+                bump(&inner.counters.corrupt);
+                Read::Miss
+            }
             Err(e) => {
                 bump(&inner.counters.cache_errors);
                 Read::Failed(e)

@@ -585,7 +585,8 @@ impl ResponseCache {
         self.inner.errors.load(Ordering::Relaxed)
     }
 
-    /// Stored values that could not be decoded (each was treated as a miss).
+    /// Stored values that could not be decoded, or keys holding a value of the wrong type
+    /// (each was treated as a miss).
     pub fn corrupt(&self) -> u64 {
         self.inner.corrupt.load(Ordering::Relaxed)
     }
@@ -1286,7 +1287,15 @@ impl ResponseCache {
                         generation,
                     });
                 }
-                let raw = bulk_opt("GET", replies.next().expect("reply per command"))?;
+                let raw = match bulk_opt("GET", replies.next().expect("reply per command")) {
+                    // Another program's hash/list/… at the key: a corrupt entry, a miss.
+                    Err(e) if e.is_wrong_type() => {
+                        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cached key of the wrong type treated as a miss");
+                        None
+                    }
+                    r => r?,
+                };
                 let mut tag_times: HashMap<&str, u64> = HashMap::new();
                 if !t.tags.is_empty() {
                     let times =
@@ -1344,8 +1353,15 @@ impl ResponseCache {
                         generation,
                     });
                 }
-                let Some(envelope) = cache.get(&t.key).await?.and_then(|raw| self.decode(&raw))
-                else {
+                let raw = match cache.get(&t.key).await {
+                    Err(e) if e.is_wrong_type() => {
+                        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cached key of the wrong type treated as a miss");
+                        None
+                    }
+                    r => r?,
+                };
+                let Some(envelope) = raw.and_then(|raw| self.decode(&raw)) else {
                     return Ok(Lookup {
                         entry: None,
                         generation,

@@ -290,6 +290,13 @@ impl<L2: Cache> TieredCache<L2> {
     async fn read_l2_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>> {
         let r = self.inner.l2.get_with_ttl(key).await;
         let c = &self.inner.counters;
+        if matches!(&r, Err(e) if e.is_wrong_type()) {
+            // Another program's hash/list/… at the key: a corrupt entry, not an L2 outage.
+            // Counted as a found entry that proved corrupt (stats turn it into a miss).
+            bump(&c.l2_hits, 1);
+            bump(&c.corrupt, 1);
+            return Ok(None);
+        }
         match self.absorb(r)? {
             Some(Some((v, ttl))) => {
                 bump(&c.l2_hits, 1);

@@ -69,6 +69,25 @@ struct GatewayArgs {
     #[arg(long, env = "LARDER_GATEWAY_BODY_LIMIT", default_value_t = larder_native::gateway::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
 
+    /// Most connections open at once; past it the gateway stops accepting until one closes.
+    #[arg(long, env = "LARDER_GATEWAY_MAX_CONNECTIONS", default_value_t = larder_native::gateway::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Milliseconds a client has to send a request's headers (also bounds idle kept-alive
+    /// connections); then the connection is closed.
+    #[arg(long, env = "LARDER_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = larder_native::gateway::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
+    header_timeout_ms: u64,
+
+    /// Milliseconds a client has to send a request's body once its headers are in; then
+    /// the answer is 408 and the connection is closed.
+    #[arg(long, env = "LARDER_GATEWAY_BODY_TIMEOUT_MS", default_value_t = larder_native::gateway::DEFAULT_BODY_READ_TIMEOUT.as_millis() as u64)]
+    body_timeout_ms: u64,
+
+    /// Also accept the token as `?_token=` in the URL (as Upstash does) when a request has
+    /// no Authorization header. Off by default: URLs end up in logs.
+    #[arg(long, env = "LARDER_GATEWAY_ALLOW_QUERY_TOKEN")]
+    allow_query_token: bool,
+
     /// Also deny this command (`CMD` or `"CMD SUBCOMMAND"`); repeatable.
     #[arg(long = "deny", value_name = "COMMAND")]
     deny: Vec<String>,
@@ -163,7 +182,11 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     }
     let mut builder = Gateway::builder(Arc::new(transport))
         .policy(policy)
-        .body_limit(args.body_limit);
+        .body_limit(args.body_limit)
+        .max_connections(args.max_connections)
+        .header_read_timeout(Duration::from_millis(args.header_timeout_ms))
+        .body_read_timeout(Duration::from_millis(args.body_timeout_ms))
+        .allow_query_token(args.allow_query_token);
     let mut tokens = 0;
     for token in [
         env_token("LARDER_GATEWAY_TOKEN")?,
@@ -209,6 +232,10 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         full_tokens = tokens,
         read_only_tokens = read_only,
         body_limit = args.body_limit,
+        max_connections = args.max_connections,
+        header_timeout_ms = args.header_timeout_ms,
+        body_timeout_ms = args.body_timeout_ms,
+        allow_query_token = args.allow_query_token,
         "larder gateway listening"
     );
     // One line on stdout for scripts that started us on port 0.

@@ -98,7 +98,15 @@ impl Tokens {
     /// The access an `Authorization` header value grants, if any. Every stored token is
     /// compared (no early exit); a full token wins over a read-only one.
     pub(crate) fn check(&self, authorization: Option<&[u8]>) -> Option<Access> {
-        let presented = authorization.and_then(bearer)?;
+        self.check_secret(authorization.and_then(bearer)?)
+    }
+
+    /// The access a bare token (for example from `?_token=`) grants, if any.
+    pub(crate) fn check_secret(&self, presented: &[u8]) -> Option<Access> {
+        let presented = presented.trim_ascii();
+        if presented.is_empty() {
+            return None;
+        }
         let d = digest(presented);
         let mut granted = None;
         for (stored, access) in &self.entries {
@@ -108,6 +116,35 @@ impl Tokens {
         }
         granted
     }
+}
+
+/// The value of the query parameter `name` (percent-decoded), if present. Only `%XX`
+/// escapes are decoded; a malformed escape is kept as it is (and will not match a token).
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
+    let pair = query?
+        .split('&')
+        .find(|p| p.split('=').next() == Some(name))?;
+    let raw = pair.split_once('=').map_or("", |(_, v)| v).as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).copied().and_then(hex),
+            raw.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(0));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 fn bearer(header: &[u8]) -> Option<&[u8]> {
@@ -147,6 +184,25 @@ mod tests {
         assert_eq!(t.check(Some(b"Basic Zm9vOmJhcg==")), None);
         assert_eq!(t.check(Some(b"Bearer ")), None);
         assert_eq!(t.check(None), None);
+    }
+
+    #[test]
+    fn query_tokens_are_found_and_percent_decoded() {
+        assert_eq!(
+            query_param(Some("_token=abc%2Fd"), "_token"),
+            Some(b"abc/d".to_vec())
+        );
+        assert_eq!(
+            query_param(Some("a=1&_token=x%zz"), "_token"),
+            Some(b"x%zz".to_vec())
+        );
+        assert_eq!(query_param(Some("_token"), "_token"), Some(Vec::new()));
+        assert_eq!(query_param(Some("_tokenx=1"), "_token"), None);
+        assert_eq!(query_param(None, "_token"), None);
+        let mut t = Tokens::default();
+        t.add(&Token::new("full-token-0123456789").unwrap(), Access::Full);
+        assert_eq!(t.check_secret(b"full-token-0123456789"), Some(Access::Full));
+        assert_eq!(t.check_secret(b""), None);
     }
 
     #[test]

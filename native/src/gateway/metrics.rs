@@ -13,10 +13,11 @@ pub(crate) enum Outcome {
     TooLarge,
     NotFound,
     Unavailable,
+    Timeout,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 8] = [
         Outcome::Ok,
         Outcome::RedisError,
         Outcome::BadRequest,
@@ -24,6 +25,7 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::NotFound,
         Outcome::Unavailable,
+        Outcome::Timeout,
     ];
 
     fn label(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::NotFound => "not_found",
             Outcome::Unavailable => "unavailable",
+            Outcome::Timeout => "timeout",
         }
     }
 }
@@ -68,8 +71,10 @@ impl Route {
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    requests: [[AtomicU64; 7]; 4],
+    requests: [[AtomicU64; 8]; 4],
     commands: AtomicU64,
+    connections: AtomicU64,
+    open_connections: AtomicU64,
     denied: AtomicU64,
     request_micros: AtomicU64,
 }
@@ -88,6 +93,13 @@ impl Metrics {
 
     pub(crate) fn denied(&self, n: usize) {
         self.denied.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A connection was accepted; the returned guard counts it open until dropped.
+    pub(crate) fn connection(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
     }
 
     pub(crate) fn render(&self) -> String {
@@ -119,6 +131,11 @@ impl Metrics {
                 &self.denied,
             ),
             (
+                "larder_gateway_connections_total",
+                "TCP connections accepted.",
+                &self.connections,
+            ),
+            (
                 "larder_gateway_request_duration_microseconds_total",
                 "Time spent answering requests, in microseconds.",
                 &self.request_micros,
@@ -128,6 +145,23 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP larder_gateway_open_connections TCP connections open now (at most the \
+             connection limit).\n# TYPE larder_gateway_open_connections gauge\n\
+             larder_gateway_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
         out
+    }
+}
+
+/// Counts one connection as open while it lives.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(std::sync::Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

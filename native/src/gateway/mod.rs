@@ -29,8 +29,20 @@
 //!   blocking pops, …), configurable with [`GatewayBuilder::policy`]. Commands that change
 //!   connection state (`MULTI`, `SELECT`, `AUTH`, `SUBSCRIBE`, …) are never run: connections
 //!   are shared. A refused command answers `NOPERM …`, in band like any Redis error.
+//! - Tokens in the query string (`?_token=…`, which Upstash accepts) are refused with 401 by
+//!   default — URLs end up in proxy and access logs — unless
+//!   [`GatewayBuilder::allow_query_token`] opts in.
 //! - Bodies over the limit (1 MiB by default) are refused with 413 before they are read
-//!   whole; malformed JSON is a 400 with a JSON error; no input makes the server panic.
+//!   whole; malformed JSON (including JSON nested too deep) is a 400 with a JSON error; no
+//!   input makes the server panic.
+//! - [`Gateway::serve`] accepts at most [`DEFAULT_MAX_CONNECTIONS`] connections at a time
+//!   ([`GatewayBuilder::max_connections`]): past the cap it stops accepting, so further
+//!   clients wait in the kernel's backlog instead of costing file descriptors. A client
+//!   must send a request's headers within [`DEFAULT_HEADER_READ_TIMEOUT`] of connecting (or
+//!   of its previous response, on a kept-alive connection) and its body within
+//!   [`DEFAULT_BODY_READ_TIMEOUT`]; otherwise the connection is closed (slowloris).
+//!   [`Gateway::router`] alone has the body timeout but not the connection cap nor the
+//!   header timeout: those belong to the server that accepts the connections.
 //!
 //! # Examples
 //!
@@ -74,6 +86,15 @@ pub use policy::{Access, Policy};
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
+/// The default cap on connections open at once: 4096.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The default time a client has to send a request's headers: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default time a client has to send a request's body once its headers are in: 15 s.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A gateway could not be built (for example: no token and no explicit opt-out).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -88,6 +109,10 @@ pub struct GatewayBuilder {
     body_limit: usize,
     health_timeout: Duration,
     insecure_no_auth: bool,
+    allow_query_token: bool,
+    max_connections: usize,
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -96,6 +121,10 @@ impl fmt::Debug for GatewayBuilder {
             .field("tokens", &self.tokens)
             .field("policy", &self.policy)
             .field("body_limit", &self.body_limit)
+            .field("allow_query_token", &self.allow_query_token)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +162,39 @@ impl GatewayBuilder {
         self
     }
 
+    /// Also accepts the token as the query parameter `?_token=…` (as Upstash does) when a
+    /// request has no `Authorization` header. Off by default: with it off, a request that
+    /// carries `_token` is refused with 401 even if its header is valid, because a token in a
+    /// URL has likely been written to some log already.
+    pub fn allow_query_token(mut self, allow: bool) -> Self {
+        self.allow_query_token = allow;
+        self
+    }
+
+    /// The most connections [`Gateway::serve`] keeps open at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`], at least 1). Past it the gateway stops accepting until a
+    /// connection closes; keep it under the process's file-descriptor limit.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// How long a client may take to send a request's headers, counted from the moment the
+    /// connection is ready for a request (default [`DEFAULT_HEADER_READ_TIMEOUT`]); then
+    /// [`Gateway::serve`] closes the connection. This also bounds idle kept-alive
+    /// connections.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a client may take to send a request's body once its headers are in (default
+    /// [`DEFAULT_BODY_READ_TIMEOUT`]); then the answer is 408 and the connection is closed.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Serves without any token: every request gets full access. Only for a gateway bound to
     /// a private interface in development.
     pub fn insecure_no_auth(mut self) -> Self {
@@ -161,7 +223,11 @@ impl GatewayBuilder {
                 policy: self.policy,
                 body_limit: self.body_limit,
                 health_timeout: self.health_timeout,
-                metrics: Metrics::default(),
+                allow_query_token: self.allow_query_token,
+                max_connections: self.max_connections,
+                header_read_timeout: self.header_read_timeout,
+                body_read_timeout: self.body_read_timeout,
+                metrics: Arc::new(Metrics::default()),
                 sync: AtomicU64::new(0),
             }),
         })
@@ -194,7 +260,11 @@ struct Shared {
     policy: Policy,
     body_limit: usize,
     health_timeout: Duration,
-    metrics: Metrics,
+    allow_query_token: bool,
+    max_connections: usize,
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
+    metrics: Arc<Metrics>,
     sync: AtomicU64,
 }
 
@@ -208,6 +278,10 @@ impl Gateway {
             body_limit: DEFAULT_BODY_LIMIT,
             health_timeout: Duration::from_secs(2),
             insecure_no_auth: false,
+            allow_query_token: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 
@@ -221,19 +295,86 @@ impl Gateway {
     /// Serves on `listener` until `shutdown` completes, then stops accepting connections,
     /// lets requests in flight finish, and closes the transport.
     ///
+    /// At most [`max_connections`](GatewayBuilder::max_connections) connections are open at
+    /// once, and each must send its headers within the
+    /// [header read timeout](GatewayBuilder::header_read_timeout).
+    ///
     /// # Errors
     ///
-    /// When accepting connections fails.
+    /// None at present: failures to accept (such as running out of file descriptors) are
+    /// logged and retried after a pause. The `Result` leaves room for future ones.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+
+        let router = self.router();
+        let max = self.shared.max_connections;
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // A free slot first, then a connection: at the cap, clients wait in the backlog.
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) => continue,
+                    Err(e) => {
+                        // EMFILE and friends: wait for connections to close.
+                        tracing::error!("cannot accept a connection: {e}; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let open = self.shared.metrics.connection();
+            let service = TowerToHyperService::new(router.clone());
+            let header_timeout = self.shared.header_read_timeout;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _slot = permit;
+                let _open = open;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("connection ended: {e}");
+                        }
+                    }
+                    () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        // Every connection holds a slot: all slots back means all connections are done.
+        let _ = slots
+            .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
             .await;
         let _ = self.shared.transport.close().await;
-        result
+        Ok(())
     }
 }
 
@@ -334,6 +475,9 @@ struct Answer {
     outcome: Outcome,
     content_type: &'static str,
     sync_token: Option<String>,
+    /// Ask the client to close the connection (after a timeout: the rest of the body is
+    /// not worth waiting for).
+    close: bool,
 }
 
 impl Answer {
@@ -344,6 +488,7 @@ impl Answer {
             outcome,
             content_type: "application/json",
             sync_token: None,
+            close: false,
         }
     }
 
@@ -395,6 +540,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 outcome: Outcome::Ok,
                 content_type: "text/plain; version=0.0.4",
                 sync_token: None,
+                close: false,
             },
         ),
         ([] | ["pipeline"] | ["multi-exec"], _) => (
@@ -430,6 +576,9 @@ impl IntoResponse for Answer {
         if let Some(token) = self.sync_token.and_then(|t| HeaderValue::try_from(t).ok()) {
             headers.insert(rest::SYNC_TOKEN_HEADER, token);
         }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -461,12 +610,23 @@ async fn command_inner(
     let access = if shared.tokens.is_empty() {
         Access::Full
     } else {
-        match shared.tokens.check(
-            parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        ) {
+        let header = parts.headers.get(header::AUTHORIZATION);
+        let query = auth::query_param(parts.uri.query(), "_token");
+        let granted = match (header, query) {
+            (_, Some(_)) if !shared.allow_query_token => {
+                return Answer::error(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized: this gateway refuses tokens in the query string (?_token=); \
+                     send Authorization: Bearer <token> instead, and rotate a token that has \
+                     been sent in a URL",
+                    Outcome::Unauthorized,
+                );
+            }
+            (Some(h), _) => shared.tokens.check(Some(h.as_bytes())),
+            (None, Some(q)) => shared.tokens.check_secret(&q),
+            (None, None) => None,
+        };
+        match granted {
             Some(a) => a,
             None => {
                 return Answer::error(
@@ -494,9 +654,25 @@ async fn command_inner(
     if declared.is_some_and(|n| n > shared.body_limit as u64) {
         return too_large();
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, shared.body_limit).await {
-        Ok(b) => b,
-        Err(e) => {
+    let read = tokio::time::timeout(
+        shared.body_read_timeout,
+        axum::body::to_bytes(body, shared.body_limit),
+    );
+    let bytes: Bytes = match read.await {
+        Err(_elapsed) => {
+            let mut answer = Answer::error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "ERR the request body did not arrive within {} ms",
+                    shared.body_read_timeout.as_millis()
+                ),
+                Outcome::Timeout,
+            );
+            answer.close = true;
+            return answer;
+        }
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             // axum wraps http-body-util's `LengthLimitError` ("length limit exceeded").
             let mut limit_hit = false;
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);

@@ -85,5 +85,8 @@ for part in $PARTS; do
 done
 
 python3 scripts/bench-report.py meta --set phase=end --set date="$(date -u +%FT%TZ)" >>"$RESULTS"
-python3 scripts/bench-report.py render "$RESULTS" "$REPORT" "$CHART"
-echo "wrote $REPORT and $CHART (raw results: $RESULTS)" >&2
+# The raw results are kept beside the chart: the report can be re-rendered and audited.
+RAW="${LARDER_BENCH_RAW:-$(dirname "$CHART")/bench-results.jsonl}"
+cp "$RESULTS" "$RAW"
+python3 scripts/bench-report.py render "$RAW" "$REPORT" "$CHART"
+echo "wrote $REPORT, $CHART and $RAW" >&2

@@ -1,19 +1,92 @@
 #!/usr/bin/env bash
-# Benchmarks larder's redis-rs transport and cache against raw redis-rs, on real servers the
-# harness starts (a standalone redis-server and a 3-master Cluster on free 127.0.0.1 ports).
+# larder's benchmark suite, with the peers side by side, in one run; writes BENCHMARKS.md and
+# docs/bench.svg.
 #
-#   bash scripts/bench.sh            # 1 s per measurement
-#   LARDER_BENCH_SECS=3 bash scripts/bench.sh
+#   bash scripts/bench.sh                                 # everything (~10 min on 2 cores)
+#   LARDER_BENCH_PARTS="memory redis" bash scripts/bench.sh
+#   LARDER_BENCH_SECS=3 bash scripts/bench.sh             # seconds per Redis measurement
 #
-# Prints a Markdown table: ops/s and p50/p99 latency per client, and the ratios to raw
-# redis-rs. Not a test: nothing is asserted.
+# Parts (each starts its own servers on free 127.0.0.1 ports and stops only those):
+#   memory     core/benches/memory.rs: MemoryCache vs lru, moka, quick_cache
+#   redis      native/benches/transport.rs (standalone and Cluster, vs raw redis-rs) and
+#              redis-benchmark for context
+#   scenarios  native/benches/scenarios.rs: tiered latency, stampede, outage
+#   gateway    scripts/bench-gateway.sh: larder gateway vs webdis vs Redis directly
+#   edge       scripts/bench-edge.sh: the example Worker in workerd, wasm size
+#
+# Every benchmark appends JSON lines to $LARDER_BENCH_JSON (here
+# ${CARGO_TARGET_DIR:-target}/bench/results.jsonl); scripts/bench-report.py turns them into
+# the report. Not a test: nothing is asserted about speed, and scripts/test.sh does not run it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+. "$ROOT/scripts/bench-lib.sh"
+PARTS="${LARDER_BENCH_PARTS:-memory redis scenarios gateway edge}"
+export LARDER_BENCH_SECS="${LARDER_BENCH_SECS:-1}"
+HTTP_SECS="${LARDER_BENCH_HTTP_SECS:-5}"
+OUT="${LARDER_BENCH_OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/bench}"
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+export LARDER_BENCH_JSON="$RESULTS"
+REPORT="${LARDER_BENCH_REPORT:-$ROOT/BENCHMARKS.md}"
+CHART="${LARDER_BENCH_CHART:-$ROOT/docs/bench.svg}"
+NATIVE_FEATURES=test-util,gateway
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server redis-tools >/dev/null
-fi
+bench_need redis-server redis-cli redis-benchmark webdis wrk
+bench_init
+python3 scripts/bench-report.py meta --set phase=start --set date="$(date -u +%FT%TZ)" >>"$RESULTS"
+# The machine's load while we run (sampled every 5 s; includes the benchmarks themselves).
+(while :; do
+  echo "{\"suite\":\"load\",\"t\":$(date +%s),\"load1\":$(cut -d' ' -f1 /proc/loadavg)}" >>"$RESULTS"
+  sleep 5
+done) &
+PIDS+=($!)
 
-cargo bench -p larder-native --features test-util --bench transport
+echo "==> building the benchmarks (not timed)" >&2
+cargo bench --quiet --no-run -p larder-core --bench memory
+cargo bench --quiet --no-run -p larder-native --features "$NATIVE_FEATURES" --bench transport --bench scenarios
+build_larder
+
+timed() { # NAME COMMAND…
+  local name="$1" start
+  shift
+  start=$(date +%s)
+  echo "==> $name" >&2
+  "$@"
+  echo "{\"suite\":\"timing\",\"part\":\"$name\",\"seconds\":$(($(date +%s) - start))}" >>"$RESULTS"
+}
+
+redis_part() {
+  cargo bench --quiet -p larder-native --features "$NATIVE_FEATURES" --bench transport
+  # For context: redis-benchmark against a standalone server of our own.
+  start_redis
+  local p
+  for p in 1 16; do
+    echo "==> redis-benchmark -t get,set -d 1024 -c 100 -P $p" >&2
+    redis-benchmark -p "$REDIS_PORT" -t set,get -d 1024 -c 100 -P "$p" -n $((100000 * p)) --csv 2>/dev/null |
+      python3 scripts/bench-report.py redis-benchmark --set suite=redis-benchmark \
+        --set connections=100 --set pipeline="$p" --set value_bytes=1024 | bench_emit
+  done
+}
+
+for part in $PARTS; do
+  case "$part" in
+    memory) timed memory cargo bench --quiet -p larder-core --bench memory ;;
+    redis) timed redis redis_part ;;
+    scenarios) timed scenarios cargo bench --quiet -p larder-native --features "$NATIVE_FEATURES" --bench scenarios ;;
+    gateway) timed gateway env DURATION="$HTTP_SECS" CONNECTIONS=50 bash scripts/bench-gateway.sh ;;
+    edge) timed edge env DURATION="$HTTP_SECS" bash scripts/bench-edge.sh ;;
+    *)
+      echo "unknown part $part (memory, redis, scenarios, gateway, edge)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+python3 scripts/bench-report.py meta --set phase=end --set date="$(date -u +%FT%TZ)" >>"$RESULTS"
+# The raw results are kept beside the chart: the report can be re-rendered and audited.
+RAW="${LARDER_BENCH_RAW:-$(dirname "$CHART")/bench-results.jsonl}"
+cp "$RESULTS" "$RAW"
+python3 scripts/bench-report.py render "$RAW" "$REPORT" "$CHART"
+echo "wrote $REPORT, $CHART and $RAW" >&2

@@ -3,13 +3,16 @@
 //!
 //! Run: `cargo bench -p larder-core --bench memory` (or `scripts/bench.sh`). Prints Markdown
 //! tables: throughput (median of several rounds) and ratios, Zipf(0.9) hit ratio, and heap
-//! bytes of overhead per entry measured with a counting allocator.
+//! bytes of overhead per entry measured with a counting allocator. With `LARDER_BENCH_JSON`
+//! set to a file path, every figure is also appended to it as one JSON line (`suite:
+//! "memory"`), which `scripts/bench-report.py` turns into BENCHMARKS.md.
 //!
 //! Every cache holds `String` keys and `Bytes` values of 64 bytes. The `lru` crate is not
 //! thread-safe, so it is measured as `Mutex<LruCache>` (what a user would write).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::io::Write;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -45,6 +48,22 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+// ---------------------------------------------------------------------------------------
+// Machine-readable results.
+
+/// Appends one JSON line to `$LARDER_BENCH_JSON` (nothing when it is unset).
+fn emit(record: serde_json::Value) {
+    let Some(path) = std::env::var_os("LARDER_BENCH_JSON") else {
+        return;
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open $LARDER_BENCH_JSON");
+    writeln!(file, "{record}").expect("write $LARDER_BENCH_JSON");
+}
 
 // ---------------------------------------------------------------------------------------
 // The contenders, behind one small interface.
@@ -316,6 +335,15 @@ fn main() {
                 .collect();
             table.push((c.name(), row));
         }
+        for (name, row) in &table {
+            for (w, mops) in workloads.iter().zip(row) {
+                emit(serde_json::json!({
+                    "suite": "memory", "kind": "throughput", "contender": name,
+                    "workload": w.name(), "threads": threads, "mops": mops,
+                    "rounds": ROUNDS, "ops_per_thread": OPS_PER_THREAD,
+                }));
+            }
+        }
         let base = table[0].1.clone();
         for (name, row) in &table {
             print!("| {name} |");
@@ -338,11 +366,12 @@ fn main() {
     let zkeys = keys(100_000);
     println!("| contender | hit ratio |\n|---|---|");
     for c in contenders(10_000) {
-        println!(
-            "| {} | {:.3} |",
-            c.name(),
-            zipf_hit_ratio(c.as_ref(), &trace, &zkeys)
-        );
+        let ratio = zipf_hit_ratio(c.as_ref(), &trace, &zkeys);
+        println!("| {} | {ratio:.3} |", c.name());
+        emit(serde_json::json!({
+            "suite": "memory", "kind": "hit_ratio", "contender": c.name(), "hit_ratio": ratio,
+            "requests": trace.len(), "keys": zkeys.len(), "capacity": 10_000, "zipf_s": 0.9,
+        }));
     }
 
     println!("\n### Heap overhead per entry (100k entries; excludes key and value bytes)\n");
@@ -351,6 +380,11 @@ fn main() {
     for i in 0..contenders(1).len() {
         let name = contenders(1)[i].name();
         let make = |n: usize| contenders(n).swap_remove(i);
-        println!("| {name} | {:.0} |", overhead_per_entry(&make, n));
+        let bytes = overhead_per_entry(&make, n);
+        println!("| {name} | {bytes:.0} |");
+        emit(serde_json::json!({
+            "suite": "memory", "kind": "overhead", "contender": name,
+            "bytes_per_entry": bytes, "entries": n,
+        }));
     }
 }

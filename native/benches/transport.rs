@@ -1,8 +1,8 @@
 //! larder over redis-rs against raw redis-rs, in the same run, on real servers started by
 //! the harness (a standalone server and a 3-master Cluster).
 //!
-//! Operations: GET and SET of 1 KB values with 1 and 100 concurrent tasks, and MGET of 100
-//! keys. Three clients per operation:
+//! Operations: GET and SET of 1 KB values with 1, 100 and 1000 concurrent tasks, and MGET and
+//! MSET of 100 keys (1 KB values) with 1 and 10 tasks. Three clients per operation:
 //!
 //! - `raw`: redis-rs alone — one `MultiplexedConnection` (standalone) or one async
 //!   `ClusterConnection` (cluster), typed commands;
@@ -11,11 +11,14 @@
 //!   the stats `INCRBY` riding in each write's pipeline).
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench -p larder-native --features test-util --bench
-//! transport`). `LARDER_BENCH_SECS` sets the seconds per measurement (default 1);
+//! transport`). `LARDER_BENCH_SECS` sets the seconds per measurement (default 1; each client is
+//! measured in 3 alternating rounds and its median round kept);
 //! `LARDER_BENCH_POOL` larder's `pool_size` (default: the options' default); `LARDER_BENCH_ONLY`
-//! = `standalone` or `cluster` runs one topology.
+//! = `standalone` or `cluster` runs one topology. With `LARDER_BENCH_JSON` set to a file path,
+//! every measurement is also appended to it as one JSON line (`suite: "redis"`).
 
 use std::future::Future;
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +32,21 @@ use redis::AsyncCommands;
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Op = Arc<dyn Fn(u64) -> BoxFut + Send + Sync>;
+/// The operations of one client, by name.
+type Ops = [(&'static str, Op); 4];
+
+/// Appends one JSON line to `$LARDER_BENCH_JSON` (nothing when it is unset).
+fn emit(record: serde_json::Value) {
+    let Some(path) = std::env::var_os("LARDER_BENCH_JSON") else {
+        return;
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open $LARDER_BENCH_JSON");
+    writeln!(file, "{record}").expect("write $LARDER_BENCH_JSON");
+}
 
 const KEYS: u64 = 1000;
 const PREFIX: &str = "bench";
@@ -94,6 +112,15 @@ async fn measure(tasks: usize, secs: f64, op: Op) -> Measure {
     }
 }
 
+/// Rounds per client and measurement (alternating clients).
+const ROUNDS: usize = 3;
+
+/// The round with the median throughput.
+fn median(mut rounds: Vec<Measure>) -> Measure {
+    rounds.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    rounds[rounds.len() / 2]
+}
+
 fn key(i: u64) -> String {
     format!("k{i}")
 }
@@ -103,7 +130,7 @@ fn full_key(i: u64) -> String {
 }
 
 /// Raw redis-rs operations over any async connection.
-fn raw_ops<C>(conn: C) -> [(&'static str, Op); 3]
+fn raw_ops<C>(conn: C) -> Ops
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
@@ -128,18 +155,35 @@ where
             })
         })
     };
-    let mget: Op = Arc::new(move |i| {
+    let mget: Op = {
+        let conn = conn.clone();
+        Arc::new(move |i| {
+            let mut c = conn.clone();
+            Box::pin(async move {
+                let keys: Vec<String> = (0..100).map(|j| full_key((i + j * 7) % KEYS)).collect();
+                let v: Vec<Option<Vec<u8>>> = c.mget(keys).await.expect("raw MGET");
+                assert_eq!(v.len(), 100);
+            })
+        })
+    };
+    let mset: Op = Arc::new(move |i| {
         let mut c = conn.clone();
         Box::pin(async move {
-            let keys: Vec<String> = (0..100).map(|j| full_key((i + j * 7) % KEYS)).collect();
-            let v: Vec<Option<Vec<u8>>> = c.mget(keys).await.expect("raw MGET");
-            assert_eq!(v.len(), 100);
+            let entries: Vec<(String, Vec<u8>)> = (0..100)
+                .map(|j| (full_key((i + j * 7) % KEYS), vec![b'x'; 1024]))
+                .collect();
+            let () = c.mset(&entries).await.expect("raw MSET");
         })
     });
-    [("GET", get), ("SET", set), ("MGET100", mget)]
+    [
+        ("GET", get),
+        ("SET", set),
+        ("MGET100", mget),
+        ("MSET100", mset),
+    ]
 }
 
-fn transport_ops(t: RedisTransport) -> [(&'static str, Op); 3] {
+fn transport_ops(t: RedisTransport) -> Ops {
     let value = Bytes::from(vec![b'x'; 1024]);
     let get: Op = {
         let t = t.clone();
@@ -165,21 +209,39 @@ fn transport_ops(t: RedisTransport) -> [(&'static str, Op); 3] {
             })
         })
     };
-    let mget: Op = Arc::new(move |i| {
+    let mget: Op = {
+        let t = t.clone();
+        Arc::new(move |i| {
+            let t = t.clone();
+            Box::pin(async move {
+                let keys = (0..100).map(|j| full_key((i + j * 7) % KEYS));
+                let v = t
+                    .exec(Cmd::new("MGET").args_from(keys))
+                    .await
+                    .expect("MGET");
+                assert!(matches!(v, larder_core::Value::Array(ref a) if a.len() == 100));
+            })
+        })
+    };
+    let mset: Op = Arc::new(move |i| {
         let t = t.clone();
         Box::pin(async move {
-            let keys = (0..100).map(|j| full_key((i + j * 7) % KEYS));
-            let v = t
-                .exec(Cmd::new("MGET").args_from(keys))
-                .await
-                .expect("MGET");
-            assert!(matches!(v, larder_core::Value::Array(ref a) if a.len() == 100));
+            let mut cmd = Cmd::new("MSET");
+            for j in 0..100 {
+                cmd = cmd.arg(full_key((i + j * 7) % KEYS)).arg(vec![b'x'; 1024]);
+            }
+            assert!(t.exec(cmd).await.expect("MSET").is_ok());
         })
     });
-    [("GET", get), ("SET", set), ("MGET100", mget)]
+    [
+        ("GET", get),
+        ("SET", set),
+        ("MGET100", mget),
+        ("MSET100", mset),
+    ]
 }
 
-fn cache_ops(cache: Arc<RedisCache<RedisTransport>>) -> [(&'static str, Op); 3] {
+fn cache_ops(cache: Arc<RedisCache<RedisTransport>>) -> Ops {
     let value = Bytes::from(vec![b'x'; 1024]);
     let get: Op = {
         let cache = cache.clone();
@@ -200,15 +262,33 @@ fn cache_ops(cache: Arc<RedisCache<RedisTransport>>) -> [(&'static str, Op); 3] 
             })
         })
     };
-    let mget: Op = Arc::new(move |i| {
+    let mget: Op = {
+        let cache = cache.clone();
+        Arc::new(move |i| {
+            let cache = cache.clone();
+            Box::pin(async move {
+                let keys: Vec<String> = (0..100).map(|j| key((i + j * 7) % KEYS)).collect();
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                assert_eq!(cache.mget(&refs).await.expect("mget").len(), 100);
+            })
+        })
+    };
+    let mset: Op = Arc::new(move |i| {
         let cache = cache.clone();
         Box::pin(async move {
             let keys: Vec<String> = (0..100).map(|j| key((i + j * 7) % KEYS)).collect();
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            assert_eq!(cache.mget(&refs).await.expect("mget").len(), 100);
+            let value = Bytes::from(vec![b'x'; 1024]);
+            let entries: Vec<(&str, Bytes)> =
+                keys.iter().map(|k| (k.as_str(), value.clone())).collect();
+            cache.mset(&entries, None).await.expect("mset");
         })
     });
-    [("GET", get), ("SET", set), ("MGET100", mget)]
+    [
+        ("GET", get),
+        ("SET", set),
+        ("MGET100", mget),
+        ("MSET100", mset),
+    ]
 }
 
 struct Row {
@@ -222,26 +302,44 @@ struct Row {
 
 async fn bench_topology(
     topology: &'static str,
-    raw: [(&'static str, Op); 3],
-    transport: [(&'static str, Op); 3],
-    cache: [(&'static str, Op); 3],
+    raw: Ops,
+    transport: Ops,
+    cache: Ops,
     secs: f64,
     rows: &mut Vec<Row>,
 ) {
     for (i, (op, raw_op)) in raw.iter().enumerate() {
-        let plans: &[usize] = if *op == "MGET100" {
+        let plans: &[usize] = if op.starts_with('M') {
             &[1, 10]
         } else {
-            &[1, 100]
+            &[1, 100, 1000]
         };
         for &tasks in plans {
-            let r = measure(tasks, secs, raw_op.clone()).await;
-            let t = measure(tasks, secs, transport[i].1.clone()).await;
-            let c = measure(tasks, secs, cache[i].1.clone()).await;
+            // Rounds alternate the clients, so a burst of load elsewhere on the machine hits
+            // all three alike; each client's median round is kept.
+            let (mut rs, mut ts, mut cs) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                rs.push(measure(tasks, secs, raw_op.clone()).await);
+                ts.push(measure(tasks, secs, transport[i].1.clone()).await);
+                cs.push(measure(tasks, secs, cache[i].1.clone()).await);
+            }
+            let (r, t, c) = (median(rs), median(ts), median(cs));
             eprintln!(
                 "  {topology} {op} x{tasks}: raw {:.0}/s, transport {:.0}/s, cache {:.0}/s",
                 r.ops_per_sec, t.ops_per_sec, c.ops_per_sec
             );
+            for (client, m) in [
+                ("raw redis-rs", r),
+                ("larder transport", t),
+                ("larder cache", c),
+            ] {
+                emit(serde_json::json!({
+                    "suite": "redis", "topology": topology, "op": op, "tasks": tasks,
+                    "client": client, "ops_per_sec": m.ops_per_sec,
+                    "p50_us": m.p50.as_secs_f64() * 1e6, "p99_us": m.p99.as_secs_f64() * 1e6,
+                    "secs": secs, "rounds": ROUNDS,
+                }));
+            }
             rows.push(Row {
                 topology,
                 op,

@@ -29,8 +29,8 @@
 //! A lookup is one round trip: `GET {prefix}:ns:{namespace}`, `GET` of the value and `MGET`
 //! of the tags' invalidation times travel in one pipeline (plus, once enough are pending,
 //! the analytics increments). Storing a computed answer is one more (`SET … PX` with the
-//! pending analytics); the stampede lease adds two to a miss (`SET … NX PX` before
-//! computing, the release script after storing). An entry whose envelope carries tags the request did not name costs
+//! pending analytics); the stampede lease adds three to a miss (`SET … NX PX` and a re-read
+//! before computing, the release script after storing). An entry whose envelope carries tags the request did not name costs
 //! one extra `MGET` to check them.
 //!
 //! # Examples
@@ -149,7 +149,8 @@ pub enum Mode {
 /// transports that have it, else by polling with jittered backoff. A holder that dies
 /// blocks others at most [`lease_ttl`](ResponseCacheBuilder::lease_ttl); nobody waits
 /// longer than [`max_wait`](ResponseCacheBuilder::max_wait) before computing itself.
-/// The lease costs a miss two more round trips; turn it off with
+/// The lease costs a miss three more round trips (take, re-read under it, release); turn it
+/// off with
 /// [`lease(false)`](ResponseCacheBuilder::lease).
 ///
 /// # Errors
@@ -904,10 +905,19 @@ impl ResponseCache {
             .coalesce(&flight, compute, |compute: F| async move {
                 // The lease: only when the result will be stored (else others gain nothing
                 // by waiting) and Redis answered the lookup.
+                // A caller that skips the read (no-cache, force-refresh) wants a new answer:
+                // it may wait for another's computation, but never takes the entry it
+                // found stale or invalidated.
+                let accepts_cached = !control.skips_read();
+                let recheck = || async move {
+                    if accepts_cached {
+                        self.recheck(t).await
+                    } else {
+                        None
+                    }
+                };
                 let leased = if stores && stampede.has_lease() {
-                    stampede
-                        .acquire(&self.inner.clock, &t.user, || self.recheck(t))
-                        .await
+                    stampede.acquire(&self.inner.clock, &t.user, recheck).await
                 } else {
                     Leased::Unleased
                 };
@@ -952,7 +962,7 @@ impl ResponseCache {
 
     /// Re-reads a request's entry while waiting for another process's computation.
     async fn recheck(&self, t: &Target) -> Option<Envelope> {
-        match self.lookup(t, true).await {
+        match self.lookup_counting(t, true, false).await {
             Ok(Lookup {
                 entry: Some(Entry::Fresh(e)),
                 ..
@@ -1254,6 +1264,12 @@ impl ResponseCache {
     /// decides whether the entry is usable. One round trip, plus one when the entry carries
     /// tags the request did not name.
     async fn lookup(&self, t: &Target, read_value: bool) -> Result<Lookup> {
+        self.lookup_counting(t, read_value, true).await
+    }
+
+    /// [`lookup`](Self::lookup); `count` says whether a corrupt entry is counted (a re-read
+    /// of an entry already counted does not count it again).
+    async fn lookup_counting(&self, t: &Target, read_value: bool, count: bool) -> Result<Lookup> {
         let now = self.inner.clock.now_ms();
         match &self.inner.backend {
             Backend::Redis { transport } => {
@@ -1290,8 +1306,10 @@ impl ResponseCache {
                 let raw = match bulk_opt("GET", replies.next().expect("reply per command")) {
                     // Another program's hash/list/… at the key: a corrupt entry, a miss.
                     Err(e) if e.is_wrong_type() => {
-                        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "cached key of the wrong type treated as a miss");
+                        if count {
+                            self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "cached key of the wrong type treated as a miss");
+                        }
                         None
                     }
                     r => r?,
@@ -1306,7 +1324,7 @@ impl ResponseCache {
                         }
                     }
                 }
-                let Some(envelope) = raw.and_then(|raw| self.decode(&raw)) else {
+                let Some(envelope) = raw.and_then(|raw| self.decode(&raw, count)) else {
                     return Ok(Lookup {
                         entry: None,
                         generation,
@@ -1355,13 +1373,15 @@ impl ResponseCache {
                 }
                 let raw = match cache.get(&t.key).await {
                     Err(e) if e.is_wrong_type() => {
-                        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "cached key of the wrong type treated as a miss");
+                        if count {
+                            self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "cached key of the wrong type treated as a miss");
+                        }
                         None
                     }
                     r => r?,
                 };
-                let Some(envelope) = raw.and_then(|raw| self.decode(&raw)) else {
+                let Some(envelope) = raw.and_then(|raw| self.decode(&raw, count)) else {
                     return Ok(Lookup {
                         entry: None,
                         generation,
@@ -1375,12 +1395,14 @@ impl ResponseCache {
         }
     }
 
-    fn decode(&self, raw: &[u8]) -> Option<Envelope> {
+    fn decode(&self, raw: &[u8], count: bool) -> Option<Envelope> {
         match Envelope::decode(raw) {
             Decoded::Envelope(e) | Decoded::Legacy(e) => Some(e),
             Decoded::Corrupt(why) => {
-                self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%why, "undecodable cached value treated as a miss");
+                if count {
+                    self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%why, "undecodable cached value treated as a miss");
+                }
                 None
             }
         }

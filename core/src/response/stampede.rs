@@ -154,13 +154,29 @@ impl Stampede {
             return Leased::Unleased;
         };
         let token = random_token(&**clock);
-        let held = || HeldLease::new(lease.lock.clone(), id, token.clone(), None);
+        // Taking the lease proves nobody is computing now, not that nobody just finished:
+        // a holder may have stored the answer and released between our lookup and our
+        // `SET NX`. So every acquisition re-reads the entry before computing.
+        let taken = async || -> Option<Leased> {
+            match lease.lock.try_acquire(id, &token, lease.ttl).await {
+                Ok(true) => {
+                    let held = HeldLease::new(lease.lock.clone(), id, token.clone(), None);
+                    Some(match recheck().await {
+                        Some(found) => {
+                            let _ = held.release().await;
+                            Leased::Found(found)
+                        }
+                        None => Leased::Held(held),
+                    })
+                }
+                Ok(false) => None,
+                Err(_) => Some(Leased::Unleased),
+            }
+        };
         // Listen before the first attempt, so a release right after it is not missed.
         let mut listener = lease.lock.listen(id);
-        match lease.lock.try_acquire(id, &token, lease.ttl).await {
-            Ok(true) => return Leased::Held(held()),
-            Ok(false) => {}
-            Err(_) => return Leased::Unleased,
+        if let Some(done) = taken().await {
+            return done;
         }
         let bound = clock.now_ms().saturating_add(duration_ms(lease.max_wait));
         let mut backoff = BACKOFF_MIN;
@@ -174,13 +190,11 @@ impl Stampede {
                 .jitter(backoff, 0.5)
                 .min(Duration::from_millis(bound - now));
             listener.wait(&**clock, nap).await;
+            if let Some(done) = taken().await {
+                return done;
+            }
             if let Some(found) = recheck().await {
                 return Leased::Found(found);
-            }
-            match lease.lock.try_acquire(id, &token, lease.ttl).await {
-                Ok(true) => return Leased::Held(held()),
-                Ok(false) => {}
-                Err(_) => return Leased::Unleased,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -196,5 +210,60 @@ impl Stampede {
     ) -> F::Output {
         let ttl = self.lease.as_ref().map_or(DEFAULT_LEASE_TTL, |l| l.ttl);
         with_keep_alive(work, held, &**clock, ttl).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::RedisLock;
+    use crate::keys::KeyScheme;
+    use crate::testing::MemTransport;
+    use crate::transport::Commands;
+    use futures_executor::block_on;
+
+    fn stampede(t: &MemTransport) -> Stampede {
+        let clock = t.shared_clock();
+        Stampede::new(Some(Lease {
+            lock: Arc::new(RedisLock::new(
+                t.clone(),
+                KeyScheme::new("p"),
+                clock.clone(),
+            )),
+            ttl: DEFAULT_LEASE_TTL,
+            max_wait: DEFAULT_MAX_WAIT,
+            max_polls: DEFAULT_MAX_POLLS,
+            jitter: Jitter::new(&*clock),
+        }))
+    }
+
+    #[test]
+    fn an_answer_stored_just_before_we_took_the_lease_is_served_not_recomputed() {
+        // The race: our lookup missed, then another process stored the answer and released
+        // its lease, then our SET NX succeeded. The re-read after acquiring finds it.
+        let t = MemTransport::new();
+        let s = stampede(&t);
+        let clock = t.shared_clock();
+        let stored = Envelope::new("Paris.", "m", 0);
+        let got = block_on(s.acquire(&clock, "h1", || async { Some(stored.clone()) }));
+        match got {
+            Leased::Found(e) => assert_eq!(e.response, "Paris."),
+            _ => panic!("expected the stored answer"),
+        }
+        assert_eq!(
+            block_on(t.get(b"p:lock:h1")).unwrap(),
+            None,
+            "the lease taken for nothing was released"
+        );
+    }
+
+    #[test]
+    fn a_free_lease_with_nothing_stored_is_held() {
+        let t = MemTransport::new();
+        let s = stampede(&t);
+        let clock = t.shared_clock();
+        let got = block_on(s.acquire(&clock, "h2", || async { None }));
+        assert!(matches!(got, Leased::Held(_)));
+        assert!(block_on(t.get(b"p:lock:h2")).unwrap().is_some());
     }
 }

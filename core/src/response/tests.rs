@@ -612,15 +612,15 @@ fn analytics_accumulate_across_instances_sharing_one_redis() {
 }
 
 #[test]
-fn a_miss_with_the_lease_costs_two_more_round_trips() {
+fn a_miss_with_the_lease_costs_three_more_round_trips() {
     let t = MemTransport::new();
     let cache = redis_cache(&t).build();
-    for (i, expected) in [(0, 5), (1, 4)] {
+    for (i, expected) in [(0, 6), (1, 5)] {
         t.reset_counters();
         let r = LlmRequest::prompt("gpt-4o-mini", format!("q{i}"));
         block_on(cache.get_or_compute(&r, &none(), Model::default().answer("a"))).unwrap();
-        // Lookup, SET NX, write, release (the first release loads the script: EVALSHA
-        // answers NOSCRIPT, then EVAL).
+        // Lookup, SET NX, the re-read under the lease, write, release (the first release
+        // loads the script: EVALSHA answers NOSCRIPT, then EVAL).
         assert_eq!(t.calls(), expected, "{:?}", t.command_log());
     }
     t.reset_counters();

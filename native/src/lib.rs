@@ -40,4 +40,4 @@ pub use options::{
     RedisCacheOptions, SentinelOptions,
 };
 pub use runtime::TokioRuntime;
-pub use transport::{RedisTransport, Topology};
+pub use transport::{PubSubStatus, RedisTransport, Topology};

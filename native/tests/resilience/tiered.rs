@@ -17,12 +17,12 @@ use crate::{PREFIX, child_result, env, report, spawn_child, tiered_stack, transp
 const KEY: &str = "shared-key";
 
 /// Reads a plain key through a raw connection (no cache in between).
-async fn raw_get(t: &crate::PubSubRedis, key: &str) -> Option<Bytes> {
+async fn raw_get(t: &larder_native::RedisTransport, key: &str) -> Option<Bytes> {
     use larder_core::Commands;
     t.get(key.as_bytes()).await.expect("GET")
 }
 
-async fn wait_for(t: &crate::PubSubRedis, key: &str, value: &str) {
+async fn wait_for(t: &larder_native::RedisTransport, key: &str, value: &str) {
     let started = Instant::now();
     while raw_get(t, key).await.as_deref() != Some(value.as_bytes()) {
         assert!(
@@ -33,7 +33,7 @@ async fn wait_for(t: &crate::PubSubRedis, key: &str, value: &str) {
     }
 }
 
-async fn raw_set(t: &crate::PubSubRedis, key: &str, value: &str) {
+async fn raw_set(t: &larder_native::RedisTransport, key: &str, value: &str) {
     use larder_core::{Commands, SetOptions};
     t.set(
         key.as_bytes(),

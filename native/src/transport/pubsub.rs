@@ -355,10 +355,13 @@ impl HubInner {
                             s.subscribe(&channel[..]),
                         )
                         .await;
-                        if let Ok(Ok(())) = sent {
-                            return Ok(());
+                        match sent {
+                            Ok(Ok(())) => return Ok(()),
+                            // Refused (an ACL without this channel): no retry will help.
+                            Ok(Err(e)) if e.code().is_some() => return Err(refused(&e, channel)),
+                            // The connection is going away: the driver will say so.
+                            _ => {}
                         }
-                        // The connection is going away: the driver will say so.
                     }
                 }
                 // The driver failed its last attempt: ask it to try again now, once, and
@@ -473,26 +476,14 @@ impl HubInner {
             };
             let mut guard = self.sink.lock().await;
             let channels = self.live_channels();
-            if !channels.is_empty() {
-                match tokio::time::timeout(
-                    self.settings.response_timeout(),
-                    sink.subscribe(channels),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        problems.push(transport_error(&e, &format!("SUBSCRIBE on {node}")));
-                        continue;
-                    }
-                    Err(_) => {
-                        problems.push(deadline_error(
-                            &format!("SUBSCRIBE on {node}"),
-                            self.settings.response_timeout(),
-                        ));
-                        continue;
-                    }
-                }
+            if !channels.is_empty()
+                && let Err(e) = self.subscribe_all(&mut sink, channels).await
+            {
+                problems.push(TransportError::new(
+                    e.kind(),
+                    format!("on {node}: {}", e.message()),
+                ));
+                continue;
             }
             *guard = Some(sink);
             return Ok((node, stream));
@@ -514,6 +505,39 @@ impl HubInner {
                     .join("; ")
             ),
         ))
+    }
+
+    /// Subscribes every live channel on a new connection, in one command. If Redis refuses
+    /// it (an ACL that denies some channel), channel by channel: the subscriptions of a
+    /// refused channel end (`None`), the others carry on. `Err` means the connection failed.
+    async fn subscribe_all(
+        &self,
+        sink: &mut PubSubSink,
+        channels: Vec<Vec<u8>>,
+    ) -> Result<(), TransportError> {
+        let limit = self.settings.response_timeout();
+        let timed_out = || deadline_error("SUBSCRIBE", limit);
+        match tokio::time::timeout(limit, sink.subscribe(&channels)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if e.code().is_some() => {}
+            Ok(Err(e)) => return Err(transport_error(&e, "SUBSCRIBE")),
+            Err(_) => return Err(timed_out()),
+        }
+        for channel in channels {
+            match tokio::time::timeout(limit, sink.subscribe(&channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.code().is_some() => {
+                    if self.settings.enable_tracing {
+                        tracing::warn!(error = %refused(&e, &channel), "larder: SUBSCRIBE refused");
+                    }
+                    // Dropping the senders ends those subscriptions.
+                    self.subs.lock().channels.remove(&channel[..]);
+                }
+                Ok(Err(e)) => return Err(transport_error(&e, "SUBSCRIBE")),
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        Ok(())
     }
 
     /// `UNSUBSCRIBE`s the channels nobody wants any more. An error means the connection is
@@ -557,6 +581,29 @@ impl HubInner {
             Ok(Ok(_)) => Ok(()),
             _ => Err(()),
         }
+    }
+}
+
+/// The error of a `SUBSCRIBE` the server refused.
+fn refused(e: &redis::RedisError, channel: &[u8]) -> TransportError {
+    let channel = String::from_utf8_lossy(channel);
+    let text = match e.detail() {
+        Some(detail) => format!("{} {detail}", e.code().unwrap_or("ERR")),
+        None => e.code().unwrap_or("ERR").to_owned(),
+    };
+    if e.code() == Some("NOPERM") {
+        TransportError::new(
+            ErrorKind::Auth,
+            format!(
+                "SUBSCRIBE {channel}: Redis refused it ({text}); grant the ACL user the \
+                 channel (`&{channel}`, or `&<prefix>:events:*` for all of larder's)"
+            ),
+        )
+    } else {
+        TransportError::new(
+            ErrorKind::Other,
+            format!("SUBSCRIBE {channel}: Redis answered {text}"),
+        )
     }
 }
 

@@ -128,6 +128,7 @@ async fn subscription_survives_a_redis_restart() {
     let mut server = blocking(RedisServer::start).await.expect("redis-server");
     let t = transport(&server.url()).await;
     let mut sub = t.subscribe(b"restart").await.unwrap();
+    let mut second = t.subscribe(b"restart:second").await.unwrap();
     publish(&t, "restart", "before").await;
     assert!(recv(&mut sub, ARRIVE).await.is_some());
 
@@ -184,6 +185,54 @@ async fn subscription_survives_a_redis_restart() {
         last = Some(p);
     }
     assert_eq!(last.as_deref(), Some(&b"last"[..]));
+    // Every live channel was subscribed again, not only the first.
+    publish(&raw, "restart:second", "also").await;
+    assert_eq!(
+        recv(&mut second, ARRIVE).await.map(|(_, p)| p),
+        Some(Bytes::from("also"))
+    );
+    assert!(second.gaps() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_without_the_channel_refuses_subscribe_with_an_auth_error() {
+    let server = blocking(RedisServer::start).await.expect("redis-server");
+    server
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            ">secret",
+            "~*",
+            "&allowed:*",
+            "+@all",
+        ])
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let url = format!("redis://app:secret@{}", server.addr());
+    let t = transport(&url).await;
+    let mut ok = t
+        .subscribe(b"allowed:ch")
+        .await
+        .expect("an allowed channel");
+    let started = Instant::now();
+    let err = t.subscribe(b"denied").await.unwrap_err();
+    eprintln!("refused in {:?}: {err}", started.elapsed());
+    assert_eq!(err.kind(), larder_core::ErrorKind::Auth, "{err}");
+    assert!(
+        err.message().contains("&denied"),
+        "says what to grant: {err}"
+    );
+    assert!(started.elapsed() < t.call_timeout());
+    // The refusal did not disturb the allowed channel.
+    publish(&t, "allowed:ch", "still").await;
+    assert_eq!(
+        recv(&mut ok, ARRIVE).await.map(|(_, p)| p),
+        Some(Bytes::from("still"))
+    );
+    assert_eq!(t.pubsub_status().reconnects, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,7 +151,8 @@ impl fmt::Debug for RedisTransport {
             Backend::Cluster(c) => d.field("cluster", c),
             Backend::Sentinel(s) => d.field("sentinel", s),
         };
-        d.field("call_timeout", &self.inner.budget)
+        d.field("pubsub", &self.inner.pubsub)
+            .field("call_timeout", &self.inner.budget)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish()
     }

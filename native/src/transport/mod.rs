@@ -649,6 +649,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn subscribe_to_an_unreachable_server_fails_within_budget() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let opts = RedisCacheOptions::new(format!("127.0.0.1:{port}"))
+            .min_idle_conns(0)
+            .dial_timeout(Duration::from_millis(200))
+            .read_timeout(Duration::from_millis(100))
+            .write_timeout(Duration::from_millis(100));
+        let t = RedisTransport::from_options(&opts).await.unwrap();
+        assert!(t.supports_pubsub());
+        for _ in 0..3 {
+            let start = Instant::now();
+            let err = t.subscribe(b"ch").await.unwrap_err();
+            assert!(err.is_retryable(), "{err}");
+            assert!(
+                start.elapsed() <= t.call_timeout() + Duration::from_millis(50),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+        let status = t.pubsub_status();
+        assert_eq!((status.connected_to, status.channels), (None, 0));
+        t.close().await.unwrap();
+        assert_eq!(
+            t.subscribe(b"ch").await.unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+    }
+
+    #[tokio::test]
     async fn bad_options_are_invalid_input() {
         let e =
             RedisTransport::from_options(&RedisCacheOptions::default().addrs(Vec::<String>::new()))

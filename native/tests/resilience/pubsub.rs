@@ -445,3 +445,52 @@ async fn lease_waiters_on_redis_transport_are_woken_by_pubsub_not_polling() {
         "polling cannot be that fast: {polling:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_subscription_survives_the_master_killed_with_sigkill() {
+    let setup = blocking(SentinelSetup::start)
+        .await
+        .expect("sentinel setup");
+    let opts = SentinelOptions::new(setup.master_name(), setup.sentinel_addrs())
+        .dial_timeout(Duration::from_millis(250))
+        .read_timeout(Duration::from_millis(250))
+        .write_timeout(Duration::from_millis(250));
+    let t = RedisTransport::from_sentinel(&opts)
+        .await
+        .expect("sentinel");
+    let mut sub = t.subscribe(b"sentinel:kill").await.unwrap();
+    let old = setup.master_addr().unwrap();
+    let (setup, killed, new_master) = blocking(move || {
+        let mut setup = setup;
+        setup.kill_master().expect("SIGKILL the master");
+        let killed = Instant::now();
+        let new = setup
+            .wait_for_new_master(&old, Duration::from_secs(30))
+            .expect("a new master");
+        (setup, killed, new)
+    })
+    .await;
+    let promoted = killed.elapsed();
+    let port: u16 = new_master.rsplit(':').next().unwrap().parse().unwrap();
+    // The old master is dead: only a subscription on the new one can hear this.
+    loop {
+        let _ = setup.cmd(port, &["PUBLISH", "sentinel:kill", "after"]);
+        if recv(&mut sub, Duration::from_millis(50)).await.is_some() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "pub/sub never reached the new master: {:?}",
+            t.pubsub_status()
+        );
+    }
+    let heard = killed.elapsed();
+    eprintln!(
+        "master killed: sentinels agreed on {new_master} after {promoted:?}, the subscription \
+         heard it {:?} later; {:?}",
+        heard.saturating_sub(promoted),
+        t.pubsub_status()
+    );
+    assert_eq!(t.pubsub_status().connected_to, Some(new_master));
+    assert!(sub.gaps() >= 1);
+}

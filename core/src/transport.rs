@@ -154,7 +154,8 @@ pub trait Transport: MaybeSend + MaybeSync + Debug {
     }
 
     /// Subscribes to one pub/sub `channel` (`SUBSCRIBE channel`): messages `PUBLISH`ed to
-    /// it after this call returns arrive on the [`Subscription`]. Dropping the subscription
+    /// it after this call returns arrive on the [`Subscription`], at most once (see its
+    /// "Delivery" section for what a lost connection means). Dropping the subscription
     /// unsubscribes.
     ///
     /// The default answers `Err` of kind [`ErrorKind::Refused`](crate::ErrorKind::Refused):

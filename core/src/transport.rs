@@ -154,7 +154,8 @@ pub trait Transport: MaybeSend + MaybeSync + Debug {
     }
 
     /// Subscribes to one pub/sub `channel` (`SUBSCRIBE channel`): messages `PUBLISH`ed to
-    /// it after this call returns arrive on the [`Subscription`]. Dropping the subscription
+    /// it after this call returns arrive on the [`Subscription`], at most once (see its
+    /// "Delivery" section for what a lost connection means). Dropping the subscription
     /// unsubscribes.
     ///
     /// The default answers `Err` of kind [`ErrorKind::Refused`](crate::ErrorKind::Refused):
@@ -206,11 +207,34 @@ impl Debug for Message {
 
 /// The messages of a [`Transport::subscribe`]: a small stream trait (poll-based, like
 /// `futures_core::Stream`, so it works without an async runtime and on `wasm32`).
+///
+/// # Delivery
+///
+/// Redis pub/sub is at-most-once: a message published while the subscriber's connection is
+/// down is gone. A subscription tells its reader in one of two ways:
+///
+/// - it **ends** (`Ready(None)` from [`poll_message`](Subscription::poll_message)): the
+///   reader subscribes again and treats everything in between as possibly missed; or
+/// - it **resumes** by itself (larder-native's transport reconnects and re-subscribes) and
+///   counts the gap in [`gaps`](Subscription::gaps), waking the task that last polled it.
+///
+/// Readers that must not miss an invalidation (the tiered cache's backplane) react to both.
 pub trait Subscription: MaybeSend + Debug {
     /// Polls for the next message. `Ready(None)` means the subscription ended (the
     /// connection was lost): messages published since may be lost, subscribe again.
     fn poll_message(&mut self, cx: &mut std::task::Context<'_>)
     -> std::task::Poll<Option<Message>>;
+
+    /// How many times messages may have been lost on this subscription while it stayed
+    /// open: its connection was lost and re-established (messages published in between are
+    /// gone), or the reader fell so far behind that messages were dropped.
+    ///
+    /// The count only grows. When it grows, the task that last polled
+    /// [`poll_message`](Subscription::poll_message) is woken, so a reader notices by checking
+    /// it after each poll. The default is 0: a subscription that ends instead of resuming.
+    fn gaps(&self) -> u64 {
+        0
+    }
 }
 
 /// A boxed [`Subscription`], as [`Transport::subscribe`] returns it.
@@ -222,6 +246,10 @@ impl<S: Subscription + ?Sized> Subscription for Box<S> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Message>> {
         (**self).poll_message(cx)
+    }
+
+    fn gaps(&self) -> u64 {
+        (**self).gaps()
     }
 }
 

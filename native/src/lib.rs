@@ -2,7 +2,9 @@
 //!
 //! - [`RedisTransport`]: larder's `Transport` on redis-rs 1.8 for a standalone server, a
 //!   Redis Cluster or a Sentinel-managed master, with bounded calls while Redis is down,
-//!   slot-aware pipelines and scans on every master, and failover following.
+//!   slot-aware pipelines and scans on every master, failover following, and pub/sub (one
+//!   shared, self-healing subscription connection; [`PubSubStatus`]) for stampede wake-ups
+//!   and the tiered cache's backplane.
 //! - [`RedisCacheExt`] (`RedisCache::connect(url)`, `new_redis`, `from_options`,
 //!   `from_sentinel`) with [`RedisCacheOptions`] / [`SentinelOptions`], and [`CacheBuilder`],
 //!   the seed's builder API returning an `Arc<dyn Cache>`.
@@ -40,4 +42,4 @@ pub use options::{
     RedisCacheOptions, SentinelOptions,
 };
 pub use runtime::TokioRuntime;
-pub use transport::{RedisTransport, Topology};
+pub use transport::{PubSubStatus, RedisTransport, Topology};

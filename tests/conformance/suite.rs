@@ -50,7 +50,7 @@ macro_rules! conformance_tests {
             clear_only_touches_own_prefix, clear_many_keys_in_batches,
             glob_chars_in_prefix_are_literal, stats_count_locally, stats_are_shared_in_redis,
             ping_answers, close_then_calls_fail, corrupt_value_is_a_counted_miss,
-            legacy_raw_value_reads_as_response, envelope_round_trip
+            legacy_raw_value_reads_as_response, envelope_round_trip, pubsub_round_trip_or_refused
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -471,4 +471,52 @@ pub(crate) async fn envelope_round_trip(be: &impl Backend) {
         .with_tags(["geo"]);
     c.set_envelope("k", &e, None).await.unwrap();
     assert_eq!(c.get_envelope("k").await.unwrap(), Some(e));
+}
+
+/// With pub/sub: a subscription hears what is published after `subscribe` returns (on a
+/// Cluster, whichever node the publish reaches), and dropping it unsubscribes. Without: `subscribe` is refused (`ErrorKind::Refused`).
+pub(crate) async fn pubsub_round_trip_or_refused(be: &impl Backend) {
+    use larder::transport::next_message;
+    let t = be.transport();
+    let channel = format!("{}:events:test", unique_prefix("pubsub"));
+    if !t.supports_pubsub() {
+        let err = t.subscribe(channel.as_bytes()).await.unwrap_err();
+        assert_eq!(err.kind(), larder::ErrorKind::Refused, "{err}");
+        return;
+    }
+    let mut sub = t.subscribe(channel.as_bytes()).await.unwrap();
+    let publish = |payload: &'static [u8]| {
+        let t = t.clone();
+        let channel = channel.clone();
+        async move {
+            let n = t
+                .exec(Cmd::new("PUBLISH").arg(channel.as_str()).arg(payload))
+                .await
+                .unwrap();
+            n.as_int().expect("PUBLISH answers a count")
+        }
+    };
+    // On a Redis Cluster `PUBLISH` counts only the subscribers of the node that received
+    // it, which need not be the one the subscription is on: 0 there is no proof of absence.
+    let counted = publish(b"one\x00\xff").await >= 1;
+    let m = tokio::time::timeout(Duration::from_secs(5), next_message(&mut sub))
+        .await
+        .expect("the message arrives")
+        .expect("the subscription is open");
+    assert_eq!(
+        (&m.channel[..], &m.payload[..]),
+        (channel.as_bytes(), &b"one\x00\xff"[..])
+    );
+    drop(sub);
+    if !counted {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while publish(b"two").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dropping the subscription unsubscribes"
+        );
+        be.sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -138,6 +138,8 @@ pub(crate) struct Notifier {
 #[derive(Default)]
 struct NState {
     sub: Option<BoxSubscription>,
+    /// [`Subscription::gaps`](crate::transport::Subscription::gaps) of `sub` when last seen.
+    gaps: u64,
     subscribing: bool,
     retry_at_ms: u64,
     regs: HashMap<u64, Reg>,
@@ -237,7 +239,10 @@ impl Notifier {
         let mut st = self.state.lock();
         st.subscribing = false;
         match result {
-            Ok(sub) => st.sub = Some(sub),
+            Ok(sub) => {
+                st.gaps = sub.gaps();
+                st.sub = Some(sub);
+            }
             Err(_) => {
                 st.retry_at_ms = self.clock.now_ms() + duration_ms(RESUBSCRIBE_AFTER);
             }
@@ -278,6 +283,17 @@ impl Notifier {
                     }
                     Poll::Pending => {
                         st.driver = Some(id);
+                        // The subscription resumed after a gap: a release may have been
+                        // missed, so every waiter looks at the lock now rather than at the
+                        // end of its nap.
+                        let gaps = sub.gaps();
+                        if gaps != st.gaps {
+                            st.gaps = gaps;
+                            for reg in st.regs.values_mut() {
+                                reg.notified = true;
+                                wake.extend(reg.waker.take());
+                            }
+                        }
                         break;
                     }
                 }

@@ -248,9 +248,12 @@ struct Inner<C> {
 ///
 /// With a [lock](ComputeCacheBuilder::lock), the leader takes a lease in Redis
 /// (`SET {prefix}:lock:{key} <random token> NX PX <lease_ttl>`) before computing. A leader
-/// that finds the lease held waits — woken by pub/sub where the transport has it, polling
-/// with jittered exponential backoff otherwise — until the value appears, the lease is
-/// released (it then takes it), or the wait bound passes ([`WaitPolicy`]). While computing,
+/// that finds the lease held waits — polling with jittered exponential backoff, and woken
+/// early by the release on pub/sub where the transport has it — until the value appears, the
+/// lease is released (it then takes it), or the wait bound passes ([`WaitPolicy`]). Pub/sub
+/// is at-most-once: a release published while the subscription is down is lost, which costs
+/// the waiter the rest of its nap, never the value (when the transport reports the gap,
+/// [`Subscription::gaps`](crate::transport::Subscription::gaps), waiters look at once). While computing,
 /// the holder extends its lease every `lease_ttl / 3`; a holder that dies releases nothing and
 /// its lease expires after `lease_ttl`.
 ///

@@ -367,6 +367,126 @@ async fn waiter_is_woken_by_the_release_publish_not_its_backoff() {
     h.await.unwrap().unwrap();
 }
 
+/// A transport whose subscriptions resume by themselves after a gap (as larder-native's
+/// do): while `deaf` messages are dropped; `resume` counts a gap and wakes the reader.
+#[derive(Debug, Clone)]
+struct Resuming {
+    t: MemTransport,
+    shared: Arc<ResumingShared>,
+}
+
+#[derive(Debug, Default)]
+struct ResumingShared {
+    deaf: std::sync::atomic::AtomicBool,
+    gaps: std::sync::atomic::AtomicU64,
+    waker: parking_lot::Mutex<Option<std::task::Waker>>,
+}
+
+impl Resuming {
+    fn resume(&self) {
+        self.shared.deaf.store(false, Ordering::SeqCst);
+        self.shared.gaps.fetch_add(1, Ordering::SeqCst);
+        if let Some(w) = self.shared.waker.lock().take() {
+            w.wake();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ResumingSub {
+    sub: crate::transport::BoxSubscription,
+    shared: Arc<ResumingShared>,
+}
+
+impl crate::transport::Subscription for ResumingSub {
+    fn poll_message(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<crate::transport::Message>> {
+        *self.shared.waker.lock() = Some(cx.waker().clone());
+        loop {
+            match self.sub.poll_message(cx) {
+                std::task::Poll::Ready(Some(_)) if self.shared.deaf.load(Ordering::SeqCst) => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn gaps(&self) -> u64 {
+        self.shared.gaps.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for Resuming {
+    async fn exec(&self, cmd: Cmd) -> Result<Value, crate::TransportError> {
+        self.t.exec(cmd).await
+    }
+    async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, crate::TransportError> {
+        self.t.pipeline(cmds).await
+    }
+    fn supports_pubsub(&self) -> bool {
+        true
+    }
+    async fn subscribe(
+        &self,
+        channel: &[u8],
+    ) -> Result<crate::transport::BoxSubscription, crate::TransportError> {
+        let sub = Transport::subscribe(&self.t, channel).await?;
+        Ok(Box::new(ResumingSub {
+            sub,
+            shared: self.shared.clone(),
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_release_is_made_up_for_when_the_subscription_resumes() {
+    let clock = TokioClock::shared();
+    let t = MemTransport::with_clock(clock.clone());
+    let resuming = Resuming {
+        t: t.clone(),
+        shared: Arc::default(),
+    };
+    let holder = redis_compute(&t, &clock).build();
+    let cache = RedisCache::builder(resuming.clone()).prefix("p").build();
+    let waiter = ComputeCache::builder(cache.clone(), clock_of(&clock))
+        .lock(RedisLock::for_cache(&cache, clock_of(&clock)))
+        .poll_backoff(Duration::from_secs(20), Duration::from_secs(20))
+        .max_wait(Duration::from_secs(50))
+        .build();
+    let h = tokio::spawn(async move {
+        holder
+            .get_or_compute("k", None, async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                b("v")
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The waiter's connection is down when the holder releases: the release is lost.
+    resuming.shared.deaf.store(true, Ordering::SeqCst);
+    let r = resuming.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        r.resume();
+    });
+    let started = tokio::time::Instant::now();
+    let got = waiter
+        .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { unreachable!() })
+        .await
+        .unwrap();
+    assert_eq!(got.value, b("v"));
+    let waited = started.elapsed();
+    // Not the 10–30 s nap: the waiter looked as soon as the subscription resumed.
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(waiter.compute_stats().polls, 1);
+    h.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_pubsub_waiters_poll_with_backoff_within_the_budget() {
     let clock = TokioClock::shared();

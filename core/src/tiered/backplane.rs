@@ -32,7 +32,11 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 ///
 /// While the subscription is down (Redis unreachable), messages are lost: when it is
 /// re-established the instance clears its whole L1, so no invalidated entry survives the gap
-/// (entries written meanwhile were bounded by the L1 TTL anyway).
+/// (entries written meanwhile were bounded by the L1 TTL anyway). That holds both when the
+/// subscription ends and is made again, and when the transport resumes it by itself
+/// (larder-native reconnects and re-subscribes; the gap shows in
+/// [`Subscription::gaps`](crate::transport::Subscription::gaps) and in
+/// [`BackplaneStats::gaps`]).
 ///
 /// # Examples
 ///
@@ -109,6 +113,9 @@ pub struct BackplaneStats {
     pub evicted: u64,
     /// Times the subscription was (re-)established (each clears the L1).
     pub subscriptions: u64,
+    /// Times the transport resumed the subscription after messages may have been lost
+    /// ([`Subscription::gaps`](crate::transport::Subscription::gaps); each clears the L1).
+    pub gaps: u64,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +125,7 @@ struct BackplaneCounters {
     received: AtomicU64,
     evicted: AtomicU64,
     subscriptions: AtomicU64,
+    gaps: AtomicU64,
 }
 
 /// What a message asks.
@@ -143,6 +151,8 @@ struct Wire {
 #[derive(Default)]
 struct LinkState {
     sub: Option<BoxSubscription>,
+    /// [`Subscription::gaps`](crate::transport::Subscription::gaps) of `sub` when last seen.
+    gaps: u64,
     subscribing: bool,
     retry_at_ms: u64,
     /// A background task polls the subscription (with a runtime): operations do not.
@@ -182,10 +192,11 @@ impl Link {
     pub(crate) async fn sync(&self) {
         let inner = &*self.inner;
         let mut ops = Vec::new();
+        let mut gap = false;
         let due = {
             let mut st = inner.state.lock();
-            let driven = st.driven;
-            if let (Some(sub), false) = (st.sub.as_mut(), driven) {
+            let st = &mut *st;
+            if let (Some(sub), false) = (st.sub.as_mut(), st.driven) {
                 let mut cx = Context::from_waker(Waker::noop());
                 loop {
                     match sub.poll_message(&mut cx) {
@@ -195,7 +206,12 @@ impl Link {
                             inner.subscribed.store(false, Ordering::Relaxed);
                             break;
                         }
-                        Poll::Pending => break,
+                        Poll::Pending => {
+                            let gaps = sub.gaps();
+                            gap = gaps != st.gaps;
+                            st.gaps = gaps;
+                            break;
+                        }
                     }
                 }
             }
@@ -207,6 +223,9 @@ impl Link {
         };
         for payload in ops {
             self.apply(&payload).await;
+        }
+        if gap {
+            self.after_gap();
         }
         if due {
             match &inner.runtime {
@@ -226,6 +245,7 @@ impl Link {
         st.subscribing = false;
         match result {
             Ok(sub) => {
+                st.gaps = sub.gaps();
                 st.sub = Some(sub);
                 st.driven = inner.runtime.is_some();
                 inner.subscribed.store(true, Ordering::Relaxed);
@@ -249,28 +269,52 @@ impl Link {
     /// them pile up, until the subscription ends.
     async fn drive(&self) {
         let inner = &*self.inner;
+        enum Next {
+            Message(Bytes),
+            Gap,
+            Ended,
+        }
         loop {
             let next = std::future::poll_fn(|cx| {
                 let mut st = inner.state.lock();
+                let st = &mut *st;
                 let Some(sub) = st.sub.as_mut() else {
-                    return Poll::Ready(None);
+                    return Poll::Ready(Next::Ended);
                 };
                 match sub.poll_message(cx) {
+                    Poll::Ready(Some(msg)) => Poll::Ready(Next::Message(msg.payload)),
                     Poll::Ready(None) => {
                         st.sub = None;
                         st.driven = false;
                         inner.subscribed.store(false, Ordering::Relaxed);
-                        Poll::Ready(None)
+                        Poll::Ready(Next::Ended)
                     }
-                    other => other,
+                    Poll::Pending => {
+                        let gaps = sub.gaps();
+                        if gaps != st.gaps {
+                            st.gaps = gaps;
+                            Poll::Ready(Next::Gap)
+                        } else {
+                            Poll::Pending
+                        }
+                    }
                 }
             })
             .await;
             match next {
-                Some(msg) => self.apply(&msg.payload).await,
-                None => return,
+                Next::Message(payload) => self.apply(&payload).await,
+                Next::Gap => self.after_gap(),
+                Next::Ended => return,
             }
         }
+    }
+
+    /// The transport resumed the subscription, but messages published meanwhile are lost:
+    /// whatever L1 held may have been invalidated, so it goes.
+    fn after_gap(&self) {
+        let inner = &*self.inner;
+        inner.counters.gaps.fetch_add(1, Ordering::Relaxed);
+        inner.l1.clear_all();
     }
 
     async fn apply(&self, payload: &[u8]) {
@@ -333,6 +377,7 @@ impl Link {
             received: l(&c.received),
             evicted: l(&c.evicted),
             subscriptions: l(&c.subscriptions),
+            gaps: l(&c.gaps),
         }
     }
 }

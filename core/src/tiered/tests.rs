@@ -317,3 +317,81 @@ async fn with_a_runtime_invalidations_apply_even_to_an_idle_instance() {
     assert!(!a.l1().contains("k"));
     assert_eq!(a.tiered_stats().backplane.unwrap().evicted, 1);
 }
+
+/// A transport whose subscriptions resume by themselves after a gap (as larder-native's
+/// do): while `deaf`, messages are dropped; `gaps` counts the resumptions.
+#[derive(Debug, Clone)]
+struct Resuming {
+    t: MemTransport,
+    deaf: Arc<AtomicBool>,
+    gaps: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug)]
+struct ResumingSub {
+    sub: BoxSubscription,
+    deaf: Arc<AtomicBool>,
+    gaps: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Subscription for ResumingSub {
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        loop {
+            match self.sub.poll_message(cx) {
+                Poll::Ready(Some(_)) if self.deaf.load(Ordering::SeqCst) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for Resuming {
+    async fn exec(&self, cmd: Cmd) -> Result<Value, TransportError> {
+        self.t.exec(cmd).await
+    }
+    async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
+        self.t.pipeline(cmds).await
+    }
+    fn supports_pubsub(&self) -> bool {
+        true
+    }
+    async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
+        let sub = Transport::subscribe(&self.t, channel).await?;
+        Ok(Box::new(ResumingSub {
+            sub,
+            deaf: self.deaf.clone(),
+            gaps: self.gaps.clone(),
+        }))
+    }
+}
+
+#[test]
+fn a_subscription_resumed_after_a_gap_clears_l1() {
+    block_on(async {
+        let t = MemTransport::new();
+        let clock: SharedClock = Arc::new(t.clock());
+        let resuming = Resuming {
+            t: t.clone(),
+            deaf: Arc::new(AtomicBool::new(false)),
+            gaps: Arc::default(),
+        };
+        let a = instance(&resuming, &clock, true);
+        let other = instance(&t, &clock, true);
+        a.set("k", b("v1"), None).await.unwrap();
+        resuming.deaf.store(true, Ordering::SeqCst);
+        // While A's connection is down, another instance overwrites k: the message is lost.
+        other.set("k", b("v2"), None).await.unwrap();
+        assert_eq!(a.get("k").await.unwrap(), Some(b("v1")), "deaf: stale L1");
+        // The transport reconnects and re-subscribes; the subscription counts the gap.
+        resuming.deaf.store(false, Ordering::SeqCst);
+        resuming.gaps.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(a.get("k").await.unwrap(), Some(b("v2")));
+        let bp = a.tiered_stats().backplane.unwrap();
+        assert_eq!((bp.gaps, bp.subscriptions), (1, 1), "{bp:?}");
+    });
+}

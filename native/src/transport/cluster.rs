@@ -11,6 +11,7 @@
 //!   (a master kill stalled one `SET` 7.8 s here); retries here wait 10–300 ms, and every
 //!   request is bounded by the call budget.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -44,10 +45,11 @@ const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 300;
 /// round-robin; each opens on first use unless opened eagerly.
 pub(crate) struct Cluster {
     client: ClusterClient,
-    conns: Vec<OnceCell<ClusterConnection>>,
+    conns: Arc<[OnceCell<ClusterConnection>]>,
     next: AtomicUsize,
-    /// Masters as `(host, port)`, listed when a scan starts.
-    masters: RwLock<Vec<(String, u16)>>,
+    /// Masters as `(host, port)`, listed when a scan starts or the pub/sub connection
+    /// looks for a node.
+    masters: Arc<RwLock<Vec<(String, u16)>>>,
     budget: Duration,
     /// The seed addresses (no credentials), for messages.
     label: String,
@@ -95,7 +97,7 @@ impl Cluster {
             client,
             conns: (0..s.pool_size.max(1)).map(|_| OnceCell::new()).collect(),
             next: AtomicUsize::new(0),
-            masters: RwLock::new(Vec::new()),
+            masters: Arc::new(RwLock::new(Vec::new())),
             budget: s.call_budget(),
             label,
         };
@@ -112,14 +114,37 @@ impl Cluster {
     }
 
     async fn conn_at(&self, i: usize) -> Result<ClusterConnection, TransportError> {
-        self.conns[i]
-            .get_or_try_init(|| async {
-                self.client.get_async_connection().await.map_err(|e| {
-                    transport_error(&e, &format!("connecting to cluster {}", self.label))
+        open_conn(&self.conns[i], &self.client, &self.label).await
+    }
+
+    /// Where the pub/sub connection goes: any node (classic `PUBLISH` is broadcast to every
+    /// node), the known masters first, then the seeds.
+    pub(crate) fn pubsub_source(&self, seeds: Vec<redis::ConnectionInfo>) -> super::pubsub::Source {
+        let template = seeds[0].clone();
+        let (conns, client, label, known) = (
+            self.conns.clone(),
+            self.client.clone(),
+            self.label.clone(),
+            self.masters.clone(),
+        );
+        let known_out = known.clone();
+        super::pubsub::Source::Cluster {
+            seeds,
+            known: known_out,
+            template,
+            refresh: Box::new(move || {
+                let (conns, client, label, known) =
+                    (conns.clone(), client.clone(), label.clone(), known.clone());
+                Box::pin(async move {
+                    if let Ok(mut conn) = open_conn(&conns[0], &client, &label).await
+                        && let Ok(masters) = list_masters(&mut conn).await
+                        && !masters.is_empty()
+                    {
+                        *known.write() = masters;
+                    }
                 })
-            })
-            .await
-            .cloned()
+            }),
+        }
     }
 
     async fn conn(&self) -> Result<ClusterConnection, TransportError> {
@@ -192,6 +217,21 @@ impl Cluster {
         };
         Ok((next, keys))
     }
+}
+
+async fn open_conn(
+    cell: &OnceCell<ClusterConnection>,
+    client: &ClusterClient,
+    label: &str,
+) -> Result<ClusterConnection, TransportError> {
+    cell.get_or_try_init(|| async {
+        client
+            .get_async_connection()
+            .await
+            .map_err(|e| transport_error(&e, &format!("connecting to cluster {label}")))
+    })
+    .await
+    .cloned()
 }
 
 /// Lists the masters with `CLUSTER SLOTS`, in slot order, without duplicates.

@@ -11,6 +11,7 @@
 mod cluster;
 mod convert;
 mod pool;
+mod pubsub;
 mod sentinel;
 mod slots;
 
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use larder_core::transport::BoxSubscription;
 use larder_core::{Cmd, Error, ErrorKind, ScanCursor, Transport, TransportError, Value};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tracing::Instrument;
@@ -29,6 +31,8 @@ use crate::options::{RedisCacheOptions, SentinelOptions, Settings, redact_url};
 use cluster::Cluster;
 use convert::{deadline_error, unavailable_reply};
 use pool::Pool;
+pub use pubsub::PubSubStatus;
+use pubsub::{Hub, Source};
 use sentinel::Sentinel;
 
 /// Which kind of deployment a [`RedisTransport`] talks to.
@@ -68,6 +72,8 @@ enum Backend {
 
 struct Inner {
     backend: Backend,
+    /// The pub/sub connection (opened on the first subscribe).
+    pubsub: Hub,
     /// The hard limit of one call.
     budget: Duration,
     tracing: bool,
@@ -94,6 +100,32 @@ struct Inner {
 /// call, pipelines included. No call takes longer than
 /// [`call_timeout`](RedisTransport::call_timeout).
 ///
+/// # Pub/sub
+///
+/// [`subscribe`](Transport::subscribe) works on every topology, over one dedicated
+/// connection per transport (cloned transports share it) that opens on the first subscribe.
+/// Channels are multiplexed on it and reference-counted: the first subscription to a channel
+/// sends `SUBSCRIBE`, dropping the last sends `UNSUBSCRIBE`.
+///
+/// - **Standalone**: on the server. **Cluster**: on any one reachable node — a classic
+///   `PUBLISH` reaches every node of a Redis Cluster, so one subscription hears publishes
+///   made on any node; when that node dies the connection moves to another (the masters
+///   from `CLUSTER SLOTS`, then the seeds). **Sentinel**: on the master in use; when the
+///   transport follows a failover the connection moves to the new master.
+/// - **Lost connections** (server restart, node death, no answer to a `PING` sent every
+///   5 s) are re-established in the background with backoff (25 ms doubling to 1 s), and
+///   every live channel is subscribed again; [`pubsub_status`](RedisTransport::pubsub_status)
+///   counts the reconnects. Subscriptions stay open across this.
+/// - **Delivery is at-most-once**, as with Redis itself: messages published while the
+///   connection is down (or while it moves) are lost. Each subscription counts such a gap in
+///   [`Subscription::gaps`](larder_core::transport::Subscription::gaps). larder's users of
+///   pub/sub are built for this: lease waiters also poll with backoff (a lost wake-up costs
+///   latency, never correctness) and look at the lease again as soon as a gap is reported;
+///   the tiered cache's backplane clears its L1 after a gap.
+/// - **Bounded**: `subscribe` returns within [`call_timeout`](RedisTransport::call_timeout);
+///   while Redis is unreachable it fails fast with the last connect error.
+///   [`close`](Transport::close) ends every subscription (`None` from the stream).
+///
 /// # Examples
 ///
 /// ```no_run
@@ -119,7 +151,8 @@ impl fmt::Debug for RedisTransport {
             Backend::Cluster(c) => d.field("cluster", c),
             Backend::Sentinel(s) => d.field("sentinel", s),
         };
-        d.field("call_timeout", &self.inner.budget)
+        d.field("pubsub", &self.inner.pubsub)
+            .field("call_timeout", &self.inner.budget)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish()
     }
@@ -158,15 +191,20 @@ impl RedisTransport {
             .iter()
             .map(|a| connection_info(a, &settings))
             .collect::<Result<Vec<_>, _>>()?;
-        let backend = match infos.len() {
+        let backend: (Backend, Source) = match infos.len() {
             0 => {
                 return Err(Error::InvalidInput(
                     "no Redis address given; set RedisCacheOptions::addrs".into(),
                 ));
             }
-            1 => Backend::Standalone(
-                Pool::connect(infos.into_iter().next().expect("one"), &settings).await?,
-            ),
+            1 => {
+                let info = infos.into_iter().next().expect("one");
+                let source = Source::Server(info.clone());
+                (
+                    Backend::Standalone(Pool::connect(info, &settings).await?),
+                    source,
+                )
+            }
             _ => {
                 if settings.db != 0 {
                     return Err(Error::InvalidInput(format!(
@@ -174,10 +212,13 @@ impl RedisTransport {
                         settings.db
                     )));
                 }
-                Backend::Cluster(Box::new(Cluster::connect(infos, &settings).await?))
+                let cluster = Cluster::connect(infos.clone(), &settings).await?;
+                let source = cluster.pubsub_source(infos);
+                (Backend::Cluster(Box::new(cluster)), source)
             }
         };
-        Ok(RedisTransport::with_backend(backend, &settings))
+        let (backend, source) = backend;
+        Ok(RedisTransport::with_backend(backend, source, &settings))
     }
 
     /// Finds the master through Redis Sentinel and follows it across failovers (see
@@ -222,22 +263,26 @@ impl RedisTransport {
             };
             connection_info(&format!("{scheme}://127.0.0.1:6379"), &settings)?
         };
-        let backend = Backend::Sentinel(
-            Sentinel::connect(
-                opts.master_name.clone(),
-                sentinels,
-                template,
-                settings.clone(),
-            )
-            .await?,
-        );
-        Ok(RedisTransport::with_backend(backend, &settings))
+        let sentinel = Sentinel::connect(
+            opts.master_name.clone(),
+            sentinels,
+            template,
+            settings.clone(),
+        )
+        .await?;
+        let source = sentinel.pubsub_source();
+        Ok(RedisTransport::with_backend(
+            Backend::Sentinel(sentinel),
+            source,
+            &settings,
+        ))
     }
 
-    fn with_backend(backend: Backend, settings: &Settings) -> Self {
+    fn with_backend(backend: Backend, source: Source, settings: &Settings) -> Self {
         RedisTransport {
             inner: Arc::new(Inner {
                 backend,
+                pubsub: Hub::new(source, settings),
                 budget: settings.call_budget(),
                 tracing: settings.enable_tracing,
                 metrics: settings.enable_metrics,
@@ -266,6 +311,12 @@ impl RedisTransport {
             Backend::Sentinel(s) => Some(s.master_addr()),
             _ => None,
         }
+    }
+
+    /// The state of the pub/sub connection that [`subscribe`](Transport::subscribe) uses:
+    /// the node it is on, the channels subscribed, how often it was re-established.
+    pub fn pubsub_status(&self) -> PubSubStatus {
+        self.inner.pubsub.status()
     }
 
     /// With Sentinel: how many times the transport has moved to a new master.
@@ -438,12 +489,42 @@ impl Transport for RedisTransport {
     }
 
     async fn close(&self) -> Result<(), TransportError> {
-        if !self.inner.closed.swap(true, Ordering::AcqRel)
-            && let Backend::Sentinel(s) = &self.inner.backend
-        {
-            s.close();
+        if !self.inner.closed.swap(true, Ordering::AcqRel) {
+            self.inner.pubsub.close();
+            if let Backend::Sentinel(s) = &self.inner.backend {
+                s.close();
+            }
         }
         Ok(())
+    }
+
+    /// True: redis-rs keeps a persistent connection to subscribe on.
+    fn supports_pubsub(&self) -> bool {
+        true
+    }
+
+    /// Subscribes on the transport's one pub/sub connection (opened on first use, shared
+    /// by every subscription; see [`RedisTransport`]'s "Pub/sub" section). Returns once
+    /// Redis confirmed the `SUBSCRIBE`, within [`call_timeout`](RedisTransport::call_timeout).
+    async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.check_open()?;
+        let result = self
+            .inner
+            .pubsub
+            .subscribe(channel, self.inner.budget)
+            .await;
+        if self.inner.tracing
+            && let Err(e) = &result
+        {
+            tracing::warn!(
+                channel = %String::from_utf8_lossy(channel),
+                topology = self.topology().as_str(),
+                kind = e.kind().as_str(),
+                error = %e,
+                "larder: SUBSCRIBE failed"
+            );
+        }
+        result
     }
 }
 
@@ -563,6 +644,39 @@ mod tests {
         t.close().await.unwrap();
         assert_eq!(
             t.exec(Cmd::new("PING")).await.unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn subscribe_to_an_unreachable_server_fails_within_budget() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let opts = RedisCacheOptions::new(format!("127.0.0.1:{port}"))
+            .min_idle_conns(0)
+            .dial_timeout(Duration::from_millis(200))
+            .read_timeout(Duration::from_millis(100))
+            .write_timeout(Duration::from_millis(100));
+        let t = RedisTransport::from_options(&opts).await.unwrap();
+        assert!(t.supports_pubsub());
+        for _ in 0..3 {
+            let start = Instant::now();
+            let err = t.subscribe(b"ch").await.unwrap_err();
+            assert!(err.is_retryable(), "{err}");
+            assert!(
+                start.elapsed() <= t.call_timeout() + Duration::from_millis(50),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+        let status = t.pubsub_status();
+        assert_eq!((status.connected_to, status.channels), (None, 0));
+        t.close().await.unwrap();
+        assert_eq!(
+            t.subscribe(b"ch").await.unwrap_err().kind(),
             ErrorKind::Closed
         );
     }

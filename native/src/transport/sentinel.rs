@@ -89,6 +89,8 @@ struct Shared {
     /// Masters the transport moved away from, and since when.
     fenced: Mutex<Vec<(String, u16, Instant)>>,
     closed: AtomicBool,
+    /// The epoch of the master in use, for the pub/sub connection to follow.
+    moved: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ impl Sentinel {
             promoting: AtomicBool::new(false),
             fenced: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            moved: tokio::sync::watch::Sender::new(0),
         });
         let watchers = (0..shared.sentinels.len())
             .map(|i| tokio::spawn(watch(Arc::downgrade(&shared), i)))
@@ -197,6 +200,24 @@ impl Sentinel {
     pub(crate) fn master_addr(&self) -> String {
         let m = self.shared.current.read();
         format!("{}:{}", m.host, m.port)
+    }
+
+    /// Where the pub/sub connection goes: the master in use now; it moves when the
+    /// transport follows a failover.
+    pub(crate) fn pubsub_source(&self) -> super::pubsub::Source {
+        let shared = Arc::downgrade(&self.shared);
+        let fallback = self.shared.master_template.clone();
+        super::pubsub::Source::Sentinel {
+            current: Box::new(move || {
+                let Some(s) = shared.upgrade() else {
+                    return fallback.clone();
+                };
+                let m = s.current.read().clone();
+                master_info(&s.master_template, &m.host, m.port)
+                    .unwrap_or_else(|_| fallback.clone())
+            }),
+            moved: self.shared.moved.subscribe(),
+        }
     }
 
     /// How many times the transport moved to a new master.
@@ -287,7 +308,7 @@ fn is_readonly(v: &Value) -> bool {
 }
 
 /// The connection info of a master at `host:port`, with the template's credentials and TLS.
-fn master_info(
+pub(super) fn master_info(
     template: &ConnectionInfo,
     host: &str,
     port: u16,
@@ -466,6 +487,7 @@ fn switch_to(shared: &Shared, host: String, port: u16, why: &str) -> Result<bool
     });
     let new = format!("{}:{}", current.host, current.port);
     drop(current);
+    shared.moved.send_replace(epoch);
     shared.switches.fetch_add(1, Ordering::Relaxed);
     if shared.settings.enable_tracing {
         tracing::warn!(

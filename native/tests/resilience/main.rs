@@ -2,6 +2,9 @@
 //! processes: N processes × M tasks computing once, a holder killed with SIGKILL, the
 //! backplane across two processes, Redis killed under load in tiered mode, corrupt bytes.
 //!
+//! Pub/sub is `RedisTransport`'s own (standalone, Cluster, Sentinel): round trips,
+//! reconnects, reference counting, and lease waiters woken by it.
+//!
 //! Multi-process tests re-run this test binary as children (`child_entry` with
 //! `LARDER_RESILIENCE_ROLE` set); children report on stdout lines starting with `RESULT `.
 
@@ -17,8 +20,6 @@ use larder_core::compute::{ComputeCache, ComputeCacheBuilder, RedisLock};
 use larder_core::tiered::{Backplane, TieredCache};
 use larder_core::{MemoryCache, RedisCache, SharedClock};
 use larder_native::{RedisCacheOptions, RedisTransport, SystemClock, TokioRuntime};
-
-use pubsub::PubSubRedis;
 
 /// The environment variable naming a child's role.
 const ROLE: &str = "LARDER_RESILIENCE_ROLE";
@@ -36,19 +37,22 @@ pub(crate) fn clock() -> SharedClock {
     SystemClock::shared()
 }
 
-/// A redis-rs transport with pub/sub and short timeouts (so an outage fails fast).
-pub(crate) async fn transport(url: &str) -> PubSubRedis {
-    let opts = RedisCacheOptions::new(url)
+/// Short timeouts, so an outage fails fast.
+pub(crate) fn options(url: &str) -> RedisCacheOptions {
+    RedisCacheOptions::new(url)
         .dial_timeout(Duration::from_millis(250))
         .read_timeout(Duration::from_millis(250))
-        .write_timeout(Duration::from_millis(250));
-    let t = RedisTransport::from_options(&opts)
-        .await
-        .expect("connect to the test Redis");
-    PubSubRedis::new(t, url)
+        .write_timeout(Duration::from_millis(250))
 }
 
-pub(crate) type Guarded = CircuitBreaker<PubSubRedis>;
+/// The redis-rs transport (with its own pub/sub) and short timeouts.
+pub(crate) async fn transport(url: &str) -> RedisTransport {
+    RedisTransport::from_options(&options(url))
+        .await
+        .expect("connect to the test Redis")
+}
+
+pub(crate) type Guarded = CircuitBreaker<RedisTransport>;
 pub(crate) type Tiered = TieredCache<RedisCache<Guarded>>;
 
 /// The production shape: breaker → RedisCache (L2) → TieredCache (with backplane) →
@@ -71,7 +75,7 @@ pub(crate) async fn tiered_stack(url: &str) -> (ComputeCacheBuilder<Tiered>, Gua
 }
 
 /// A cache of the Redis-only shape (no L1): what stampede tests across processes use.
-pub(crate) async fn redis_stack(url: &str) -> ComputeCacheBuilder<RedisCache<PubSubRedis>> {
+pub(crate) async fn redis_stack(url: &str) -> ComputeCacheBuilder<RedisCache<RedisTransport>> {
     let t = transport(url).await;
     let cache = RedisCache::builder(t).prefix(PREFIX).build();
     ComputeCache::builder(cache.clone(), clock())

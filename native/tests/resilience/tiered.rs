@@ -17,12 +17,12 @@ use crate::{PREFIX, child_result, env, report, spawn_child, tiered_stack, transp
 const KEY: &str = "shared-key";
 
 /// Reads a plain key through a raw connection (no cache in between).
-async fn raw_get(t: &crate::PubSubRedis, key: &str) -> Option<Bytes> {
+async fn raw_get(t: &larder_native::RedisTransport, key: &str) -> Option<Bytes> {
     use larder_core::Commands;
     t.get(key.as_bytes()).await.expect("GET")
 }
 
-async fn wait_for(t: &crate::PubSubRedis, key: &str, value: &str) {
+async fn wait_for(t: &larder_native::RedisTransport, key: &str, value: &str) {
     let started = Instant::now();
     while raw_get(t, key).await.as_deref() != Some(value.as_bytes()) {
         assert!(
@@ -33,7 +33,7 @@ async fn wait_for(t: &crate::PubSubRedis, key: &str, value: &str) {
     }
 }
 
-async fn raw_set(t: &crate::PubSubRedis, key: &str, value: &str) {
+async fn raw_set(t: &larder_native::RedisTransport, key: &str, value: &str) {
     use larder_core::{Commands, SetOptions};
     t.set(
         key.as_bytes(),
@@ -272,4 +272,75 @@ async fn corrupt_bytes_under_a_key_are_a_counted_miss_and_recomputed() {
     assert_eq!((stats.corrupt, stats.hits), (1, 0), "{stats:?}");
     let stored = raw_get(&raw, &redis_key).await.unwrap();
     assert!(stored.starts_with(b"{\"v\":1,\"response\":\"recomputed\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_connection_killed_clears_l1_when_the_transport_resumes_it() {
+    use larder_core::RedisCache;
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .expect("redis-server");
+    let url = server.url();
+    let (compute, _) = tiered_stack(&url).await;
+    let cache = compute.build();
+    let key = "gap-key";
+    cache
+        .set(key, "v1".into(), Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !cache
+        .cache()
+        .tiered_stats()
+        .backplane
+        .is_some_and(|b| b.subscribed)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let _ = cache.get(key).await;
+    }
+    assert!(cache.cache().l1().contains(key));
+    // Another writer changes L2 without any message (a plain RedisCache, no backplane): the
+    // L1 copy is now stale, and only a gap can tell.
+    let plain = RedisCache::builder(transport(&url).await)
+        .prefix(PREFIX)
+        .build();
+    plain
+        .set(key, "v2".into(), Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(cache.get(key).await.unwrap().as_deref(), Some(&b"v1"[..]));
+    // Redis drops every pub/sub connection; the transport reconnects and re-subscribes, and
+    // its subscription reports the gap.
+    server
+        .cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let killed = Instant::now();
+    while cache
+        .cache()
+        .tiered_stats()
+        .backplane
+        .is_none_or(|b| b.gaps == 0)
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no gap reported: {:?}",
+            cache.cache().tiered_stats().backplane
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("gap reported {:?} after CLIENT KILL", killed.elapsed());
+    assert!(!cache.cache().l1().contains(key), "the gap cleared L1");
+    assert_eq!(cache.get(key).await.unwrap().as_deref(), Some(&b"v2"[..]));
+    let bp = cache.cache().tiered_stats().backplane.unwrap();
+    assert_eq!(
+        bp.subscriptions, 1,
+        "resumed by the transport, not re-made: {bp:?}"
+    );
 }

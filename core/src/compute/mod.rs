@@ -1010,6 +1010,31 @@ impl<C: Cache + 'static> ComputeCache<C> {
         }
     }
 
+    /// Just took the lease: re-reads the value first. Taking the lease proves nobody is
+    /// computing, not that nobody just finished — a holder may have stored the value and
+    /// released between our read and our `SET NX` — so a fresh value found now is served
+    /// (and the lease given back) instead of being computed again.
+    async fn under_lease<V: CacheValue, E>(
+        &self,
+        held: HeldLease,
+        key: &str,
+        stale: &mut Option<V>,
+    ) -> Step<V, E> {
+        match self.read::<V>(key).await {
+            Read::Fresh(v) => {
+                if held.release().await.is_err() {
+                    bump(&self.inner.counters.lock_errors);
+                }
+                Step::Found(v)
+            }
+            Read::Stale(v) => {
+                *stale = Some(v);
+                Step::Acquired(held)
+            }
+            Read::Miss | Read::Failed(_) => Step::Acquired(held),
+        }
+    }
+
     /// Takes the lease, or waits for the holder's value (or release), within the bounds.
     async fn acquire_or_wait<V: CacheValue, E>(
         &self,
@@ -1030,7 +1055,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
             None => return Step::TimedOut,
             Some(Ok(true)) => {
                 bump(&c.lock_acquired);
-                return Step::Acquired(held());
+                return self.under_lease(held(), key, stale).await;
             }
             Some(Ok(false)) => {}
             Some(Err(_)) => {
@@ -1069,7 +1094,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
             match lock.try_acquire(key, &token, s.lease_ttl).await {
                 Ok(true) => {
                     bump(&c.lock_acquired);
-                    return Step::Acquired(held());
+                    return self.under_lease(held(), key, stale).await;
                 }
                 Ok(false) => {}
                 Err(_) => {

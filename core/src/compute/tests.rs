@@ -1109,3 +1109,60 @@ async fn the_release_subscription_ends_when_nobody_waits() {
         "unsubscribed once the wait was over"
     );
 }
+
+/// A lease whose first `try_acquire` lets "another process" store the value and release
+/// just before it succeeds: the race between our cache read and our `SET NX`.
+#[derive(Debug)]
+struct RacingLock {
+    inner: RedisLock<MemTransport>,
+    cache: RedisCache<MemTransport>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl LockBackend for RacingLock {
+    async fn try_acquire(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        if !self.raced.swap(true, Ordering::SeqCst) {
+            self.cache
+                .set(key, b("from the other process"), None)
+                .await?;
+        }
+        self.inner.try_acquire(key, token, ttl).await
+    }
+    async fn extend(&self, key: &str, token: &str, ttl: Duration) -> Result<bool> {
+        self.inner.extend(key, token, ttl).await
+    }
+    async fn release(&self, key: &str, token: &str) -> Result<bool> {
+        self.inner.release(key, token).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_stored_between_our_read_and_our_lease_is_served_not_recomputed() {
+    let clock = TokioClock::shared();
+    let t = MemTransport::with_clock(clock.clone());
+    let cache = RedisCache::builder(t.clone()).prefix("p").build();
+    let lock = RacingLock {
+        inner: RedisLock::for_cache(&cache, clock_of(&clock)),
+        cache: cache.clone(),
+        raced: Default::default(),
+    };
+    let c = ComputeCache::builder(cache.clone(), clock_of(&clock))
+        .lock(lock)
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let v = c
+        .get_or_compute("k", None, async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            b("computed again")
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, b("from the other process"));
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing computed");
+    assert!(
+        !t.keys().contains(&b("p:lock:k")),
+        "the lease was given back"
+    );
+}

@@ -190,11 +190,11 @@ impl Stampede {
                 .jitter(backoff, 0.5)
                 .min(Duration::from_millis(bound - now));
             listener.wait(&**clock, nap).await;
-            if let Some(done) = taken().await {
-                return done;
-            }
             if let Some(found) = recheck().await {
                 return Leased::Found(found);
+            }
+            if let Some(done) = taken().await {
+                return done;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }

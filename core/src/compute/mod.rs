@@ -451,6 +451,9 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
 enum Read<V> {
     Fresh(V),
     Stale(V),
+    /// Nothing at the key.
+    Absent,
+    /// Something unusable at the key (undecodable, of another type, past its stale window).
     Miss,
     Failed(Error),
 }
@@ -845,10 +848,11 @@ impl<C: Cache + 'static> ComputeCache<C> {
         };
         let mut stale = None;
         let mut cache_up = true;
+        let absent = matches!(read, Read::Absent);
         match read {
             Read::Fresh(v) => return self.settle(leader, Ok(Fetched::new(v, Status::Hit))).await,
             Read::Stale(v) => stale = Some(v),
-            Read::Miss => {}
+            Read::Absent | Read::Miss => {}
             Read::Failed(Error::Closed) => {
                 return self
                     .settle(leader, Err(ComputeError::Cache(Error::Closed)))
@@ -860,7 +864,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
         // 2. The lease (unless a dropped predecessor handed us its own, or Redis is down).
         if let (Some(lock), None, true) = (&inner.lock, leader.handoff(), cache_up) {
             match self
-                .acquire_or_wait::<V, E>(lock, key, &mut stale, hard)
+                .acquire_or_wait::<V, E>(lock, key, &mut stale, absent, hard)
                 .await
             {
                 Step::Acquired(held) => leader.set_handoff(Some(Arc::new(held))),
@@ -983,7 +987,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
     async fn read<V: CacheValue>(&self, key: &str) -> Read<V> {
         let inner = &*self.inner;
         match inner.cache.get(key).await {
-            Ok(None) => Read::Miss,
+            Ok(None) => Read::Absent,
             Ok(Some(bytes)) => match V::decode(&bytes) {
                 None => {
                     inner.cache.record_corrupt();
@@ -1010,16 +1014,23 @@ impl<C: Cache + 'static> ComputeCache<C> {
         }
     }
 
-    /// Just took the lease: re-reads the value first. Taking the lease proves nobody is
-    /// computing, not that nobody just finished — a holder may have stored the value and
-    /// released between our read and our `SET NX` — so a fresh value found now is served
-    /// (and the lease given back) instead of being computed again.
+    /// Just took the lease after reading nothing at the key: looks again first. Taking the
+    /// lease proves nobody is computing, not that nobody just finished — a holder may have
+    /// stored the value and released between our read and our `SET NX` — so a fresh value
+    /// found now is served (and the lease given back) instead of being computed again.
+    /// `EXISTS` first, so that the usual empty answer counts no second miss in the cache's
+    /// statistics. After an unusable value (`absent` false) nothing is re-read: it was
+    /// counted once and the write under this lease replaces it.
     async fn under_lease<V: CacheValue, E>(
         &self,
         held: HeldLease,
         key: &str,
         stale: &mut Option<V>,
+        absent: bool,
     ) -> Step<V, E> {
+        if !absent || !matches!(self.inner.cache.exists(key).await, Ok(true)) {
+            return Step::Acquired(held);
+        }
         match self.read::<V>(key).await {
             Read::Fresh(v) => {
                 if held.release().await.is_err() {
@@ -1031,7 +1042,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
                 *stale = Some(v);
                 Step::Acquired(held)
             }
-            Read::Miss | Read::Failed(_) => Step::Acquired(held),
+            Read::Absent | Read::Miss | Read::Failed(_) => Step::Acquired(held),
         }
     }
 
@@ -1041,6 +1052,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
         lock: &Arc<dyn LockBackend>,
         key: &str,
         stale: &mut Option<V>,
+        mut absent: bool,
         hard: Option<u64>,
     ) -> Step<V, E> {
         let inner = &*self.inner;
@@ -1055,7 +1067,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
             None => return Step::TimedOut,
             Some(Ok(true)) => {
                 bump(&c.lock_acquired);
-                return self.under_lease(held(), key, stale).await;
+                return self.under_lease(held(), key, stale, absent).await;
             }
             Some(Ok(false)) => {}
             Some(Err(_)) => {
@@ -1085,16 +1097,18 @@ impl<C: Cache + 'static> ComputeCache<C> {
             listener.wait(clock, nap).await;
             polls += 1;
             bump(&c.polls);
+            absent = false;
             match self.read::<V>(key).await {
                 Read::Fresh(v) => return Step::Found(v),
                 Read::Stale(v) => *stale = Some(v),
+                Read::Absent => absent = true,
                 Read::Miss => {}
                 Read::Failed(_) => return Step::Proceed,
             }
             match lock.try_acquire(key, &token, s.lease_ttl).await {
                 Ok(true) => {
                     bump(&c.lock_acquired);
-                    return self.under_lease(held(), key, stale).await;
+                    return self.under_lease(held(), key, stale, absent).await;
                 }
                 Ok(false) => {}
                 Err(_) => {

@@ -3,10 +3,11 @@
 #
 #   bash scripts/test.sh
 #
-# Steps: tool setup, cargo fmt --check, clippy -D warnings, all tests (unit, doc,
+# Steps: tool setup, cargo fmt --check, clippy -D warnings, cargo deny, all tests (unit, doc,
 # conformance on every topology, fault tests against real redis-server processes), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
-# wasm32 and served by workerd), the core built for wasm32-unknown-unknown, every example.
+# wasm32 and served by workerd), the fuzz regressions, the core built for
+# wasm32-unknown-unknown, every example.
 # A fresh machine spends ~10 minutes once installing worker-build and wasm-bindgen-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +38,17 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "cargo deny (licenses, bans, sources; offline)"
+bash scripts/install-deny.sh
+# --offline reads crates from the local cache: fetch every target's (wasm32, Windows) first.
+cargo fetch --locked --quiet
+"${LARDER_TOOLS_DIR:-$PWD/.larder-tools}/bin/cargo-deny" --offline check licenses bans sources
+
 step "cargo test"
 cargo test --workspace --all-features
+
+step "fuzz regressions (every saved input under fuzz/regressions, replayed by cargo test)"
+cargo test --manifest-path fuzz/Cargo.toml --locked
 
 step "edge: pinned tools, @upstash/redis against the gateway, the Worker in workerd"
 bash scripts/install-edge-tools.sh >/dev/null

@@ -101,8 +101,13 @@ pub fn check(data: &[u8]) {
     let read_only = matches!(head.credentials, Credentials::ReadOnly);
     crate::runtime().block_on(async move {
         let mem = MemTransport::new();
-        for (k, v) in [("k", "v"), ("larder:cache:a", "{\"v\":1,\"response\":\"x\"}")] {
-            mem.exec(Cmd::new("SET").arg(k).arg(v)).await.expect("seeded");
+        for (k, v) in [
+            ("k", "v"),
+            ("larder:cache:a", "{\"v\":1,\"response\":\"x\"}"),
+        ] {
+            mem.exec(Cmd::new("SET").arg(k).arg(v))
+                .await
+                .expect("seeded");
         }
         mem.exec(Cmd::new("RPUSH").arg("list").arg("a").arg("b"))
             .await
@@ -139,7 +144,10 @@ pub fn check(data: &[u8]) {
             assert!(bytes.is_empty(), "an answer to HEAD has no body");
         } else if !is_metrics {
             let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!("non-JSON answer ({e}): {:?}", String::from_utf8_lossy(&bytes))
+                panic!(
+                    "non-JSON answer ({e}): {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
             });
             if !status.is_success() {
                 assert!(
@@ -149,7 +157,11 @@ pub fn check(data: &[u8]) {
             }
         }
         if read_only {
-            assert_eq!(snapshot(&mem).await, before, "a read-only token changed data");
+            assert_eq!(
+                snapshot(&mem).await,
+                before,
+                "a read-only token changed data"
+            );
         }
     });
 }
@@ -177,9 +189,10 @@ fn build_request(head: &Head, body: Vec<u8>) -> Option<Request<Body>> {
                 HeaderName::from_static(HEADERS[usize::from(*i) % HEADERS.len()]),
                 v.clone(),
             ),
-            HeaderChoice::Base64Replies => {
-                (HeaderName::from_static("upstash-encoding"), b"base64".to_vec())
-            }
+            HeaderChoice::Base64Replies => (
+                HeaderName::from_static("upstash-encoding"),
+                b"base64".to_vec(),
+            ),
             HeaderChoice::Base64Args => (
                 HeaderName::from_static("larder-arg-encoding"),
                 b"base64".to_vec(),
@@ -202,10 +215,7 @@ async fn snapshot(mem: &MemTransport) -> Vec<(Vec<u8>, String)> {
         let kind = mem.exec(Cmd::new("TYPE").arg(&key)).await.expect("TYPE");
         let value = match kind.as_bytes() {
             Some(b"string") => mem.exec(Cmd::new("GET").arg(&key)).await,
-            Some(b"list") => {
-                mem.exec(Cmd::new("LRANGE").arg(&key).arg(0).arg(-1))
-                    .await
-            }
+            Some(b"list") => mem.exec(Cmd::new("LRANGE").arg(&key).arg(0).arg(-1)).await,
             _ => Ok(kind.clone()),
         }
         .expect("read");

@@ -40,7 +40,11 @@ pub fn check(data: &[u8]) {
 
     let pretty = serde_json::to_string_pretty(&json).expect("serializes");
     let reparsed: Json = serde_json::from_str(&pretty).expect("pretty JSON parses");
-    assert_eq!(request_hash(&reparsed).expect("hashes"), hash, "whitespace must not matter");
+    assert_eq!(
+        request_hash(&reparsed).expect("hashes"),
+        hash,
+        "whitespace must not matter"
+    );
 
     let back: Json = serde_json::from_str(&canon).expect("canonical JSON is JSON");
     assert!(

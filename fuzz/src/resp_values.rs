@@ -5,7 +5,8 @@
 //! Each parsed frame becomes a core `Value` the way the native transport converts it, and a
 //! scripted transport answers the cache's commands with those values, in order (`Nil` once
 //! they run out; a pipeline gets as many values as it has commands, as the native transport
-//! guarantees). Invariants: nothing panics or hangs, whatever the replies; a value the
+//! guarantees, unless the input starts with `!` (one reply too few) or `?` (one too many):
+//! a transport that breaks that contract must not break the cache either). Invariants: nothing panics or hangs, whatever the replies; a value the
 //! cache returns from `get` is one of the bulk strings it was given.
 
 use std::collections::VecDeque;
@@ -22,6 +23,11 @@ const MAX_FRAMES: usize = 64;
 
 /// Parses the frames in `data`, converts them and feeds them to a cache.
 pub fn check(data: &[u8]) {
+    let (skew, data) = match data.split_first() {
+        Some((b'!', rest)) => (-1, rest),
+        Some((b'?', rest)) => (1, rest),
+        _ => (0, data),
+    };
     let mut parser = redis::Parser::new();
     let mut cursor = Cursor::new(data);
     let mut replies = VecDeque::new();
@@ -38,6 +44,7 @@ pub fn check(data: &[u8]) {
     let given: Vec<Bytes> = replies.iter().flat_map(bulks).collect();
     let transport = Scripted {
         replies: Mutex::new(replies),
+        skew,
     };
     let cache = RedisCache::builder(transport)
         .stats_batch(1)
@@ -59,7 +66,9 @@ pub fn check(data: &[u8]) {
         let _ = cache.exists("k").await;
         let _ = cache.ttl("k").await;
         let _ = cache.set_nx("k", Bytes::from_static(b"v"), None).await;
-        let _ = cache.set("k", Bytes::from_static(b"v"), Some(Duration::from_secs(1))).await;
+        let _ = cache
+            .set("k", Bytes::from_static(b"v"), Some(Duration::from_secs(1)))
+            .await;
         let _ = cache.expire("k", Duration::from_millis(1500)).await;
         let _ = cache.delete("k").await;
         let _ = cache.stats().await;
@@ -84,6 +93,8 @@ fn bulks(v: &Value) -> Vec<Bytes> {
 #[derive(Debug)]
 struct Scripted {
     replies: Mutex<VecDeque<Value>>,
+    /// Replies per pipeline minus commands per pipeline (0 for a well-behaved transport).
+    skew: isize,
 }
 
 impl Scripted {
@@ -103,7 +114,8 @@ impl Transport for Scripted {
     }
 
     async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
-        let values: Vec<Value> = cmds.iter().map(|_| self.next()).collect();
+        let n = cmds.len().saturating_add_signed(self.skew);
+        let values: Vec<Value> = (0..n).map(|_| self.next()).collect();
         match values.iter().find_map(unavailable_reply) {
             Some(e) => Err(e),
             None => Ok(values),
@@ -122,7 +134,9 @@ mod parking_lot_shim {
         }
 
         pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         }
     }
 }

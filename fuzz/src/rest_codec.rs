@@ -44,9 +44,8 @@ fn replies(body: &[u8]) {
             _ => 1,
         };
         if let Ok(vs) = rest::decode_pipeline_reply(body, enc, n) {
-            let again =
-                rest::decode_pipeline_reply(&rest::encode_pipeline_reply(&vs, enc), enc, n)
-                    .expect("a re-encoded pipeline reply decodes");
+            let again = rest::decode_pipeline_reply(&rest::encode_pipeline_reply(&vs, enc), enc, n)
+                .expect("a re-encoded pipeline reply decodes");
             assert_eq!(again, vs, "pipeline reply round trip ({enc:?})");
         }
     }

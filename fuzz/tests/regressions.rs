@@ -1,17 +1,20 @@
-//! Replays every saved fuzz input (`fuzz/regressions/<target>/*`) through its target's check,
-//! so that a bug the fuzzer found stays fixed under plain `cargo test`.
+//! Replays every saved fuzz input through its target's check under plain `cargo test`:
+//! `fuzz/regressions/<target>/*` (inputs that found bugs, so that they stay fixed) and
+//! `fuzz/seeds/<target>/*` (the starting corpus, so that the checks themselves keep passing
+//! on known-good input as the code changes).
 
 use std::path::Path;
 
 fn replay(target: &str, check: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("regressions")
-        .join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let mut files: Vec<_> = entries.map(|e| e.expect("dir entry").path()).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["regressions", "seeds"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) {
+            files.extend(entries.map(|e| e.expect("dir entry").path()));
+        }
+    }
     files.sort();
+    assert!(!files.is_empty(), "no seeds for {target}");
     for path in files {
         let data = std::fs::read(&path).expect("readable input");
         eprintln!("replaying {}", path.display());

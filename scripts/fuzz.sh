@@ -6,10 +6,11 @@
 #   bash scripts/fuzz.sh 600 rest_codec  one target (or several, space-separated)
 #
 # Installs the pinned cargo-fuzz into .larder-tools/ (gitignored; LARDER_TOOLS_DIR moves it)
-# once. No nightly toolchain is needed: RUSTC_BOOTSTRAP=1 lets stable accept the
-# `-Zsanitizer`-free flags cargo-fuzz passes, and `-s none` skips AddressSanitizer, whose
-# runtime only ships with nightly. Safe Rust needs no ASan to find panics, overflows (debug
-# assertions are on), hangs and runaway memory, which is what these targets look for.
+# once. No nightly toolchain is needed: without a sanitizer (`-s none`, the default) cargo-fuzz
+# passes only flags stable rustc accepts. FUZZ_SANITIZER=address builds with AddressSanitizer
+# instead (its runtime ships with stable's rust-std; `-Zsanitizer` needs the RUSTC_BOOTSTRAP=1
+# set below); larder has no `unsafe` outside its test harness, so panics, overflows (debug
+# assertions are on), hangs and runaway memory are what these targets look for.
 #
 # Targets run one after another, one job each (the machine has 2 cores). A finding stops
 # the script with libFuzzer's report; the input is in fuzz/artifacts/<target>/. Save it
@@ -39,14 +40,16 @@ command -v c++ >/dev/null || {
 }
 export PATH="$TOOLS/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
+SANITIZER="${FUZZ_SANITIZER:-none}"
 FUZZ_TARGET_DIR="$TOOLS/fuzz-target"
+[ "$SANITIZER" = none ] || FUZZ_TARGET_DIR="$TOOLS/fuzz-target-$SANITIZER"
 
 cd "$ROOT"
-cargo fuzz build -s none --target-dir "$FUZZ_TARGET_DIR"
+cargo fuzz build -s "$SANITIZER" --target-dir "$FUZZ_TARGET_DIR"
 for t in "${TARGETS[@]}"; do
   log "$t: ${SECONDS_EACH}s"
   mkdir -p "fuzz/corpus/$t"
-  cargo fuzz run -s none --target-dir "$FUZZ_TARGET_DIR" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+  cargo fuzz run -s "$SANITIZER" --target-dir "$FUZZ_TARGET_DIR" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
     -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
 done
 log "no findings in ${TARGETS[*]}"

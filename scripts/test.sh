@@ -22,6 +22,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/nul
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server redis-sentinel redis-tools >/dev/null
 fi
+# libfuzzer-sys (the fuzz regressions) builds libFuzzer from C++.
+if ! command -v c++ >/dev/null; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq g++ >/dev/null
+fi
 # The Debian package starts a redis-server on 6379; our tests start their own servers on
 # free ports and never rely on it.
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then

@@ -3,10 +3,11 @@
 #
 #   bash scripts/test.sh
 #
-# Steps: tool setup, cargo fmt --check, clippy -D warnings, all tests (unit, doc,
+# Steps: tool setup, cargo fmt --check, clippy -D warnings, cargo deny, all tests (unit, doc,
 # conformance on every topology, fault tests against real redis-server processes), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
-# wasm32 and served by workerd), the core built for wasm32-unknown-unknown, every example.
+# wasm32 and served by workerd), the fuzz regressions, the core built for
+# wasm32-unknown-unknown, every example.
 # A fresh machine spends ~10 minutes once installing worker-build and wasm-bindgen-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/nul
   || ! command -v redis-cli >/dev/null; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server redis-sentinel redis-tools >/dev/null
+fi
+# libfuzzer-sys (the fuzz regressions) builds libFuzzer from C++.
+if ! command -v c++ >/dev/null; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq g++ >/dev/null
 fi
 # The Debian package starts a redis-server on 6379; our tests start their own servers on
 # free ports and never rely on it.
@@ -37,8 +43,17 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "cargo deny (licenses, bans, sources; offline)"
+bash scripts/install-deny.sh
+# --offline reads crates from the local cache: fetch every target's (wasm32, Windows) first.
+cargo fetch --locked --quiet
+"${LARDER_TOOLS_DIR:-$PWD/.larder-tools}/bin/cargo-deny" --offline check licenses bans sources
+
 step "cargo test"
 cargo test --workspace --all-features
+
+step "fuzz regressions (every saved input under fuzz/regressions, replayed by cargo test)"
+cargo test --manifest-path fuzz/Cargo.toml --locked
 
 step "edge: pinned tools, @upstash/redis against the gateway, the Worker in workerd"
 bash scripts/install-edge-tools.sh >/dev/null

@@ -26,6 +26,9 @@
 pub mod cli;
 mod clock;
 mod connect;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 mod options;

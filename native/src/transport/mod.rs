@@ -9,7 +9,7 @@
 //! doing underneath.
 
 mod cluster;
-mod convert;
+pub(crate) mod convert;
 mod pool;
 mod pubsub;
 mod sentinel;

@@ -967,6 +967,34 @@ mod stampede {
     use super::*;
     use crate::compute::tests::support::TokioClock;
 
+    /// A Redis-backed response cache on a fresh in-memory Redis whose time is tokio's.
+    fn setup() -> (MemTransport, Arc<TokioClock>, ResponseCacheBuilder) {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let builder = redis_cache_on(&t, &clock);
+        (t, clock, builder)
+    }
+
+    fn redis_cache_on(t: &MemTransport, clock: &Arc<TokioClock>) -> ResponseCacheBuilder {
+        ResponseCache::redis(
+            RedisCache::builder(t.clone()).prefix("p").build(),
+            clock.clone(),
+        )
+    }
+
+    /// Takes the lease of `question()` as another process would, for `ttl`.
+    async fn foreign_lease(t: &MemTransport, cache: &ResponseCache, token: &str, ttl: Duration) {
+        let key = cache.key(&question(), &none()).unwrap();
+        let hash = key.rsplit(':').next().unwrap().to_owned();
+        t.set(
+            format!("p:lock:{hash}").as_bytes(),
+            &b(token),
+            SetOptions::ttl(Some(ttl)).nx(),
+        )
+        .await
+        .unwrap();
+    }
+
     fn slow_model(
         calls: &Arc<AtomicUsize>,
         text: &'static str,
@@ -984,13 +1012,8 @@ mod stampede {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_in_one_process_compute_once() {
-        let clock = TokioClock::shared();
-        let t = MemTransport::with_clock(clock.clone());
-        let cache = ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build(),
-            clock.clone(),
-        )
-        .build();
+        let (t, _clock, builder) = setup();
+        let cache = builder.build();
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..50 {
@@ -1023,15 +1046,8 @@ mod stampede {
 
     #[tokio::test(start_paused = true)]
     async fn two_instances_share_one_computation_through_the_lease() {
-        let clock = TokioClock::shared();
-        let t = MemTransport::with_clock(clock.clone());
-        let instance = || {
-            ResponseCache::redis(
-                RedisCache::builder(t.clone()).prefix("p").build(),
-                clock.clone(),
-            )
-            .build()
-        };
+        let (t, clock, _) = setup();
+        let instance = || redis_cache_on(&t, &clock).build();
         let (a, b_) = (instance(), instance());
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -1050,24 +1066,10 @@ mod stampede {
 
     #[tokio::test(start_paused = true)]
     async fn a_dead_holders_lease_expires_and_the_waiter_computes() {
-        let clock = TokioClock::shared();
-        let t = MemTransport::with_clock(clock.clone());
-        let cache = ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build(),
-            clock.clone(),
-        )
-        .lease_ttl(Duration::from_secs(2))
-        .build();
+        let (t, _clock, builder) = setup();
+        let cache = builder.lease_ttl(Duration::from_secs(2)).build();
         // Another process took the lease and died.
-        let key = cache.key(&question(), &none()).unwrap();
-        let hash = key.rsplit(':').next().unwrap().to_owned();
-        t.set(
-            format!("p:lock:{hash}").as_bytes(),
-            &b("someone-else"),
-            SetOptions::ttl(Some(Duration::from_secs(2))).nx(),
-        )
-        .await
-        .unwrap();
+        foreign_lease(&t, &cache, "someone-else", Duration::from_secs(2)).await;
         let calls = Arc::new(AtomicUsize::new(0));
         let started = tokio::time::Instant::now();
         let answer = cache
@@ -1085,23 +1087,11 @@ mod stampede {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_past_max_wait_computes_anyway() {
-        let clock = TokioClock::shared();
-        let t = MemTransport::with_clock(clock.clone());
-        let cache = ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build(),
-            clock.clone(),
-        )
-        .max_wait(Duration::from_millis(500))
-        .build();
+        let (t, _clock, builder) = setup();
+        let cache = builder.max_wait(Duration::from_millis(500)).build();
+        foreign_lease(&t, &cache, "held-for-long", Duration::from_secs(3600)).await;
         let key = cache.key(&question(), &none()).unwrap();
         let hash = key.rsplit(':').next().unwrap().to_owned();
-        t.set(
-            format!("p:lock:{hash}").as_bytes(),
-            &b("held-for-long"),
-            SetOptions::ttl(Some(Duration::from_secs(3600))),
-        )
-        .await
-        .unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let started = tokio::time::Instant::now();
         let answer = cache
@@ -1123,13 +1113,8 @@ mod stampede {
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_leader_hands_the_miss_to_a_waiter() {
-        let clock = TokioClock::shared();
-        let t = MemTransport::with_clock(clock.clone());
-        let cache = ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build(),
-            clock.clone(),
-        )
-        .build();
+        let (_t, _clock, builder) = setup();
+        let cache = builder.build();
         let calls = Arc::new(AtomicUsize::new(0));
         let leader = {
             let cache = cache.clone();
@@ -1155,13 +1140,8 @@ mod stampede {
 
     #[tokio::test(start_paused = true)]
     async fn the_leaders_error_reaches_its_waiters_and_poisons_nothing() {
-        let clock = TokioClock::shared();
-        let t = MemTransport::with_clock(clock.clone());
-        let cache = ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build(),
-            clock.clone(),
-        )
-        .build();
+        let (_t, _clock, builder) = setup();
+        let cache = builder.build();
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..5 {

@@ -290,12 +290,16 @@ impl<L2: Cache> TieredCache<L2> {
     async fn read_l2_with_ttl(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>> {
         let r = self.inner.l2.get_with_ttl(key).await;
         let c = &self.inner.counters;
-        if matches!(&r, Err(e) if e.is_wrong_type()) {
+        if let Err(e) = &r
+            && e.is_wrong_type()
+        {
             // Another program's hash/list/… at the key: a corrupt entry, not an L2 outage.
-            // Counted as a found entry that proved corrupt (stats turn it into a miss).
+            // Counted as a found entry that proved corrupt (stats turn it into a miss), and
+            // Redis's error goes to the caller as `RedisCache` does, so that layers above
+            // (`ComputeCache`) see a corrupt entry, not an empty key.
             bump(&c.l2_hits, 1);
             bump(&c.corrupt, 1);
-            return Ok(None);
+            return r;
         }
         match self.absorb(r)? {
             Some(Some((v, ttl))) => {

@@ -52,7 +52,7 @@ pub use value::{CacheValue, Json};
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) use lock::emulate_scripts;
 pub(crate) use lock::event_channel;
-pub(crate) use util::{Jitter, random_token, until};
+pub(crate) use util::{Jitter, Pacer, Pacing, random_token, until};
 
 pub(crate) use flight::{Flights, Join, Waited};
 pub(crate) use lock::{HeldLease, with_keep_alive};
@@ -1052,7 +1052,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
         lock: &Arc<dyn LockBackend>,
         key: &str,
         stale: &mut Option<V>,
-        mut absent: bool,
+        absent: bool,
         hard: Option<u64>,
     ) -> Step<V, E> {
         let inner = &*self.inner;
@@ -1083,21 +1083,17 @@ impl<C: Cache + 'static> ComputeCache<C> {
         let start = clock.now_ms();
         let bound = start.saturating_add(duration_ms(s.max_wait));
         let bound = hard.map_or(bound, |h| h.min(bound));
-        let mut backoff = s.backoff_min;
-        let mut polls = 0u32;
-        loop {
-            let now = clock.now_ms();
-            if now >= bound || polls >= s.max_polls {
-                break;
-            }
-            let nap = inner
-                .jitter
-                .jitter(backoff, 0.5)
-                .min(Duration::from_millis(bound - now));
-            listener.wait(clock, nap).await;
-            polls += 1;
+        let mut pacer = Pacer::new(Pacing {
+            clock,
+            jitter: &inner.jitter,
+            deadline_ms: bound,
+            max_polls: s.max_polls,
+            backoff_min: s.backoff_min,
+            backoff_max: s.backoff_max,
+        });
+        while pacer.nap(&mut listener).await {
             bump(&c.polls);
-            absent = false;
+            let mut absent = false;
             match self.read::<V>(key).await {
                 Read::Fresh(v) => return Step::Found(v),
                 Read::Stale(v) => *stale = Some(v),
@@ -1116,8 +1112,8 @@ impl<C: Cache + 'static> ComputeCache<C> {
                     return Step::Proceed;
                 }
             }
-            backoff = (backoff * 2).min(s.backoff_max);
         }
+        let polls = pacer.polls();
         bump(&c.lock_wait_timeouts);
         let now = clock.now_ms();
         if hard.is_some_and(|h| now >= h) {

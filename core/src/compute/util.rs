@@ -141,6 +141,66 @@ impl Jitter {
     }
 }
 
+/// How a lease waiter paces its looks: until `deadline_ms` or `max_polls` looks, napping a
+/// jittered (±50 %) exponential backoff from `backoff_min` to `backoff_max` between them.
+/// The one wait loop of [`ComputeCache`](super::ComputeCache) and the response cache:
+///
+/// ```ignore
+/// let mut pacer = Pacer::new(pacing);
+/// while pacer.nap(&mut listener).await {
+///     // look: the value, then the lease
+/// }
+/// ```
+pub(crate) struct Pacing<'a> {
+    pub(crate) clock: &'a dyn Clock,
+    pub(crate) jitter: &'a Jitter,
+    pub(crate) deadline_ms: u64,
+    pub(crate) max_polls: u32,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+/// A [`Pacing`] under way.
+pub(crate) struct Pacer<'a> {
+    pacing: Pacing<'a>,
+    backoff: Duration,
+    polls: u32,
+}
+
+impl<'a> Pacer<'a> {
+    pub(crate) fn new(pacing: Pacing<'a>) -> Self {
+        let backoff = pacing.backoff_min;
+        Pacer {
+            pacing,
+            backoff,
+            polls: 0,
+        }
+    }
+
+    /// Naps until the next look (cut short when `listener` hears the release); false, at
+    /// once, when the deadline or the poll budget has run out.
+    pub(crate) async fn nap(&mut self, listener: &mut super::Listener) -> bool {
+        let p = &self.pacing;
+        let now = p.clock.now_ms();
+        if now >= p.deadline_ms || self.polls >= p.max_polls {
+            return false;
+        }
+        let nap = p
+            .jitter
+            .jitter(self.backoff, 0.5)
+            .min(Duration::from_millis(p.deadline_ms - now));
+        listener.wait(p.clock, nap).await;
+        self.polls += 1;
+        self.backoff = (self.backoff * 2).min(p.backoff_max);
+        true
+    }
+
+    /// Looks so far.
+    pub(crate) fn polls(&self) -> u32 {
+        self.polls
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use crate::clock::{SharedClock, duration_ms};
 use crate::compute::{
-    Flights, HeldLease, Jitter, Join, LockBackend, Waited, random_token, with_keep_alive,
+    Flights, HeldLease, Jitter, Join, LockBackend, Pacer, Pacing, Waited, random_token,
+    with_keep_alive,
 };
 use crate::envelope::Envelope;
 use crate::transport::{MaybeSend, MaybeSync};
@@ -178,25 +179,21 @@ impl Stampede {
         if let Some(done) = taken().await {
             return done;
         }
-        let bound = clock.now_ms().saturating_add(duration_ms(lease.max_wait));
-        let mut backoff = BACKOFF_MIN;
-        for _ in 0..lease.max_polls {
-            let now = clock.now_ms();
-            if now >= bound {
-                break;
-            }
-            let nap = lease
-                .jitter
-                .jitter(backoff, 0.5)
-                .min(Duration::from_millis(bound - now));
-            listener.wait(&**clock, nap).await;
+        let mut pacer = Pacer::new(Pacing {
+            clock: &**clock,
+            jitter: &lease.jitter,
+            deadline_ms: clock.now_ms().saturating_add(duration_ms(lease.max_wait)),
+            max_polls: lease.max_polls,
+            backoff_min: BACKOFF_MIN,
+            backoff_max: BACKOFF_MAX,
+        });
+        while pacer.nap(&mut listener).await {
             if let Some(found) = recheck().await {
                 return Leased::Found(found);
             }
             if let Some(done) = taken().await {
                 return done;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         Leased::Unleased
     }

@@ -1,6 +1,5 @@
 //! The `larder gateway` binary: starts, serves, stops on SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -37,15 +36,7 @@ async fn larder_gateway_serves_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect(&line)
-        .to_owned();
+    let addr = crate::support::listening_addr(&mut child);
 
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}/pipeline"))
@@ -128,15 +119,7 @@ async fn larder_gateway_fronts_a_sentinel_master() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect(&line)
-        .to_owned();
+    let addr = crate::support::listening_addr(&mut child);
     let edge = larder_edge::RestTransport::builder(format!("http://{addr}"), FULL)
         .build()
         .unwrap();

@@ -677,7 +677,7 @@ async fn a_redis_acl_user_stops_denied_commands_run_from_scripts() {
 /// password in its URL, answering good, bad and query-string tokens, then stopping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trace() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     use std::process::{Command, Stdio};
 
     let Some(bin) = option_env!("CARGO_BIN_EXE_larder") else {
@@ -715,14 +715,8 @@ async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trac
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = format!(
-        "http://{}",
-        line.trim().strip_prefix("listening on ").unwrap()
-    );
+    let addr = crate::support::listening_addr(&mut child);
+    let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     let wrong = "wrong-token-that-is-long-enough-0123";
     for (token, query) in [
@@ -761,7 +755,6 @@ async fn the_gateway_binary_never_logs_tokens_or_the_redis_password_even_at_trac
 /// `--allow-query-token` on the binary: off by default, on when asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_refuses_query_tokens_unless_started_with_allow_query_token() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let Some(bin) = option_env!("CARGO_BIN_EXE_larder") else {
@@ -790,15 +783,7 @@ async fn the_binary_refuses_query_tokens_unless_started_with_allow_query_token()
             cmd.arg(f);
         }
         let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .to_owned();
+        let addr = crate::support::listening_addr(&mut child);
         let status = reqwest::Client::new()
             .post(format!("http://{addr}/?_token={FULL}"))
             .body(r#"["PING"]"#)

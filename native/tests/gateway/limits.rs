@@ -2,7 +2,6 @@
 //! `larder gateway` binary under 10 000 concurrent connections), and the header and body
 //! read timeouts that close slowloris connections.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -277,16 +276,7 @@ async fn ten_thousand_connections_stay_bounded_by_the_cap_and_the_gateway_recove
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect(&line)
-        .parse()
-        .unwrap();
+    let addr: std::net::SocketAddr = crate::support::listening_addr(&mut child).parse().unwrap();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

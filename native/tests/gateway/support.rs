@@ -101,3 +101,17 @@ impl Setup {
         (status, sync, json)
     }
 }
+
+/// The address a `larder gateway` child process prints first (`listening on ADDR`), read from
+/// its stdout (taken from the child).
+pub(crate) fn listening_addr(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("read the gateway's first line");
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+        .to_owned()
+}

@@ -45,4 +45,4 @@ pub use tiered::{Backplane, TieredCache, TieredCacheBuilder};
 pub use transport::{
     Commands, MaybeSend, MaybeSync, ScanCursor, Script, SetOptions, SharedTransport, Transport,
 };
-pub use value::{Cmd, ToArg, Value};
+pub use value::{Cmd, IntoArg, Value};

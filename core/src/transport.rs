@@ -360,13 +360,14 @@ impl SetOptions {
     pub fn command(&self, key: &[u8], value: &Bytes) -> Cmd {
         let mut cmd = Cmd::new("SET").arg(key).arg(value);
         if let Some(ttl) = self.ttl {
-            cmd.push_arg("PX").push_arg(duration_ms(ttl).max(1));
+            cmd.push_arg(Bytes::from_static(b"PX"))
+                .push_arg(duration_ms(ttl).max(1));
         }
         if self.nx {
-            cmd.push_arg("NX");
+            cmd.push_arg(Bytes::from_static(b"NX"));
         }
         if self.xx {
-            cmd.push_arg("XX");
+            cmd.push_arg(Bytes::from_static(b"XX"));
         }
         cmd
     }
@@ -413,7 +414,7 @@ impl Script {
 }
 
 /// `EVAL`/`EVALSHA` `script numkeys key… arg…`.
-fn eval_cmd(name: &str, script: &[u8], keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+fn eval_cmd(name: &'static str, script: &[u8], keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
     Cmd::new(name)
         .arg(script)
         .arg(keys.len())

@@ -25,24 +25,38 @@ pub struct Cmd {
     parts: Vec<Bytes>,
 }
 
+/// Parts a new command has room for before its list grows: every command larder sends on a
+/// hot path (`GET`, `SET key value PX ms NX`, `EVALSHA sha 1 key arg`) fits.
+const INITIAL_PARTS: usize = 6;
+
 impl Cmd {
-    /// Starts a command with its name (for example `"GET"`).
-    pub fn new(name: &str) -> Self {
-        Cmd {
-            parts: vec![Bytes::copy_from_slice(name.as_bytes())],
-        }
+    /// Starts a command with its name (for example `"GET"`). The name is not copied; use
+    /// [`Cmd::named`] for a name known only at run time.
+    pub fn new(name: &'static str) -> Self {
+        Cmd::with_name(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// Starts a command whose name is known only at run time (read from a request, say).
+    pub fn named(name: impl IntoArg) -> Self {
+        Cmd::with_name(name.into_arg())
+    }
+
+    fn with_name(name: Bytes) -> Self {
+        let mut parts = Vec::with_capacity(INITIAL_PARTS);
+        parts.push(name);
+        Cmd { parts }
     }
 
     /// Appends one argument.
     #[must_use]
-    pub fn arg(mut self, arg: impl ToArg) -> Self {
-        self.parts.push(arg.to_arg());
+    pub fn arg(mut self, arg: impl IntoArg) -> Self {
+        self.parts.push(arg.into_arg());
         self
     }
 
     /// Appends one argument in place.
-    pub fn push_arg(&mut self, arg: impl ToArg) -> &mut Self {
-        self.parts.push(arg.to_arg());
+    pub fn push_arg(&mut self, arg: impl IntoArg) -> &mut Self {
+        self.parts.push(arg.into_arg());
         self
     }
 
@@ -51,9 +65,9 @@ impl Cmd {
     pub fn args_from<I, A>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = A>,
-        A: ToArg,
+        A: IntoArg,
     {
-        self.parts.extend(args.into_iter().map(|a| a.to_arg()));
+        self.parts.extend(args.into_iter().map(IntoArg::into_arg));
         self
     }
 
@@ -94,55 +108,63 @@ impl fmt::Debug for Cmd {
 }
 
 /// A value that can be a command argument.
-pub trait ToArg {
+///
+/// Owned bytes ([`Bytes`], `Vec<u8>`, `String`) move into the command without a copy;
+/// borrowed ones are copied; integers are written in decimal.
+pub trait IntoArg {
     /// The argument's wire bytes.
-    fn to_arg(&self) -> Bytes;
+    fn into_arg(self) -> Bytes;
 }
 
-impl ToArg for Bytes {
-    fn to_arg(&self) -> Bytes {
+impl IntoArg for Bytes {
+    fn into_arg(self) -> Bytes {
+        self
+    }
+}
+impl IntoArg for &Bytes {
+    fn into_arg(self) -> Bytes {
         self.clone()
     }
 }
-impl ToArg for &Bytes {
-    fn to_arg(&self) -> Bytes {
-        (*self).clone()
-    }
-}
-impl ToArg for &[u8] {
-    fn to_arg(&self) -> Bytes {
+impl IntoArg for &[u8] {
+    fn into_arg(self) -> Bytes {
         Bytes::copy_from_slice(self)
     }
 }
-impl<const N: usize> ToArg for &[u8; N] {
-    fn to_arg(&self) -> Bytes {
+impl<const N: usize> IntoArg for &[u8; N] {
+    fn into_arg(self) -> Bytes {
         Bytes::copy_from_slice(&self[..])
     }
 }
-impl ToArg for Vec<u8> {
-    fn to_arg(&self) -> Bytes {
+impl IntoArg for Vec<u8> {
+    fn into_arg(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+impl IntoArg for &Vec<u8> {
+    fn into_arg(self) -> Bytes {
         Bytes::copy_from_slice(self)
     }
 }
-impl ToArg for &str {
-    fn to_arg(&self) -> Bytes {
+impl IntoArg for &str {
+    fn into_arg(self) -> Bytes {
         Bytes::copy_from_slice(self.as_bytes())
     }
 }
-impl ToArg for String {
-    fn to_arg(&self) -> Bytes {
-        Bytes::copy_from_slice(self.as_bytes())
+impl IntoArg for String {
+    fn into_arg(self) -> Bytes {
+        Bytes::from(self)
     }
 }
-impl ToArg for &String {
-    fn to_arg(&self) -> Bytes {
+impl IntoArg for &String {
+    fn into_arg(self) -> Bytes {
         Bytes::copy_from_slice(self.as_bytes())
     }
 }
 macro_rules! int_arg {
     ($($t:ty),*) => {$(
-        impl ToArg for $t {
-            fn to_arg(&self) -> Bytes {
+        impl IntoArg for $t {
+            fn into_arg(self) -> Bytes {
                 Bytes::from(self.to_string())
             }
         }
@@ -239,6 +261,39 @@ impl fmt::Debug for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_names_and_owned_arguments_are_not_copied() {
+        let name = "GET";
+        let key = String::from("user:1");
+        let key_at = key.as_ptr();
+        let value = vec![7u8; 1024];
+        let value_at = value.as_ptr();
+        let cmd = Cmd::new(name)
+            .arg(key)
+            .arg(value)
+            .arg(Bytes::from_static(b"PX"));
+        assert_eq!(
+            cmd.args()[0].as_ptr(),
+            name.as_ptr(),
+            "name is the static str"
+        );
+        assert_eq!(cmd.args()[1].as_ptr(), key_at, "the String moved in");
+        assert_eq!(cmd.args()[2].as_ptr(), value_at, "the Vec moved in");
+        // Borrowed arguments are copied: the command owns its bytes.
+        let borrowed = String::from("k");
+        let cmd = Cmd::new("GET").arg(&borrowed);
+        assert_ne!(cmd.args()[1].as_ptr(), borrowed.as_ptr());
+        assert_eq!(&cmd.args()[1][..], b"k");
+    }
+
+    #[test]
+    fn a_name_known_only_at_run_time_builds_the_same_command() {
+        let name = String::from("get");
+        let dynamic = Cmd::named(name.as_str()).arg("k");
+        assert_eq!(dynamic.name(), "GET");
+        assert_eq!(dynamic.args(), Cmd::new("get").arg("k").args());
+    }
 
     #[test]
     fn cmd_args_are_binary_safe_and_name_first() {

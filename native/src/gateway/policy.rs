@@ -295,7 +295,7 @@ mod tests {
     use super::*;
 
     fn cmd(parts: &[&str]) -> Cmd {
-        Cmd::new(parts[0]).args_from(parts[1..].iter().copied())
+        Cmd::named(parts[0]).args_from(parts[1..].iter().copied())
     }
 
     #[test]

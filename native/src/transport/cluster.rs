@@ -114,6 +114,9 @@ impl Cluster {
     }
 
     async fn conn_at(&self, i: usize) -> Result<ClusterConnection, TransportError> {
+        if let Some(conn) = self.conns[i].get() {
+            return Ok(conn.clone());
+        }
         open_conn(&self.conns[i], &self.client, &self.label).await
     }
 
@@ -147,6 +150,12 @@ impl Cluster {
         }
     }
 
+    /// Whether every connection of the pool is open (requests are then bounded by redis-rs's
+    /// overall response timeout alone).
+    pub(crate) fn all_open(&self) -> bool {
+        self.conns.iter().all(OnceCell::initialized)
+    }
+
     async fn conn(&self) -> Result<ClusterConnection, TransportError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conn_at(i).await
@@ -155,9 +164,9 @@ impl Cluster {
     /// Runs one command. redis-rs routes it: by its key's slot, to every master for keyless
     /// commands that need it (`FLUSHDB`…), and split per slot for `MGET`, `MSET`, `DEL`,
     /// `UNLINK`, `EXISTS` and `TOUCH` (replies reassembled in key order, counts added).
-    pub(crate) async fn exec(&self, cmd: Cmd) -> Result<Value, TransportError> {
+    pub(crate) async fn exec(&self, cmd: &Cmd) -> Result<Value, TransportError> {
         let mut conn = self.conn().await?;
-        let result = conn.req_packed_command(&to_redis_cmd(&cmd)).await;
+        let result = conn.req_packed_command(&to_redis_cmd(cmd)).await;
         reply(result, || cmd.name())
     }
 

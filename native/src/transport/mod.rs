@@ -4,9 +4,10 @@
 //! The transport translates and bounds; it decides nothing that core could decide. Per
 //! topology it adds what redis-rs's defaults lack under failure (measured in the design
 //! notes): a reconnect policy that fails fast while Redis is down, slot-aware pipelines and
-//! full-cluster scans, and a Sentinel client that follows failovers. On top of that, every
-//! call is cut off after `dial_timeout + write_timeout + read_timeout`, whatever redis-rs is
-//! doing underneath.
+//! full-cluster scans, and a Sentinel client that follows failovers. No call takes longer than
+//! `dial_timeout + write_timeout + read_timeout`: by construction where the parts are bounded
+//! (a timed connect, then redis-rs's response timeout), else under a timer set to that budget
+//! (see `RedisTransport::bounds_requests`).
 
 mod cluster;
 pub(crate) mod convert;
@@ -22,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use larder_core::transport::BoxSubscription;
 use larder_core::{Cmd, Error, ErrorKind, ScanCursor, Transport, TransportError, Value};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
@@ -338,24 +341,66 @@ impl RedisTransport {
         }
     }
 
-    /// Runs `work` within the call budget, with tracing and metrics when enabled.
-    async fn call<T>(
+    /// Whether one `exec` or `pipeline` is bounded by the call budget without a timer of our
+    /// own around it:
+    ///
+    /// - standalone: always — the pool times its connects and redis-rs's response timeout
+    ///   covers each request (see `pool`);
+    /// - Cluster: once every connection is open — redis-rs's overall response timeout (set
+    ///   to the budget) covers a request with all its retries and redirections, but not the
+    ///   first connect;
+    /// - Sentinel: never — a call may wait for a promotion and re-resolve the master.
+    fn bounds_requests(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Standalone(_) => true,
+            Backend::Cluster(c) => c.all_open(),
+            Backend::Sentinel(_) => false,
+        }
+    }
+
+    /// Runs `work` within the call budget, with tracing and metrics when enabled. Unless
+    /// `bounded_inside` says `work` is bounded by construction (see
+    /// [`bounds_requests`](Self::bounds_requests)), one timer set to the budget cuts it off.
+    ///
+    /// Not an `async fn`: that would keep `work` twice in its state (as the argument and
+    /// inside the awaited future), and every call's future is boxed by `Transport`'s
+    /// `async_trait`. The observed path (tracing or metrics on) is boxed separately.
+    fn call<'a, T, W>(
+        &'a self,
+        op: &'static str,
+        what: impl FnOnce() -> String + Send + 'a,
+        work: W,
+        bounded_inside: bool,
+    ) -> impl Future<Output = Result<T, TransportError>> + Send + 'a
+    where
+        T: Send + 'a,
+        W: Future<Output = Result<T, TransportError>> + Send + 'a,
+    {
+        if let Err(e) = self.check_open() {
+            return Either::Left(std::future::ready(Err(e)));
+        }
+        let budget = self.inner.budget;
+        let bounded = if bounded_inside {
+            Either::Left(work)
+        } else {
+            Either::Right(
+                tokio::time::timeout(budget, work)
+                    .map(move |r| r.unwrap_or_else(|_| Err(deadline_error(op, budget)))),
+            )
+        };
+        if !self.inner.tracing && !self.inner.metrics {
+            return Either::Right(Either::Left(bounded));
+        }
+        Either::Right(Either::Right(Box::pin(self.observed(op, what, bounded))))
+    }
+
+    /// [`call`](Self::call) with a span, logs and metrics.
+    async fn observed<T>(
         &self,
         op: &'static str,
         what: impl FnOnce() -> String,
-        work: impl Future<Output = Result<T, TransportError>>,
+        bounded: impl Future<Output = Result<T, TransportError>>,
     ) -> Result<T, TransportError> {
-        self.check_open()?;
-        let budget = self.inner.budget;
-        let bounded = async {
-            match tokio::time::timeout(budget, work).await {
-                Ok(r) => r,
-                Err(_) => Err(deadline_error(op, budget)),
-            }
-        };
-        if !self.inner.tracing && !self.inner.metrics {
-            return bounded.await;
-        }
         let what = what();
         let topology = self.topology().as_str();
         let start = Instant::now();
@@ -408,15 +453,17 @@ impl Transport for RedisTransport {
         let work = async {
             let value = match &self.inner.backend {
                 Backend::Standalone(p) => p.exec(&cmd).await,
-                Backend::Cluster(c) => c.exec(cmd.clone()).await,
-                Backend::Sentinel(s) => s.exec(&cmd).await,
+                Backend::Cluster(c) => c.exec(&cmd).await,
+                // Its future is several KB (failover handling): boxed, so that the others
+                // do not carry its size.
+                Backend::Sentinel(s) => Box::pin(s.exec(&cmd)).await,
             }?;
             match unavailable_reply(&value) {
                 Some(e) => Err(e),
                 None => Ok(value),
             }
         };
-        self.call("exec", name, work).await
+        self.call("exec", name, work, self.bounds_requests()).await
     }
 
     async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
@@ -434,8 +481,8 @@ impl Transport for RedisTransport {
         let work = async {
             let values = match &self.inner.backend {
                 Backend::Standalone(p) => p.pipeline(&cmds).await,
-                Backend::Cluster(c) => c.pipeline(cmds.clone()).await,
-                Backend::Sentinel(s) => s.pipeline(&cmds).await,
+                Backend::Cluster(c) => Box::pin(c.pipeline(cmds.clone())).await,
+                Backend::Sentinel(s) => Box::pin(s.pipeline(&cmds)).await,
             }?;
             // A server that cannot serve (loading, read-only, cluster down) fails the whole
             // pipeline: its other replies cannot be trusted to mean what they say.
@@ -444,7 +491,8 @@ impl Transport for RedisTransport {
                 None => Ok(values),
             }
         };
-        self.call("pipeline", what, work).await
+        self.call("pipeline", what, work, self.bounds_requests())
+            .await
     }
 
     async fn scan_page(
@@ -459,6 +507,7 @@ impl Transport for RedisTransport {
                     "scan",
                     || format!("SCAN node {}", cursor.node),
                     c.scan_page(cursor, pattern, count),
+                    false,
                 )
                 .await
             }

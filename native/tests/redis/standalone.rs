@@ -456,3 +456,129 @@ async fn replica_readonly_reply_is_unavailable_not_a_command_error() {
     // Reads still work on the replica.
     assert_eq!(t.exec(Cmd::new("GET").arg("k")).await.unwrap(), Value::Nil);
 }
+
+/// `connected_clients` once it reaches `want` (connections close asynchronously on the
+/// server side), or its last reading after 2 s.
+async fn settled_clients(server: &RedisServer, want: i64) -> i64 {
+    let start = Instant::now();
+    loop {
+        let n = info_field(server, "clients", "connected_clients");
+        if n == want || start.elapsed() > Duration::from_secs(2) {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_calls_and_reconnects_share_one_dial_per_connection() {
+    let mut server = blocking(RedisServer::start).await.expect("start redis");
+    // The harness's probe connection is counted in every reading.
+    let probe = info_field(&server, "clients", "connected_clients");
+    let transport =
+        RedisTransport::from_options(&tight(&server.addr()).pool_size(2).min_idle_conns(0))
+            .await
+            .expect("lazy transport");
+    let burst = |t: RedisTransport| async move {
+        let calls = (0..200).map(|_| {
+            let t = t.clone();
+            tokio::spawn(async move { t.exec(Cmd::new("PING")).await })
+        });
+        let mut ok = 0;
+        for c in calls {
+            if c.await.expect("task").is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    };
+    assert_eq!(
+        burst(transport.clone()).await,
+        200,
+        "every first call succeeds"
+    );
+    assert_eq!(
+        settled_clients(&server, probe + 2).await,
+        probe + 2,
+        "200 concurrent first calls open exactly pool_size = 2 connections"
+    );
+
+    server = blocking(move || {
+        server.kill();
+        server.restart().expect("restart on the same port");
+        server
+    })
+    .await;
+    let probe = info_field(&server, "clients", "connected_clients");
+    // Bursts until one fully succeeds: the first finds both connections broken.
+    let start = Instant::now();
+    let mut bursts = 0;
+    loop {
+        bursts += 1;
+        if burst(transport.clone()).await == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not recovered 3 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    eprintln!("recovered after {bursts} bursts of 200 calls");
+    assert_eq!(
+        settled_clients(&server, probe + 2).await,
+        probe + 2,
+        "after the restart, one new connection per pool slot (no reconnect storm)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_that_accepts_but_never_answers_is_bounded_by_dial_timeout() {
+    // A "server" that accepts TCP connections and never sends a byte (a hung proxy, a
+    // half-open path): connecting must give up after dial_timeout, not the whole budget.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let opts = tight(&addr.to_string())
+        .password("secret")
+        .pool_size(1)
+        .min_idle_conns(0);
+    let dial = opts.dial_timeout;
+    let transport = RedisTransport::from_options(&opts).await.expect("lazy");
+    let call = || async {
+        let start = Instant::now();
+        let err = transport
+            .exec(Cmd::new("GET").arg("k"))
+            .await
+            .expect_err("nothing answers");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        start.elapsed()
+    };
+    let dialled = |took: Duration| {
+        assert!(
+            took >= dial.saturating_sub(Duration::from_millis(50)) && took <= dial + SLACK,
+            "connecting took {took:?}; dial_timeout is {dial:?}"
+        );
+    };
+    dialled(call().await);
+    // Right after a failed connect (within 25 ms), calls fail at once with its error
+    // instead of dialling. Only checked when this task was not descheduled in between.
+    let failed_at = Instant::now();
+    let fast = call().await;
+    if failed_at.elapsed() - fast < Duration::from_millis(5) {
+        assert!(fast < Duration::from_millis(20), "took {fast:?}");
+    } else {
+        eprintln!("descheduled between the calls: fail-fast window not checked");
+    }
+    // A little later the next call dials again (and is bounded again).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    dialled(call().await);
+    accepting.abort();
+}

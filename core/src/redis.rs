@@ -330,6 +330,16 @@ impl<T: Transport> RedisCache<T> {
     }
 
     async fn run_one(&self, cmd: Cmd) -> Result<Value> {
+        if self.inner.pending.total() <= self.inner.stats_batch {
+            // No stats to carry: one command, no pipeline (the common case).
+            self.check_open()?;
+            return self
+                .inner
+                .transport
+                .exec(cmd)
+                .await
+                .map_err(|e| self.fail(e.into()));
+        }
         let mut replies = self.run(vec![cmd]).await?;
         Ok(replies.pop().expect("one reply"))
     }
@@ -431,7 +441,7 @@ impl<T: Transport> Cache for RedisCache<T> {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<()> {
         let ttl = self.ttl_or_default(ttl)?;
-        let cmd = SetOptions::ttl(ttl).command(self.inner.keys.value_key(key).as_bytes(), &value);
+        let cmd = SetOptions::ttl(ttl).command(self.inner.keys.value_key(key), &value);
         let reply = self.run_one(cmd).await?;
         self.checked(set_reply(reply))?;
         self.count(Stat::Writes, 1);
@@ -442,7 +452,7 @@ impl<T: Transport> Cache for RedisCache<T> {
         let ttl = self.ttl_or_default(ttl)?;
         let cmd = SetOptions::ttl(ttl)
             .nx()
-            .command(self.inner.keys.value_key(key).as_bytes(), &value);
+            .command(self.inner.keys.value_key(key), &value);
         let reply = self.run_one(cmd).await?;
         let written = self.checked(set_reply(reply))?;
         if written {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::clock::duration_ms;
 use crate::error::{Error, Result, TransportError};
-use crate::value::{Cmd, Value};
+use crate::value::{Cmd, IntoArg, Value};
 
 /// `Send` on native targets, nothing on `wasm32` (JavaScript futures are `!Send`).
 #[cfg(not(target_arch = "wasm32"))]
@@ -357,7 +357,7 @@ impl SetOptions {
     }
 
     /// Builds the `SET` command.
-    pub fn command(&self, key: &[u8], value: &Bytes) -> Cmd {
+    pub fn command(&self, key: impl IntoArg, value: &Bytes) -> Cmd {
         let mut cmd = Cmd::new("SET").arg(key).arg(value);
         if let Some(ttl) = self.ttl {
             cmd.push_arg(Bytes::from_static(b"PX"))

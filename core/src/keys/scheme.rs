@@ -134,17 +134,17 @@ impl KeyScheme {
     /// `key` is used as given; it should be a hash (as from
     /// [`request_hash`](super::request_hash)) so that it holds no `{`/`}`.
     pub fn value_key(&self, key: &str) -> String {
-        format!("{}cache:{key}", self.head)
+        concat(&[&self.head, "cache:", key])
     }
 
     /// The Redis key of a statistics counter: `{prefix}:stats:{hits|misses|writes}`.
     pub fn stats_key(&self, stat: Stat) -> String {
-        format!("{}stats:{}", self.head, stat.as_str())
+        concat(&[&self.head, "stats:", stat.as_str()])
     }
 
     /// The Redis key of the stampede lock for `key`: `{prefix}:lock:{key}`.
     pub fn lock_key(&self, key: &str) -> String {
-        format!("{}lock:{key}", self.head)
+        concat(&[&self.head, "lock:", key])
     }
 
     /// A `SCAN … MATCH` pattern for the value keys whose user key matches `user_glob`.
@@ -188,6 +188,16 @@ impl Default for KeyScheme {
     fn default() -> Self {
         KeyScheme::new(DEFAULT_PREFIX)
     }
+}
+
+/// The parts joined in one allocation of the exact size (`format!` grows its buffer as it
+/// goes, and key building is on every cache call's path).
+pub(crate) fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
 }
 
 #[cfg(test)]

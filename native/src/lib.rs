@@ -42,7 +42,7 @@ pub use connect::{CacheBuilder, DEFAULT_MEMORY_CAPACITY, RedisCacheExt};
 pub use larder_core as core;
 pub use options::{
     DEFAULT_DIAL_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
-    RedisCacheOptions, SentinelOptions,
+    RedisCacheOptions, SentinelOptions, TlsOptions,
 };
 pub use runtime::TokioRuntime;
 pub use transport::{PubSubStatus, RedisTransport, Topology};

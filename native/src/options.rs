@@ -25,6 +25,96 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// commands. Raise it on machines with many cores and heavy traffic, and measure.
 pub const DEFAULT_POOL_SIZE: usize = 2;
 
+/// Certificates for `rediss://` connections, when the webpki roots are not the right trust
+/// store: a private CA, and a client certificate for mutual TLS (`tls-auth-clients yes`).
+///
+/// Applies to every TLS connection the transport opens: the server or Cluster nodes, the
+/// Sentinel master and the sentinels, and the pub/sub connection. Plain `redis://` addresses
+/// ignore it. Needs the `tls` feature.
+///
+/// # Examples
+///
+/// ```
+/// use larder_native::{RedisCacheOptions, TlsOptions};
+///
+/// let ca = b"-----BEGIN CERTIFICATE-----\n...".to_vec();
+/// let opts = RedisCacheOptions::new("rediss://redis.internal:6380").tls(TlsOptions::new().root_certs_pem(ca));
+/// assert!(opts.tls.root_certs_pem.is_some());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// CA certificates (PEM) to trust instead of the webpki roots.
+    pub root_certs_pem: Option<Vec<u8>>,
+    /// Client certificate chain and its private key (PEM), presented for mutual TLS.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field(
+                "root_certs_pem",
+                &self
+                    .root_certs_pem
+                    .as_ref()
+                    .map(|p| format!("{} bytes", p.len())),
+            )
+            .field(
+                "client_identity_pem",
+                &self.client_identity_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl TlsOptions {
+    /// No custom certificates: the webpki roots, no client certificate.
+    pub fn new() -> Self {
+        TlsOptions::default()
+    }
+
+    /// Trusts these CA certificates (PEM, one or more) instead of the webpki roots.
+    #[must_use]
+    pub fn root_certs_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certs_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and private key (both PEM) for mutual TLS.
+    #[must_use]
+    pub fn client_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_identity_pem = Some((cert.into(), key.into()));
+        self
+    }
+
+    #[cfg(feature = "tls")]
+    fn is_default(&self) -> bool {
+        self.root_certs_pem.is_none() && self.client_identity_pem.is_none()
+    }
+
+    /// The redis-rs form, `None` when nothing is customised.
+    #[cfg(feature = "tls")]
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.is_default() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self.client_identity_pem.as_ref().map(|(cert, key)| {
+                redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }
+            }),
+            root_cert: self.root_certs_pem.clone(),
+        })
+    }
+}
+
 /// How to reach Redis (standalone or Cluster) and how the cache on top behaves.
 ///
 /// One address means a standalone server; several mean a Redis Cluster (any reachable
@@ -87,6 +177,9 @@ pub struct RedisCacheOptions {
     /// Record `metrics` counters and a latency histogram for every Redis call (and, through
     /// [`CacheBuilder`](crate::CacheBuilder), per cache operation: hits, misses, errors).
     pub enable_metrics: bool,
+    /// Certificates for `rediss://` addresses (default: the webpki roots, no client
+    /// certificate).
+    pub tls: TlsOptions,
 }
 
 impl Default for RedisCacheOptions {
@@ -105,6 +198,7 @@ impl Default for RedisCacheOptions {
             default_ttl: None,
             enable_tracing: false,
             enable_metrics: false,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -125,6 +219,7 @@ impl fmt::Debug for RedisCacheOptions {
             .field("default_ttl", &self.default_ttl)
             .field("enable_tracing", &self.enable_tracing)
             .field("enable_metrics", &self.enable_metrics)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -245,6 +340,14 @@ impl RedisCacheOptions {
         self
     }
 
+    /// Sets the certificates for `rediss://` connections (a private CA, a client
+    /// certificate for mutual TLS).
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
     pub(crate) fn settings(&self) -> Settings {
         Settings {
             username: self.username.clone(),
@@ -257,6 +360,7 @@ impl RedisCacheOptions {
             write_timeout: self.write_timeout,
             enable_tracing: self.enable_tracing,
             enable_metrics: self.enable_metrics,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -298,6 +402,8 @@ pub struct SentinelOptions {
     pub db: i64,
     /// Multiplexed connections to the master used round-robin.
     pub pool_size: usize,
+    /// Certificates for `rediss://` connections to the master and the sentinels.
+    pub tls: TlsOptions,
     /// Connections opened when the cache is created (see [`RedisCacheOptions::min_idle_conns`]).
     pub min_idle_conns: usize,
     /// Time allowed to open a connection (to a sentinel or to the master).
@@ -338,6 +444,7 @@ impl fmt::Debug for SentinelOptions {
             .field("default_ttl", &self.default_ttl)
             .field("enable_tracing", &self.enable_tracing)
             .field("enable_metrics", &self.enable_metrics)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -367,6 +474,7 @@ impl SentinelOptions {
             default_ttl: None,
             enable_tracing: false,
             enable_metrics: false,
+            tls: TlsOptions::default(),
         }
     }
 
@@ -468,6 +576,14 @@ impl SentinelOptions {
         self
     }
 
+    /// Sets the certificates for `rediss://` connections (a private CA, a client
+    /// certificate for mutual TLS).
+    #[must_use]
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
     pub(crate) fn settings(&self) -> Settings {
         Settings {
             username: self.username.clone(),
@@ -480,6 +596,7 @@ impl SentinelOptions {
             write_timeout: self.write_timeout,
             enable_tracing: self.enable_tracing,
             enable_metrics: self.enable_metrics,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -524,6 +641,9 @@ pub(crate) struct Settings {
     pub(crate) write_timeout: Duration,
     pub(crate) enable_tracing: bool,
     pub(crate) enable_metrics: bool,
+    // Read only by TLS connections.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) tls: TlsOptions,
 }
 
 impl fmt::Debug for Settings {
@@ -540,6 +660,18 @@ impl fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// A redis-rs client for one node, with the TLS certificates when the node is reached
+    /// over TLS and custom ones are set.
+    pub(crate) fn client(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
+        #[cfg(feature = "tls")]
+        if let (redis::ConnectionAddr::TcpTls { .. }, Some(certs)) =
+            (info.addr(), self.tls.certificates())
+        {
+            return redis::Client::build_with_tls(info, certs);
+        }
+        redis::Client::open(info)
+    }
+
     /// What redis-rs calls the response timeout: writing plus reading one command.
     pub(crate) fn response_timeout(&self) -> Duration {
         self.write_timeout + self.read_timeout

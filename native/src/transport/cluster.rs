@@ -76,6 +76,10 @@ impl Cluster {
             .map(|i| i.addr().to_string())
             .collect::<Vec<_>>()
             .join(",");
+        #[cfg(feature = "tls")]
+        let seeds_tls = seeds
+            .first()
+            .map(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }));
         let mut builder = ClusterClientBuilder::new(seeds)
             .connection_timeout(s.dial_timeout)
             .response_timeout(s.response_timeout())
@@ -89,6 +93,13 @@ impl Cluster {
         }
         if let Some(password) = &s.password {
             builder = builder.password(password);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(certs) = s.tls.certificates() {
+            // `certs` turns TLS on: only for `rediss://` seeds.
+            if matches!(seeds_tls, Some(true)) {
+                builder = builder.certs(certs);
+            }
         }
         let client = builder
             .build()

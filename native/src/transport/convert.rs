@@ -156,7 +156,20 @@ pub(crate) fn classify(err: &RedisError, context: &str) -> Failure {
             _ => ErrorKind::Other,
         }
     };
+    let text = err.to_string();
+    let tls_failure = kind == ErrorKind::Io
+        && [
+            "certificate",
+            "Certificate",
+            "fatal alert",
+            "HandshakeFailure",
+        ]
+        .iter()
+        .any(|w| text.contains(w));
     let hint = match kind {
+        ErrorKind::Io if tls_failure => {
+            "; the TLS handshake failed: check the server's certificate and TlsOptions (root_certs_pem for a private CA, client_identity_pem when the server wants a client certificate)"
+        }
         ErrorKind::Io => "; check that Redis is running and reachable",
         ErrorKind::Timeout => {
             "; Redis did not answer in time (raise read_timeout if it is just slow)"
@@ -165,7 +178,10 @@ pub(crate) fn classify(err: &RedisError, context: &str) -> Failure {
         ErrorKind::Unavailable => "; retry later",
         _ => "",
     };
-    Failure::Transport(TransportError::new(kind, format!("{context}: {err}{hint}")))
+    Failure::Transport(TransportError::new(
+        kind,
+        format!("{context}: {text}{hint}"),
+    ))
 }
 
 /// Maps a redis-rs error to a transport error, also for server replies (used where no

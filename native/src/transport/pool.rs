@@ -214,7 +214,8 @@ impl Pool {
     /// A pool whose connections all open on first use (never touches the network here).
     pub(crate) fn lazy(info: redis::ConnectionInfo, s: &Settings) -> Result<Pool, TransportError> {
         let label = info.addr().to_string();
-        let client = redis::Client::open(info)
+        let client = s
+            .client(info)
             .map_err(|e| transport_error(&e, &format!("connecting to {label}")))?;
         let conns = (0..s.pool_size.max(1))
             .map(|_| Conn::new(client.clone(), s))

@@ -453,7 +453,7 @@ impl HubInner {
         for info in self.source.candidates(failed) {
             let node = info.addr().to_string();
             let opened = tokio::time::timeout(per_node, async {
-                let client = redis::Client::open(info)?;
+                let client = self.settings.client(info)?;
                 client.get_async_pubsub().await
             })
             .await;

@@ -343,7 +343,9 @@ async fn one_shot(
 ) -> Result<Value, TransportError> {
     let label = info.addr().to_string();
     let work = async {
-        let client = redis::Client::open(info.clone()).map_err(|e| transport_error(&e, &label))?;
+        let client = s
+            .client(info.clone())
+            .map_err(|e| transport_error(&e, &label))?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&conn_config(s))
             .await
@@ -606,11 +608,11 @@ async fn watch(shared: Weak<Shared>, index: usize) {
         let label = info.addr().to_string();
         let dial = s.settings.dial_timeout;
         let tracing_on = s.settings.enable_tracing;
+        let client = s.settings.client(info);
         drop(s);
 
         let subscribed = tokio::time::timeout(dial + dial, async {
-            let client = redis::Client::open(info)?;
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = client?.get_async_pubsub().await?;
             pubsub.subscribe(&[SWITCH_MASTER, WAIT_PROMOTION]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })

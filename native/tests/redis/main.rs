@@ -9,3 +9,5 @@ mod common;
 mod response;
 mod sentinel;
 mod standalone;
+#[cfg(feature = "tls")]
+mod tls;

@@ -136,12 +136,20 @@ async fn redis_killed_for_10_s_under_100_tasks_in_tiered_mode_returns_no_errors(
             // (ms since origin, latency, error)
             let mut samples: Vec<(u64, Duration, bool)> = Vec::new();
             let mut i = t;
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i = i
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407)
                     % KEYS;
-                let key = format!("k{i}");
+                n += 1;
+                // Mostly a hot set that L1 holds, plus 1 in 50 keys never seen before: those
+                // miss L1 and must go to L2, so the outage is met (and the breaker opens).
+                let key = if n % 50 == 0 {
+                    format!("fresh-{t}-{n}")
+                } else {
+                    format!("k{i}")
+                };
                 let at = origin.elapsed();
                 let started = Instant::now();
                 let r = cache

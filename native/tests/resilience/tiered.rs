@@ -145,7 +145,7 @@ async fn redis_killed_for_10_s_under_100_tasks_in_tiered_mode_returns_no_errors(
                 n += 1;
                 // Mostly a hot set that L1 holds, plus 1 in 50 keys never seen before: those
                 // miss L1 and must go to L2, so the outage is met (and the breaker opens).
-                let key = if n % 50 == 0 {
+                let key = if n.is_multiple_of(50) {
                     format!("fresh-{t}-{n}")
                 } else {
                     format!("k{i}")

@@ -525,7 +525,7 @@ impl<T: Transport> Cache for RedisCache<T> {
         let opts = SetOptions::ttl(ttl);
         let cmds = entries
             .iter()
-            .map(|(k, v)| opts.command(self.inner.keys.value_key(k).as_bytes(), v))
+            .map(|(k, v)| opts.command(self.inner.keys.value_key(k), v))
             .collect();
         let replies = self.run(cmds).await?;
         for reply in replies {

@@ -97,6 +97,48 @@ fn tls_server(pki: &Pki, dir: &std::path::Path, auth_clients: &str) -> (RedisSer
     panic!("redis-server with TLS did not start: {last:?}");
 }
 
+/// A fresh PKI and a TLS server using it (the directory holding its files lives as long).
+struct TlsSetup {
+    pki: Pki,
+    server: RedisServer,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsSetup {
+    async fn start(auth_clients: &'static str) -> TlsSetup {
+        let pki = pki();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (pki_ref, pki_dir) = (pki.clone(), dir.path().to_owned());
+        let (server, port) = blocking(move || tls_server(&pki_ref, &pki_dir, auth_clients)).await;
+        TlsSetup {
+            pki,
+            server,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl TlsSetup {
+    /// Options for the TLS port that trust the test CA.
+    fn trusting_the_ca(&self) -> RedisCacheOptions {
+        tls_opts(self.port).tls(TlsOptions::new().root_certs_pem(self.pki.ca.clone()))
+    }
+}
+
+/// Connecting with `opts` fails with an error that contains every one of `words`.
+async fn refused_saying(opts: &RedisCacheOptions, words: &[&str]) {
+    let err = RedisTransport::from_options(opts)
+        .await
+        .expect_err("the TLS handshake must fail");
+    let text = err.to_string();
+    assert!(
+        words.iter().all(|w| text.contains(w)),
+        "expected {words:?} in: {err}"
+    );
+}
+
 fn tls_opts(port: u16) -> RedisCacheOptions {
     RedisCacheOptions::new(format!("rediss://127.0.0.1:{port}"))
         .dial_timeout(Duration::from_secs(2))
@@ -105,15 +147,9 @@ fn tls_opts(port: u16) -> RedisCacheOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca_round_trips_and_is_refused_without_it() {
-    let pki = pki();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (server, port) = {
-        let pki_dir = dir.path().to_owned();
-        let pki_ref = pki.clone();
-        blocking(move || tls_server(&pki_ref, &pki_dir, "no")).await
-    };
+    let s = TlsSetup::start("no").await;
 
-    let trusted = tls_opts(port).tls(TlsOptions::new().root_certs_pem(pki.ca.clone()));
+    let trusted = s.trusting_the_ca();
     let cache = RedisCache::from_options(trusted.clone())
         .await
         .expect("TLS connect with the private CA");
@@ -124,7 +160,7 @@ async fn rediss_with_a_private_ca_round_trips_and_is_refused_without_it() {
     );
     // The write went to the same server (read back over its plain port).
     assert!(
-        matches!(server.cmd(&["GET", "tls:cache:k"]).unwrap(),
+        matches!(s.server.cmd(&["GET", "tls:cache:k"]).unwrap(),
             larder_native::testing::RespValue::Bulk(ref b) if b == b"over tls"),
         "the TLS port and the plain port are one server"
     );
@@ -146,16 +182,13 @@ async fn rediss_with_a_private_ca_round_trips_and_is_refused_without_it() {
 
     // The webpki roots do not know the private CA: the handshake fails, with an error
     // that says why.
-    let err = RedisTransport::from_options(&tls_opts(port))
-        .await
-        .expect_err("an unknown CA must be refused");
-    let text = err.to_string();
-    assert!(
-        text.contains("UnknownIssuer") && text.contains("TLS handshake failed"),
-        "unexpected error: {err}"
-    );
+    refused_saying(
+        &tls_opts(s.port),
+        &["UnknownIssuer", "TLS handshake failed"],
+    )
+    .await;
     // Plain text to the TLS port does not work either.
-    let plain = RedisCacheOptions::new(format!("redis://127.0.0.1:{port}"))
+    let plain = RedisCacheOptions::new(format!("redis://127.0.0.1:{}", s.port))
         .dial_timeout(Duration::from_millis(500))
         .read_timeout(Duration::from_millis(300));
     assert!(RedisTransport::from_options(&plain).await.is_err());
@@ -163,35 +196,25 @@ async fn rediss_with_a_private_ca_round_trips_and_is_refused_without_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_needs_the_client_certificate() {
-    let pki = pki();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (server, port) = {
-        let pki_dir = dir.path().to_owned();
-        let pki_ref = pki.clone();
-        blocking(move || tls_server(&pki_ref, &pki_dir, "yes")).await
-    };
+    let s = TlsSetup::start("yes").await;
 
-    let ca_only = tls_opts(port).tls(TlsOptions::new().root_certs_pem(pki.ca.clone()));
-    let err = RedisTransport::from_options(&ca_only)
-        .await
-        .expect_err("the server requires a client certificate");
-    let text = err.to_string();
-    assert!(
-        text.contains("CertificateRequired") && text.contains("client_identity_pem"),
-        "unexpected error: {err}"
-    );
+    // The server requires a client certificate.
+    refused_saying(
+        &s.trusting_the_ca(),
+        &["CertificateRequired", "client_identity_pem"],
+    )
+    .await;
 
     let identity = TlsOptions::new()
-        .root_certs_pem(pki.ca.clone())
-        .client_identity_pem(pki.client_cert.clone(), pki.client_key.clone());
+        .root_certs_pem(s.pki.ca.clone())
+        .client_identity_pem(s.pki.client_cert.clone(), s.pki.client_key.clone());
     assert!(
         !format!("{identity:?}").contains("PRIVATE KEY"),
         "Debug must not print the key: {identity:?}"
     );
-    let cache = RedisCache::from_options(tls_opts(port).tls(identity))
+    let cache = RedisCache::from_options(tls_opts(s.port).tls(identity))
         .await
         .expect("mutual TLS with the client certificate");
     cache.set("m", "mtls".into(), None).await.unwrap();
     assert_eq!(cache.get("m").await.unwrap().as_deref(), Some(&b"mtls"[..]));
-    drop(server);
 }

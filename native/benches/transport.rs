@@ -13,7 +13,9 @@
 //! Run with `scripts/bench.sh` (or `cargo bench -p larder-native --features test-util --bench
 //! transport`). `LARDER_BENCH_SECS` sets the seconds per measurement (default 1; each client is
 //! measured in 3 alternating rounds and its median round kept);
-//! `LARDER_BENCH_POOL` larder's `pool_size` (default: the options' default); `LARDER_BENCH_ONLY`
+//! `LARDER_BENCH_POOL` larder's `pool_size` (default: the options' default);
+//! `LARDER_BENCH_RAW_BOUNDED` gives the raw cluster client larder's timeouts (redis-rs's
+//! cluster default has none); `LARDER_BENCH_ONLY`
 //! = `standalone` or `cluster` runs one topology. With `LARDER_BENCH_JSON` set to a file path,
 //! every measurement is also appended to it as one JSON line (`suite: "redis"`).
 
@@ -440,11 +442,18 @@ fn main() {
 
         // Cluster.
         let seeds = cluster.seed_urls();
-        let raw = redis::cluster::ClusterClient::new(seeds.clone())
-            .unwrap()
-            .get_async_connection()
-            .await
-            .unwrap();
+        // redis-rs's cluster client has no timeouts by default; with
+        // LARDER_BENCH_RAW_BOUNDED set, the raw client gets larder's default bounds (per-node
+        // response timeout 1 s, overall 2 s) to show what the bounds cost.
+        let raw_client = if std::env::var_os("LARDER_BENCH_RAW_BOUNDED").is_some() {
+            redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                .response_timeout(Duration::from_secs(1))
+                .overall_response_timeout(Some(Duration::from_secs(2)))
+                .build()
+        } else {
+            redis::cluster::ClusterClient::new(seeds.clone())
+        };
+        let raw = raw_client.unwrap().get_async_connection().await.unwrap();
         let opts = RedisCacheOptions::cluster(seeds)
             .key_prefix(PREFIX)
             .pool_size(pool);

@@ -10,6 +10,14 @@
 //! - **Bounded failover stalls.** redis-rs waits at least 1.28 s between retries by default
 //!   (a master kill stalled one `SET` 7.8 s here); retries here wait 10–300 ms, and every
 //!   request is bounded by the call budget.
+//! - **Timeouts at both levels.** redis-rs's cluster client has no timeout by default. Here
+//!   the overall response timeout (the call budget) bounds a request with its retries, and
+//!   the per-node response timeout (`write_timeout + read_timeout`) bounds each node
+//!   command — including the `CLUSTER SLOTS` of a slot refresh, which runs under the
+//!   client's connection lock: without it, one node that stops answering without closing
+//!   its socket (a partition, SIGSTOP) would hold every request of the client until the
+//!   overall timeout, at every refresh. The two timers cost ~7% of throughput under load
+//!   against an unbounded raw client (see `LARDER_BENCH_RAW_BOUNDED` in the benchmark).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -12,8 +12,10 @@
 //!   writing and reading). So a call never exceeds the call budget, with no extra timer on
 //!   the path of a call over an open connection.
 //! - **Reconnects by itself.** A call that finds the connection broken (reset, refused,
-//!   closed, a protocol error) fails, and a new connection starts opening in the background
-//!   at once; calls arriving meanwhile wait for it (within `dial_timeout`).
+//!   closed, a protocol error) or gets no reply in time fails, and a new connection starts
+//!   opening in the background at once; calls arriving meanwhile wait for it (within
+//!   `dial_timeout`). A connection that died silently (its socket still open) is thus
+//!   replaced after one timed-out call.
 //! - **Fails fast while Redis is down.** After a failed connect, calls within
 //!   [`RETRY_AFTER`] fail at once with that error instead of dialling again; the first call
 //!   after it dials again. Concurrent callers share one attempt.
@@ -157,9 +159,16 @@ impl Conn {
     }
 
     /// A call on connection `epoch` failed with `e`: when the error says the connection is
-    /// broken, replace it (in the background, at once).
+    /// broken — or may be: a reply that did not come in time — replace it (in the
+    /// background, at once).
+    ///
+    /// Replacing after a timeout matters for connections that die silently: a NAT or load
+    /// balancer that forgets an idle flow, a partition. The socket stays open and every
+    /// command on it would time out until TCP gives up (minutes). Replacing is harmless when
+    /// the server was merely slow: commands in flight on the old connection still finish
+    /// (it closes when the last of them drops it), new ones go to the new connection.
     fn failed(&self, epoch: u64, e: &RedisError) {
-        if !e.is_unrecoverable_error() {
+        if !e.is_unrecoverable_error() && !e.is_timeout() {
             return;
         }
         let current = self.inner.state.load();

@@ -582,3 +582,120 @@ async fn server_that_accepts_but_never_answers_is_bounded_by_dial_timeout() {
     dialled(call().await);
     accepting.abort();
 }
+
+/// A TCP proxy whose established connections can be silenced: they stop forwarding in both
+/// directions but stay open, as when a NAT or load balancer forgets an idle flow. New
+/// connections are forwarded normally.
+struct SilencingProxy {
+    addr: String,
+    /// Connections accepted before the current generation are silent.
+    generation: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilencingProxy {
+    async fn start(upstream: String) -> SilencingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap().to_string();
+        let generation = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (g, a) = (generation.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let born = g.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                    let g = g.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if g.load(Ordering::SeqCst) != born {
+                                // Silenced: swallow everything, keep both sockets open.
+                                let _held = (from, to);
+                                std::future::pending::<()>().await;
+                                unreachable!();
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        SilencingProxy {
+            addr,
+            generation,
+            accepted,
+            task,
+        }
+    }
+
+    fn silence_existing(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SilencingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dies_silently_is_replaced_after_one_timeout() {
+    let server = blocking(RedisServer::start).await.expect("start redis");
+    let proxy = SilencingProxy::start(server.addr()).await;
+    let opts = tight(&proxy.addr).pool_size(1);
+    let response_timeout = opts.write_timeout + opts.read_timeout;
+    let transport = RedisTransport::from_options(&opts).await.expect("connect");
+    transport
+        .exec(Cmd::new("SET").arg("k").arg("v"))
+        .await
+        .expect("SET");
+    assert_eq!(proxy.accepted.load(Ordering::SeqCst), 1);
+
+    // The flow is forgotten: the socket stays open, nothing gets through any more.
+    proxy.silence_existing();
+    let start = Instant::now();
+    let err = transport
+        .exec(Cmd::new("GET").arg("k"))
+        .await
+        .expect_err("nothing gets through the silenced connection");
+    let took = start.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(took <= response_timeout + SLACK, "took {took:?}");
+
+    // The timed-out connection was replaced: the next call answers, over a new connection.
+    let v = transport
+        .exec(Cmd::new("GET").arg("k"))
+        .await
+        .expect("the replacement connection answers");
+    assert_eq!(v.as_bytes(), Some(&b"v"[..]));
+    assert_eq!(
+        proxy.accepted.load(Ordering::SeqCst),
+        2,
+        "one new connection"
+    );
+    for _ in 0..20 {
+        transport.exec(Cmd::new("PING")).await.expect("PING");
+    }
+    assert_eq!(
+        proxy.accepted.load(Ordering::SeqCst),
+        2,
+        "and it is kept: no further reconnects"
+    );
+}

@@ -522,11 +522,23 @@ impl<T: Transport> Cache for RedisCache<T> {
             return Ok(());
         }
         let ttl = self.ttl_or_default(ttl)?;
-        let opts = SetOptions::ttl(ttl);
-        let cmds = entries
-            .iter()
-            .map(|(k, v)| opts.command(self.inner.keys.value_key(k), v))
-            .collect();
+        let cmds = if ttl.is_none() {
+            // No TTL: one `MSET` (on a Cluster it is split per slot).
+            vec![
+                Cmd::new("MSET").args_from(
+                    entries
+                        .iter()
+                        .flat_map(|(k, v)| [Bytes::from(self.inner.keys.value_key(k)), v.clone()]),
+                ),
+            ]
+        } else {
+            // `MSET` cannot set a TTL: one `SET … PX` per entry, pipelined.
+            let opts = SetOptions::ttl(ttl);
+            entries
+                .iter()
+                .map(|(k, v)| opts.command(self.inner.keys.value_key(k), v))
+                .collect()
+        };
         let replies = self.run(cmds).await?;
         for reply in replies {
             self.checked(set_reply(reply))?;

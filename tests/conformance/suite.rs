@@ -46,7 +46,7 @@ macro_rules! conformance_tests {
             set_nx_only_when_absent, set_nx_succeeds_after_expiry, delete_reports_existence,
             exists_tracks_values, ttl_reports_three_states, expire_changes_ttl,
             get_with_ttl_returns_remaining, mget_with_misses_and_empty_values, mget_of_nothing,
-            mset_writes_all_with_ttl, prefix_isolation, delete_pattern_stays_in_prefix,
+            mset_writes_all_with_ttl, mset_without_ttl_writes_all_and_clears_old_ttls, prefix_isolation, delete_pattern_stays_in_prefix,
             clear_only_touches_own_prefix, clear_many_keys_in_batches,
             glob_chars_in_prefix_are_literal, stats_count_locally, stats_are_shared_in_redis,
             ping_answers, close_then_calls_fail, corrupt_value_is_a_counted_miss,
@@ -351,6 +351,29 @@ pub(crate) async fn clear_only_touches_own_prefix(be: &impl Backend) {
     t.del(&[foreign.as_bytes(), beside.as_bytes()])
         .await
         .unwrap();
+}
+
+pub(crate) async fn mset_without_ttl_writes_all_and_clears_old_ttls(be: &impl Backend) {
+    let c = cache(be, &unique_prefix("mset0"));
+    c.set("key 7", b("old"), Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let entries: Vec<(String, Bytes)> = (0..50)
+        .map(|i| (format!("key {i}"), Bytes::from(format!("value {i}"))))
+        .collect();
+    let refs: Vec<(&str, Bytes)> = entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    c.mset(&refs, None).await.unwrap();
+    let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+    let got = c.mget(&keys).await.unwrap();
+    for ((_, want), got) in entries.iter().zip(got) {
+        assert_eq!(got.as_ref(), Some(want));
+    }
+    // As with `set`, a write without a TTL leaves the entry without one.
+    assert_eq!(c.ttl("key 7").await.unwrap(), KeyTtl::NoExpiry);
+    assert_eq!(c.stats().await.unwrap().writes, 51);
 }
 
 pub(crate) async fn clear_many_keys_in_batches(be: &impl Backend) {

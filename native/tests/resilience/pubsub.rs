@@ -301,13 +301,7 @@ async fn sentinel_subscription_follows_the_master_across_a_failover() {
     let setup = blocking(SentinelSetup::start)
         .await
         .expect("sentinel setup");
-    let opts = SentinelOptions::new(setup.master_name(), setup.sentinel_addrs())
-        .dial_timeout(Duration::from_millis(250))
-        .read_timeout(Duration::from_millis(250))
-        .write_timeout(Duration::from_millis(250));
-    let t = RedisTransport::from_sentinel(&opts)
-        .await
-        .expect("sentinel");
+    let t = sentinel_transport(&setup).await;
     let mut sub = t.subscribe(b"sentinel:ch").await.unwrap();
     let master = setup.master_addr().unwrap();
     assert_eq!(t.pubsub_status().connected_to, Some(master.clone()));
@@ -451,13 +445,7 @@ async fn sentinel_subscription_survives_the_master_killed_with_sigkill() {
     let setup = blocking(SentinelSetup::start)
         .await
         .expect("sentinel setup");
-    let opts = SentinelOptions::new(setup.master_name(), setup.sentinel_addrs())
-        .dial_timeout(Duration::from_millis(250))
-        .read_timeout(Duration::from_millis(250))
-        .write_timeout(Duration::from_millis(250));
-    let t = RedisTransport::from_sentinel(&opts)
-        .await
-        .expect("sentinel");
+    let t = sentinel_transport(&setup).await;
     let mut sub = t.subscribe(b"sentinel:kill").await.unwrap();
     let old = setup.master_addr().unwrap();
     let (setup, killed, new_master) = blocking(move || {
@@ -493,4 +481,15 @@ async fn sentinel_subscription_survives_the_master_killed_with_sigkill() {
     );
     assert_eq!(t.pubsub_status().connected_to, Some(new_master));
     assert!(sub.gaps() >= 1);
+}
+
+/// A transport through `setup`'s sentinels with 250 ms limits.
+async fn sentinel_transport(setup: &SentinelSetup) -> RedisTransport {
+    let opts = SentinelOptions::new(setup.master_name(), setup.sentinel_addrs())
+        .dial_timeout(Duration::from_millis(250))
+        .read_timeout(Duration::from_millis(250))
+        .write_timeout(Duration::from_millis(250));
+    RedisTransport::from_sentinel(&opts)
+        .await
+        .expect("sentinel")
 }

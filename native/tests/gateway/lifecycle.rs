@@ -50,15 +50,7 @@ async fn metrics_count_requests_and_denials() {
     s.post("/pipeline", r#"[["PING"],["FLUSHALL"]]"#, false)
         .await;
     s.post_as(None, "/", b"[\"PING\"]".to_vec(), false).await;
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.gateway.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains(r#"larder_gateway_requests_total{endpoint="command",outcome="ok"} 1"#),
         "{text}"

@@ -142,15 +142,7 @@ async fn slow_bodies_get_408_json_and_the_connection_closed_at_the_body_timeout(
         None,
         "nothing was written"
     );
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.gateway.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics
             .contains(r#"larder_gateway_requests_total{endpoint="command",outcome="timeout"} 1"#),
@@ -204,15 +196,7 @@ async fn connections_past_the_cap_wait_unaccepted_until_one_closes() {
     // connection) until only the metrics request itself is open.
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = s
-            .http
-            .get(format!("{}/metrics", s.gateway.url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = s.metrics().await;
         if metrics.contains("larder_gateway_open_connections 1\n") {
             break;
         }

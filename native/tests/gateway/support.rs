@@ -57,6 +57,18 @@ impl Setup {
             .unwrap()
     }
 
+    /// The gateway's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.gateway.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A raw POST with the full token; returns the status, the sync token and the JSON body.
     pub(crate) async fn post(
         &self,

@@ -37,6 +37,7 @@ mod canonical;
 mod gojson;
 mod number;
 mod scheme;
+pub(crate) use scheme::concat;
 
 #[cfg(test)]
 mod tests;

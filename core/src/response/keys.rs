@@ -1,6 +1,7 @@
 //! The Redis keys of the response cache (docs/KEY_FORMAT.md §8).
 
 use crate::keys::KeyScheme;
+use crate::keys::concat;
 
 use super::control::DEFAULT_NAMESPACE;
 
@@ -53,19 +54,19 @@ impl ResponseKeys {
     }
 
     pub(crate) fn generation_key(&self, namespace: &str) -> String {
-        format!("{}ns:{namespace}", self.head)
+        concat(&[&self.head, "ns:", namespace])
     }
 
     pub(crate) fn tag_key(&self, tag: &str) -> String {
-        format!("{}tag:{}", self.head, escape(tag))
+        concat(&[&self.head, "tag:", &escape(tag)])
     }
 
     pub(crate) fn analytics_key(&self, model: &str) -> String {
-        format!("{}analytics:model:{}", self.head, escape(model))
+        concat(&[&self.head, "analytics:model:", &escape(model)])
     }
 
     pub(crate) fn analytics_models_key(&self) -> String {
-        format!("{}analytics:models", self.head)
+        concat(&[&self.head, "analytics:models"])
     }
 }
 

@@ -669,8 +669,9 @@ mod tests {
         assert_eq!(err.transport_kind(), Some(ErrorKind::Io), "{err}");
     }
 
-    #[tokio::test]
-    async fn lazy_transport_fails_calls_within_budget() {
+    /// A lazy transport (nothing opened yet) to a port nobody listens on, with a 400 ms
+    /// budget.
+    async fn unreachable_lazy_transport() -> RedisTransport {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -681,7 +682,12 @@ mod tests {
             .dial_timeout(Duration::from_millis(200))
             .read_timeout(Duration::from_millis(100))
             .write_timeout(Duration::from_millis(100));
-        let t = RedisTransport::from_options(&opts).await.unwrap();
+        RedisTransport::from_options(&opts).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn lazy_transport_fails_calls_within_budget() {
+        let t = unreachable_lazy_transport().await;
         assert_eq!(t.topology(), Topology::Standalone);
         assert_eq!(t.call_timeout(), Duration::from_millis(400));
         for _ in 0..3 {
@@ -699,17 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscribe_to_an_unreachable_server_fails_within_budget() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let opts = RedisCacheOptions::new(format!("127.0.0.1:{port}"))
-            .min_idle_conns(0)
-            .dial_timeout(Duration::from_millis(200))
-            .read_timeout(Duration::from_millis(100))
-            .write_timeout(Duration::from_millis(100));
-        let t = RedisTransport::from_options(&opts).await.unwrap();
+        let t = unreachable_lazy_transport().await;
         assert!(t.supports_pubsub());
         for _ in 0..3 {
             let start = Instant::now();

@@ -378,12 +378,120 @@ fn json_kind(j: &Json) -> &'static str {
 
 /// The body answering one command: `{"result":…}` or `{"error":…}`.
 pub fn encode_reply(value: &Value, encoding: Encoding) -> Vec<u8> {
-    serde_json::to_vec(&Item(value, encoding)).expect("a reply always serializes")
+    encode_reply_within(value, encoding, usize::MAX).expect("no limit")
 }
 
 /// The body answering a pipeline: `[{"result":…},{"error":…},…]`.
 pub fn encode_pipeline_reply(values: &[Value], encoding: Encoding) -> Vec<u8> {
-    serde_json::to_vec(&Items(values, encoding)).expect("a reply always serializes")
+    encode_pipeline_reply_within(values, encoding, usize::MAX).expect("no limit")
+}
+
+/// A reply body would be longer than the limit it was encoded within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reply is longer than {limit} bytes")]
+pub struct ReplyTooLarge {
+    /// The limit, in bytes of the encoded body.
+    pub limit: usize,
+}
+
+/// [`encode_reply`], refusing to build a body longer than `limit` bytes. A reply that is
+/// certainly too long is refused before anything is encoded; otherwise encoding stops at
+/// the limit.
+///
+/// # Errors
+///
+/// [`ReplyTooLarge`] when the body would be longer than `limit`.
+pub fn encode_reply_within(
+    value: &Value,
+    encoding: Encoding,
+    limit: usize,
+) -> Result<Vec<u8>, ReplyTooLarge> {
+    let floor = encoded_len_floor(std::slice::from_ref(value), encoding, limit);
+    write_within(&Item(value, encoding), floor, limit)
+}
+
+/// [`encode_pipeline_reply`], refusing to build a body longer than `limit` bytes.
+///
+/// # Errors
+///
+/// [`ReplyTooLarge`] when the body would be longer than `limit`.
+pub fn encode_pipeline_reply_within(
+    values: &[Value],
+    encoding: Encoding,
+    limit: usize,
+) -> Result<Vec<u8>, ReplyTooLarge> {
+    let floor = encoded_len_floor(values, encoding, limit);
+    write_within(&Items(values, encoding), floor, limit)
+}
+
+fn write_within(
+    body: &impl Serialize,
+    floor: usize,
+    limit: usize,
+) -> Result<Vec<u8>, ReplyTooLarge> {
+    /// A writer that fails instead of growing past `limit`.
+    struct Capped {
+        out: Vec<u8>,
+        limit: usize,
+    }
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.out.len().saturating_add(buf.len()) > self.limit {
+                return Err(std::io::Error::other("reply limit"));
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    if floor > limit {
+        return Err(ReplyTooLarge { limit });
+    }
+    let mut w = Capped {
+        out: Vec::with_capacity(floor.saturating_add(16)),
+        limit,
+    };
+    // The writer is the only thing that can fail.
+    serde_json::to_writer(&mut w, body).map_err(|_| ReplyTooLarge { limit })?;
+    Ok(w.out)
+}
+
+/// A lower bound of the encoded length of `values` (escaping and U+FFFD replacement only
+/// lengthen a string), counted without allocating and only up to just past `limit`.
+fn encoded_len_floor(values: &[Value], encoding: Encoding, limit: usize) -> usize {
+    fn string(n: usize, encoding: Encoding) -> usize {
+        2 + match encoding {
+            Encoding::Base64 => n.div_ceil(3).saturating_mul(4),
+            Encoding::Text => n,
+        }
+    }
+    fn walk(v: &Value, encoding: Encoding, total: &mut usize, limit: usize) {
+        if *total > limit {
+            return;
+        }
+        let n = match v {
+            Value::Nil => 4,
+            Value::Int(_) => 1,
+            Value::Bulk(b) => string(b.len(), encoding),
+            Value::Status(t) => string(t.len(), encoding),
+            Value::Error(e) => e.len() + 2,
+            Value::Array(items) => {
+                *total = total.saturating_add(items.len().max(1) + 1);
+                for item in items {
+                    walk(item, encoding, total, limit);
+                }
+                0
+            }
+        };
+        *total = total.saturating_add(n);
+    }
+    let mut total = 0;
+    for v in values {
+        walk(v, encoding, &mut total, limit);
+    }
+    total
 }
 
 /// An error body: `{"error":"…"}`.

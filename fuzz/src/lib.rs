@@ -6,6 +6,7 @@
 //! finding) on a panic inside larder or on a broken invariant, which the module names.
 
 pub mod envelope_decode;
+pub mod gateway_policy;
 pub mod gateway_request;
 pub mod keys_canonical;
 pub mod resp_values;

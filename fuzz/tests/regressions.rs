@@ -46,3 +46,8 @@ fn keys_canonical() {
 fn resp_values() {
     replay("resp_values", larder_fuzz::resp_values::check);
 }
+
+#[test]
+fn gateway_policy() {
+    replay("gateway_policy", larder_fuzz::gateway_policy::check);
+}

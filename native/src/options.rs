@@ -606,26 +606,28 @@ fn redacted_addrs(addrs: &[String]) -> Vec<String> {
     addrs.iter().map(|a| redact_url(a)).collect()
 }
 
-/// `redis://user:pw@host` → `redis://user:<redacted>@host`.
+/// `redis://user:pw@host` → `redis://user:<redacted>@host`. Whatever precedes the last
+/// `@` is credentials, even in a malformed address (`redis//:pw@host`, a password with `/`
+/// or `@` in it): only a well-formed `scheme://user:` keeps its user name.
 pub(crate) fn redact_url(addr: &str) -> String {
-    let Some((scheme, rest)) = addr.split_once("://") else {
+    let Some(at) = addr.rfind('@') else {
         return addr.to_owned();
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:<redacted>@{host}{path}")
-            } else {
-                format!("{scheme}://<redacted>@{host}{path}")
+    let host = &addr[at + 1..];
+    if let Some((scheme, rest)) = addr[..at].split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'+')
+    {
+        return match rest.split_once(':') {
+            Some((user, _)) if !user.contains('/') => {
+                format!("{scheme}://{user}:<redacted>@{host}")
             }
-        }
-        None => addr.to_owned(),
+            _ => format!("{scheme}://<redacted>@{host}"),
+        };
     }
+    format!("<redacted>@{host}")
 }
 
 /// The connection settings every topology shares (derived from either options type).
@@ -714,6 +716,24 @@ mod tests {
             "rediss://u:<redacted>@h:1/0"
         );
         assert_eq!(redact_url("redis://p@h:1"), "redis://<redacted>@h:1");
+        // Malformed addresses and odd passwords never show the secret.
+        for (addr, secret) in [
+            ("redis//:SECRET@h:1", "SECRET"),
+            ("redis:/u:SECRET@h:1", "SECRET"),
+            ("redis://u:SE/CRET@h:1/0", "SE/CRET"),
+            ("redis://u:SE@CRET@h:1", "SE@CRET"),
+            (":SECRET@h:1", "SECRET"),
+            ("redis://:SECRET@h:1", "SECRET"),
+        ] {
+            let shown = redact_url(addr);
+            for part in secret.split(['/', '@']) {
+                assert!(!shown.contains(part), "{addr} → {shown}");
+            }
+            assert!(
+                shown.ends_with("@h:1") || shown.ends_with("@h:1/0"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

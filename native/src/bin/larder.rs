@@ -88,6 +88,15 @@ struct GatewayArgs {
     #[arg(long, env = "LARDER_GATEWAY_ALLOW_QUERY_TOKEN")]
     allow_query_token: bool,
 
+    /// Longest answer body, in bytes; a longer reply fails its request with HTTP 400.
+    #[arg(long, env = "LARDER_GATEWAY_MAX_REPLY_BYTES", default_value_t = larder_native::gateway::DEFAULT_MAX_REPLY_BYTES)]
+    max_reply_bytes: usize,
+
+    /// Let read-only tokens run EVALSHA_RO and FCALL_RO (scripts and functions a full token
+    /// loaded). Off by default; EVAL_RO is never available to read-only tokens.
+    #[arg(long, env = "LARDER_GATEWAY_READ_ONLY_SCRIPTS")]
+    read_only_scripts: bool,
+
     /// Also deny this command (`CMD` or `"CMD SUBCOMMAND"`); repeatable.
     #[arg(long = "deny", value_name = "COMMAND")]
     deny: Vec<String>,
@@ -180,12 +189,14 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     for a in &args.allow {
         policy.allow(a);
     }
+    policy.allow_read_only_scripts(args.read_only_scripts);
     let mut builder = Gateway::builder(Arc::new(transport))
         .policy(policy)
         .body_limit(args.body_limit)
         .max_connections(args.max_connections)
         .header_read_timeout(Duration::from_millis(args.header_timeout_ms))
         .body_read_timeout(Duration::from_millis(args.body_timeout_ms))
+        .max_reply_bytes(args.max_reply_bytes)
         .allow_query_token(args.allow_query_token);
     let mut tokens = 0;
     for token in [
@@ -236,6 +247,8 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         header_timeout_ms = args.header_timeout_ms,
         body_timeout_ms = args.body_timeout_ms,
         allow_query_token = args.allow_query_token,
+        max_reply_bytes = args.max_reply_bytes,
+        read_only_scripts = args.read_only_scripts,
         "larder gateway listening"
     );
     // One line on stdout for scripts that started us on port 0.

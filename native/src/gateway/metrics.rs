@@ -14,10 +14,11 @@ pub(crate) enum Outcome {
     NotFound,
     Unavailable,
     Timeout,
+    ReplyTooLarge,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 8] = [
+    const ALL: [Outcome; 9] = [
         Outcome::Ok,
         Outcome::RedisError,
         Outcome::BadRequest,
@@ -26,6 +27,7 @@ impl Outcome {
         Outcome::NotFound,
         Outcome::Unavailable,
         Outcome::Timeout,
+        Outcome::ReplyTooLarge,
     ];
 
     fn label(self) -> &'static str {
@@ -38,6 +40,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::Unavailable => "unavailable",
             Outcome::Timeout => "timeout",
+            Outcome::ReplyTooLarge => "reply_too_large",
         }
     }
 }
@@ -71,7 +74,7 @@ impl Route {
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    requests: [[AtomicU64; 8]; 4],
+    requests: [[AtomicU64; 9]; 4],
     commands: AtomicU64,
     connections: AtomicU64,
     open_connections: AtomicU64,
@@ -127,7 +130,8 @@ impl Metrics {
             ),
             (
                 "larder_gateway_denied_commands_total",
-                "Commands refused by the policy (deny list, read-only tokens).",
+                "Commands refused: malformed names, the policy (rules, deny list, read-only \
+                 tokens) and counts whose reply would pass the reply limit.",
                 &self.denied,
             ),
             (

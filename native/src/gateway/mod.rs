@@ -24,11 +24,18 @@
 //! - `Authorization: Bearer <token>` on every command request. Full tokens run every
 //!   allowed command; read-only tokens only reads (no writes, no `EVAL`, no `SCAN`/`KEYS`).
 //!   Tokens are kept as SHA-256 digests, compared in constant time, and never logged.
-//! - Dangerous commands are denied by default ([`policy::DEFAULT_DENIED`]: `FLUSHALL`,
-//!   `FLUSHDB`, `CONFIG`, `SHUTDOWN`, `DEBUG`, `MONITOR`, `SCRIPT KILL`, `CLIENT KILL`,
-//!   blocking pops, …), configurable with [`GatewayBuilder::policy`]. Commands that change
-//!   connection state (`MULTI`, `SELECT`, `AUTH`, `SUBSCRIBE`, …) are never run: connections
-//!   are shared. A refused command answers `NOPERM …`, in band like any Redis error.
+//! - Every command passes the [`policy`] first: a command or container subcommand name with
+//!   bytes no Redis name has (a NUL byte, which Redis stops reading at, a space, non-ASCII)
+//!   makes the whole request a 400; connection-state commands (`MULTI`, `SELECT`,
+//!   `CLIENT REPLY`, `SCRIPT DEBUG`, …) and blocking forms (`BLPOP`, `WAIT`,
+//!   `XREAD … BLOCK`, …) never run, connections being shared; dangerous commands are denied
+//!   by default ([`policy::DEFAULT_DENIED`]: `FLUSHALL`, `CONFIG`, `ACL`, `SCRIPT KILL`, …),
+//!   configurable with [`GatewayBuilder::policy`]. A refused command answers `NOPERM …`, in
+//!   band like any Redis error, and is counted in `larder_gateway_denied_commands_total`.
+//! - Read-only tokens run no script of their own (`EVAL_RO` never; `EVALSHA_RO`/`FCALL_RO`
+//!   with [`Policy::allow_read_only_scripts`]).
+//! - An answer is never built past [`GatewayBuilder::max_reply_bytes`]; a longer reply fails
+//!   its request with a 400.
 //! - Tokens in the query string (`?_token=…`, which Upstash accepts) are refused with 401 by
 //!   default — URLs end up in proxy and access logs — unless
 //!   [`GatewayBuilder::allow_query_token`] opts in.
@@ -81,7 +88,7 @@ use larder_core::{Cmd, Commands, ErrorKind, SharedTransport, TransportError, Val
 pub use auth::Token;
 use auth::Tokens;
 use metrics::{Metrics, Outcome, Route};
-pub use policy::{Access, Policy};
+pub use policy::{Access, Policy, Refusal};
 
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -94,6 +101,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default time a client has to send a request's body once its headers are in: 15 s.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The default cap on one answer's body: 16 MiB.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
 /// A gateway could not be built (for example: no token and no explicit opt-out).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +123,7 @@ pub struct GatewayBuilder {
     max_connections: usize,
     header_read_timeout: Duration,
     body_read_timeout: Duration,
+    max_reply_bytes: usize,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -125,6 +136,7 @@ impl fmt::Debug for GatewayBuilder {
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("body_read_timeout", &self.body_read_timeout)
+            .field("max_reply_bytes", &self.max_reply_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +207,18 @@ impl GatewayBuilder {
         self
     }
 
+    /// The longest answer body the gateway builds, in bytes (default
+    /// [`DEFAULT_MAX_REPLY_BYTES`], at least 1 KiB). A reply that would be longer fails its
+    /// request with HTTP 400 `ERR … reply …limit` (the commands of a pipeline or transaction
+    /// have run; only their answer is refused). The body is never built past the limit, and
+    /// `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` with a negative count too large for it are
+    /// refused before they run. The reply as Redis sent it is still read whole by the
+    /// transport; the limit bounds what the gateway adds on top.
+    pub fn max_reply_bytes(mut self, bytes: usize) -> Self {
+        self.max_reply_bytes = bytes.max(1024);
+        self
+    }
+
     /// Serves without any token: every request gets full access. Only for a gateway bound to
     /// a private interface in development.
     pub fn insecure_no_auth(mut self) -> Self {
@@ -227,6 +251,7 @@ impl GatewayBuilder {
                 max_connections: self.max_connections,
                 header_read_timeout: self.header_read_timeout,
                 body_read_timeout: self.body_read_timeout,
+                max_reply_bytes: self.max_reply_bytes,
                 metrics: Arc::new(Metrics::default()),
                 sync: AtomicU64::new(0),
             }),
@@ -264,6 +289,7 @@ struct Shared {
     max_connections: usize,
     header_read_timeout: Duration,
     body_read_timeout: Duration,
+    max_reply_bytes: usize,
     metrics: Arc<Metrics>,
     sync: AtomicU64,
 }
@@ -282,6 +308,7 @@ impl Gateway {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 
@@ -508,6 +535,58 @@ impl Answer {
             Outcome::Unavailable,
         )
     }
+
+    fn reply_too_large(limit: usize) -> Self {
+        Answer::error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "ERR the reply is larger than this gateway's limit of {limit} bytes \
+                 (--max-reply-bytes): read less at once (GETRANGE, SSCAN, LRANGE or ZRANGE \
+                 with bounds)"
+            ),
+            Outcome::ReplyTooLarge,
+        )
+    }
+
+    /// The whole request is malformed: one of its commands has an impossible name.
+    fn malformed(refusal: &str, index: Option<usize>) -> Self {
+        let message = match index {
+            Some(i) => format!("{refusal} (command {i} of the request; nothing was run)"),
+            None => refusal.to_owned(),
+        };
+        Answer::error(StatusCode::BAD_REQUEST, &message, Outcome::BadRequest)
+    }
+}
+
+/// The policy's verdict on `cmd`, then the reply bound: a command whose reply is certain to
+/// be over the limit is refused before it runs.
+fn admit(shared: &Shared, cmd: &Cmd, access: Access) -> Result<(), Refusal> {
+    shared.policy.check(cmd, access)?;
+    if reply_certainly_over(cmd, shared.max_reply_bytes) {
+        return Err(Refusal::Denied(format!(
+            "ERR the reply to this count would be larger than this gateway's limit of {} bytes \
+             (--max-reply-bytes)",
+            shared.max_reply_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER key -N` return N members, repeats allowed, so N
+/// alone sets the reply's size: every member costs at least 3 bytes (`"",`) in the answer.
+fn reply_certainly_over(cmd: &Cmd, limit: usize) -> bool {
+    let args = cmd.args();
+    let random = [&b"SRANDMEMBER"[..], b"HRANDFIELD", b"ZRANDMEMBER"]
+        .iter()
+        .any(|n| args[0].eq_ignore_ascii_case(n));
+    if !random {
+        return false;
+    }
+    let count = args
+        .get(2)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse::<i64>().ok());
+    matches!(count, Some(n) if n < 0 && n.unsigned_abs().saturating_mul(3) > limit as u64)
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -718,9 +797,20 @@ async fn command_inner(
 }
 
 async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Answer {
-    if let Err(refusal) = shared.policy.check(&cmd, access) {
-        shared.metrics.denied(1);
-        return Answer::error(StatusCode::BAD_REQUEST, &refusal, Outcome::RedisError);
+    match admit(shared, &cmd, access) {
+        Ok(()) => {}
+        Err(Refusal::Malformed(m)) => {
+            shared.metrics.denied(1);
+            return Answer::malformed(&m, None);
+        }
+        Err(refusal) => {
+            shared.metrics.denied(1);
+            return Answer::error(
+                StatusCode::BAD_REQUEST,
+                refusal.message(),
+                Outcome::RedisError,
+            );
+        }
     }
     shared.metrics.commands(1);
     let result = match scan_args(&cmd) {
@@ -729,26 +819,51 @@ async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Ans
     };
     match result {
         Ok(Value::Error(e)) => Answer::error(StatusCode::BAD_REQUEST, &e, Outcome::RedisError),
-        Ok(v) => Answer::json(StatusCode::OK, rest::encode_reply(&v, enc), Outcome::Ok),
+        Ok(v) => match rest::encode_reply_within(&v, enc, shared.max_reply_bytes) {
+            Ok(body) => Answer::json(StatusCode::OK, body, Outcome::Ok),
+            Err(_) => Answer::reply_too_large(shared.max_reply_bytes),
+        },
         Err(e) => Answer::unavailable(&e),
     }
 }
 
+/// The verdict on every command of a pipeline or transaction; a malformed name anywhere
+/// refuses the whole request (counted once per bad command).
+fn admit_all(shared: &Shared, cmds: &[Cmd], access: Access) -> Result<Vec<Option<String>>, Answer> {
+    let verdicts: Vec<Result<(), Refusal>> =
+        cmds.iter().map(|c| admit(shared, c, access)).collect();
+    let refused = verdicts.iter().filter(|v| v.is_err()).count();
+    if let Some((i, Err(Refusal::Malformed(m)))) = verdicts
+        .iter()
+        .enumerate()
+        .find(|(_, v)| matches!(v, Err(Refusal::Malformed(_))))
+    {
+        shared.metrics.denied(refused);
+        return Err(Answer::malformed(m, Some(i)));
+    }
+    shared.metrics.denied(refused);
+    Ok(verdicts
+        .into_iter()
+        .map(|v| v.err().map(|r| r.message().to_owned()))
+        .collect())
+}
+
 async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding) -> Answer {
     let n = cmds.len();
+    let verdicts = match admit_all(shared, &cmds, access) {
+        Ok(v) => v,
+        Err(answer) => return answer,
+    };
     let mut results: Vec<Option<Value>> = vec![None; n];
     let mut run = Vec::with_capacity(n);
     let mut slots = Vec::with_capacity(n);
-    for (i, cmd) in cmds.into_iter().enumerate() {
-        match shared.policy.check(&cmd, access) {
-            Ok(()) => {
+    for (i, (cmd, verdict)) in cmds.into_iter().zip(verdicts).enumerate() {
+        match verdict {
+            None => {
                 run.push(cmd);
                 slots.push(i);
             }
-            Err(refusal) => {
-                shared.metrics.denied(1);
-                results[i] = Some(Value::Error(refusal));
-            }
+            Some(refusal) => results[i] = Some(Value::Error(refusal)),
         }
     }
     shared.metrics.commands(run.len());
@@ -791,11 +906,10 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
         .into_iter()
         .map(|v| v.unwrap_or(Value::Nil))
         .collect();
-    Answer::json(
-        StatusCode::OK,
-        rest::encode_pipeline_reply(&values, enc),
-        Outcome::Ok,
-    )
+    match rest::encode_pipeline_reply_within(&values, enc, shared.max_reply_bytes) {
+        Ok(body) => Answer::json(StatusCode::OK, body, Outcome::Ok),
+        Err(_) => Answer::reply_too_large(shared.max_reply_bytes),
+    }
 }
 
 /// A `SCAN cursor [MATCH pattern] [COUNT n]` the gateway runs through
@@ -862,15 +976,16 @@ async fn run_scan(shared: &Shared, scan: ScanArgs) -> Result<Value, TransportErr
 }
 
 async fn multi_exec(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding) -> Answer {
-    for cmd in &cmds {
-        if let Err(refusal) = shared.policy.check(cmd, access) {
-            shared.metrics.denied(1);
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                &format!("EXECABORT Transaction discarded because of previous errors: {refusal}"),
-                Outcome::RedisError,
-            );
-        }
+    let verdicts = match admit_all(shared, &cmds, access) {
+        Ok(v) => v,
+        Err(answer) => return answer,
+    };
+    if let Some(refusal) = verdicts.into_iter().flatten().next() {
+        return Answer::error(
+            StatusCode::BAD_REQUEST,
+            &format!("EXECABORT Transaction discarded because of previous errors: {refusal}"),
+            Outcome::RedisError,
+        );
     }
     let n = cmds.len();
     shared.metrics.commands(n);
@@ -893,11 +1008,12 @@ async fn multi_exec(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encodi
         return Answer::error(StatusCode::BAD_REQUEST, e, Outcome::RedisError);
     }
     match replies.pop().expect("n + 2 replies") {
-        Value::Array(items) => Answer::json(
-            StatusCode::OK,
-            rest::encode_pipeline_reply(&items, enc),
-            Outcome::Ok,
-        ),
+        Value::Array(items) => {
+            match rest::encode_pipeline_reply_within(&items, enc, shared.max_reply_bytes) {
+                Ok(body) => Answer::json(StatusCode::OK, body, Outcome::Ok),
+                Err(_) => Answer::reply_too_large(shared.max_reply_bytes),
+            }
+        }
         Value::Error(e) => Answer::error(StatusCode::BAD_REQUEST, &e, Outcome::RedisError),
         other => Answer::error(
             StatusCode::BAD_REQUEST,

@@ -1,73 +1,46 @@
-//! Which commands the gateway runs: the deny list and what a read-only token may do.
+//! Which commands the gateway runs: name validation, the rules that always apply, the deny
+//! list, and what a read-only token may do.
+//!
+//! Every command passes these checks in order; the first that fails refuses it:
+//!
+//! 1. **Names.** The command name — and the subcommand of a container command (`CLIENT`,
+//!    `CONFIG`, `SCRIPT`, …, [`CONTAINERS`]) — must be 1 to [`MAX_NAME_LEN`] ASCII letters,
+//!    digits, `_`, `-` or `.`. Redis compares command names only up to a NUL byte, so
+//!    `"CONFIG\0x"` would reach `CONFIG` while matching no rule here; anything outside the
+//!    alphabet is a [`Refusal::Malformed`] and the whole request is an HTTP 400.
+//! 2. **Never run** ([`NEVER_RUN`]): commands that change the state of the connection they
+//!    run on, or take it over (`MULTI`, `SELECT`, `CLIENT REPLY`, `SCRIPT DEBUG`,
+//!    `MONITOR`, …). Connections are shared by every request.
+//! 3. **Never run, blocking** ([`BLOCKING`], and `XREAD`/`XREADGROUP` with `BLOCK`): they
+//!    hold a shared connection while they wait.
+//! 4. **The deny list**, configurable, by default [`DEFAULT_DENIED`].
+//! 5. **Read-only tokens** run only [`READ_ONLY`]; with
+//!    [`Policy::allow_read_only_scripts`] also [`READ_ONLY_SCRIPTS`]. They never run
+//!    `EVAL_RO`: arbitrary Lua could loop (stalling Redis for every client: `SCRIPT KILL`
+//!    is denied), fill the script cache, or call commands they may not run directly.
+//!
+//! [`reference_table`] renders these lists as the Markdown table in docs/SECURITY.md; a test
+//! keeps the two identical.
 
 use std::collections::BTreeSet;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use larder_core::Cmd;
 
-/// Commands denied by default: they destroy data wholesale, reconfigure or stop the server,
-/// or block a shared connection. Entries are `COMMAND` or `COMMAND SUBCOMMAND`.
-pub const DEFAULT_DENIED: &[&str] = &[
-    "FLUSHALL",
-    "FLUSHDB",
-    "SWAPDB",
-    "CONFIG",
-    "SHUTDOWN",
-    "DEBUG",
-    "MONITOR",
-    "SAVE",
-    "BGSAVE",
-    "BGREWRITEAOF",
-    "REPLICAOF",
-    "SLAVEOF",
-    "FAILOVER",
-    "SYNC",
-    "PSYNC",
-    "MIGRATE",
-    "MODULE",
-    "ACL",
-    "SENTINEL",
-    "SCRIPT KILL",
-    "SCRIPT FLUSH",
-    "FUNCTION KILL",
-    "FUNCTION FLUSH",
-    "FUNCTION DELETE",
-    "FUNCTION RESTORE",
-    "CLIENT KILL",
-    "CLIENT PAUSE",
-    "CLIENT UNPAUSE",
-    "CLIENT NO-EVICT",
-    "CLUSTER RESET",
-    "CLUSTER FAILOVER",
-    "CLUSTER FORGET",
-    "CLUSTER MEET",
-    "CLUSTER ADDSLOTS",
-    "CLUSTER ADDSLOTSRANGE",
-    "CLUSTER DELSLOTS",
-    "CLUSTER DELSLOTSRANGE",
-    "CLUSTER FLUSHSLOTS",
-    "CLUSTER SETSLOT",
-    "CLUSTER REPLICATE",
-    "LATENCY RESET",
-    "SLOWLOG RESET",
-    "MEMORY PURGE",
-    // Blocking commands hold a connection that every other request shares.
-    "BLPOP",
-    "BRPOP",
-    "BRPOPLPUSH",
-    "BLMOVE",
-    "BLMPOP",
-    "BZPOPMIN",
-    "BZPOPMAX",
-    "BZMPOP",
-    "WAIT",
-    "WAITAOF",
+/// The longest command or subcommand name accepted (Redis's longest is under 40 bytes).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Commands whose second argument is a subcommand that Redis looks up by name (Redis 7.0 and
+/// 7.2). Their subcommand is validated like a command name.
+pub const CONTAINERS: &[&str] = &[
+    "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "FUNCTION", "LATENCY", "MEMORY", "MODULE",
+    "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
 ];
 
-/// Commands that change the state of the connection they run on. Connections are shared
-/// by every request, so these are never run, whatever the configuration (`/multi-exec`
-/// is the way to run a transaction).
-const CONNECTION_STATE: &[&str] = &[
+/// Commands never run, whatever the configuration: they change the state of the connection
+/// they run on, or turn it into something else, and every request shares the gateway's
+/// connections (`/multi-exec` is the way to run a transaction).
+pub const NEVER_RUN: &[&str] = &[
     "MULTI",
     "EXEC",
     "DISCARD",
@@ -84,19 +57,88 @@ const CONNECTION_STATE: &[&str] = &[
     "UNSUBSCRIBE",
     "PUNSUBSCRIBE",
     "SUNSUBSCRIBE",
+    "MONITOR",
+    "SYNC",
+    "PSYNC",
+    "REPLCONF",
     "READONLY",
     "READWRITE",
     "ASKING",
     "CLIENT REPLY",
     "CLIENT SETNAME",
+    "CLIENT SETINFO",
     "CLIENT TRACKING",
     "CLIENT CACHING",
+    "CLIENT NO-EVICT",
     "CLIENT NO-TOUCH",
+    "SCRIPT DEBUG",
+];
+
+/// Commands never run because they block: they hold a shared connection while they wait.
+/// `XREAD` and `XREADGROUP` are refused when they carry a `BLOCK` option.
+pub const BLOCKING: &[&str] = &[
+    "BLPOP",
+    "BRPOP",
+    "BRPOPLPUSH",
+    "BLMOVE",
+    "BLMPOP",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "BZMPOP",
+    "WAIT",
+    "WAITAOF",
+    "CLIENT PAUSE",
+];
+
+/// Commands denied by default: they destroy data wholesale, reconfigure or stop the server,
+/// or cost Redis far more than the request does. Entries are `COMMAND` or
+/// `COMMAND SUBCOMMAND`; [`Policy::allow`] removes one.
+pub const DEFAULT_DENIED: &[&str] = &[
+    "FLUSHALL",
+    "FLUSHDB",
+    "SWAPDB",
+    "CONFIG",
+    "SHUTDOWN",
+    "DEBUG",
+    "SAVE",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "REPLICAOF",
+    "SLAVEOF",
+    "FAILOVER",
+    "MIGRATE",
+    "MODULE",
+    "ACL",
+    "SENTINEL",
+    "SCRIPT KILL",
+    "SCRIPT FLUSH",
+    "FUNCTION KILL",
+    "FUNCTION FLUSH",
+    "FUNCTION DELETE",
+    "FUNCTION RESTORE",
+    "CLIENT KILL",
+    "CLIENT UNPAUSE",
+    "CLUSTER RESET",
+    "CLUSTER FAILOVER",
+    "CLUSTER FORGET",
+    "CLUSTER MEET",
+    "CLUSTER ADDSLOTS",
+    "CLUSTER ADDSLOTSRANGE",
+    "CLUSTER DELSLOTS",
+    "CLUSTER DELSLOTSRANGE",
+    "CLUSTER FLUSHSLOTS",
+    "CLUSTER SETSLOT",
+    "CLUSTER REPLICATE",
+    "LATENCY RESET",
+    "SLOWLOG RESET",
+    "MEMORY PURGE",
+    // Quadratic: Redis allocates (len(a)+1)·(len(b)+1) cells, 10 GB for two 50 KB values.
+    "LCS",
 ];
 
 /// Commands a read-only token may run (`SCAN` and `KEYS` excluded on purpose: they walk the
-/// whole keyspace).
-const READ_ONLY: &[&str] = &[
+/// whole keyspace; `LCS` because it is quadratic).
+pub const READ_ONLY: &[&str] = &[
     "PING",
     "ECHO",
     "TIME",
@@ -107,7 +149,6 @@ const READ_ONLY: &[&str] = &[
     "GETRANGE",
     "SUBSTR",
     "STRLEN",
-    "LCS",
     "EXISTS",
     "TYPE",
     "TTL",
@@ -168,6 +209,7 @@ const READ_ONLY: &[&str] = &[
     "XLEN",
     "XRANGE",
     "XREVRANGE",
+    "XREAD",
     "PFCOUNT",
     "GEODIST",
     "GEOHASH",
@@ -175,33 +217,66 @@ const READ_ONLY: &[&str] = &[
     "GEOSEARCH",
     "GEORADIUS_RO",
     "GEORADIUSBYMEMBER_RO",
-    "EVAL_RO",
-    "EVALSHA_RO",
-    "FCALL_RO",
     "COMMAND",
     "INFO",
 ];
+
+/// What [`Policy::allow_read_only_scripts`] adds for read-only tokens: scripts and functions
+/// that a full token (the operator's code) installed. `EVAL_RO` (code sent by the token
+/// holder) is never among them.
+pub const READ_ONLY_SCRIPTS: &[&str] = &["EVALSHA_RO", "FCALL_RO"];
 
 /// What a request's token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Every command not denied.
     Full,
-    /// Only reads (no writes, no scripts that may write, no `SCAN`/`KEYS`).
+    /// Only reads (no writes, no scripts of its own, no `SCAN`/`KEYS`).
     ReadOnly,
 }
 
+/// Why the policy refused a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The command or subcommand name has bytes no Redis command name has (a NUL byte, a
+    /// space, non-ASCII, …) or is too long. The gateway refuses the whole request with
+    /// HTTP 400: Redis could read such a name as another command.
+    Malformed(String),
+    /// The policy does not let this token run this command (`NOPERM …`, in band: in a
+    /// pipeline the other commands still run).
+    Denied(String),
+}
+
+impl Refusal {
+    /// The error text, in Redis's style (`ERR …` or `NOPERM …`).
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::Malformed(m) | Refusal::Denied(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
 /// The command policy: a deny list (by default [`DEFAULT_DENIED`]) on top of the rules that
-/// always apply (no connection-state commands; read-only tokens only read).
+/// always apply (valid names; no connection-state or blocking commands; read-only tokens
+/// only read). See the [module documentation](self) for the order of the checks.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Policy {
     denied: BTreeSet<String>,
+    read_only_scripts: bool,
 }
 
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("denied", &self.denied)
+            .field("read_only_scripts", &self.read_only_scripts)
             .finish()
     }
 }
@@ -210,6 +285,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             denied: DEFAULT_DENIED.iter().map(|s| (*s).to_owned()).collect(),
+            read_only_scripts: false,
         }
     }
 }
@@ -222,11 +298,67 @@ fn normalize(entry: &str) -> String {
         .join(" ")
 }
 
+/// Whether `name` is spelled like a Redis command or subcommand name.
+pub fn is_valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// `name` as it can be shown in an error: escaped, at most 80 characters.
+fn shown(name: &[u8]) -> String {
+    let mut s: String = name.escape_ascii().to_string();
+    if s.len() > 80 {
+        let mut end = 77;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
+fn malformed(what: &str, name: &[u8]) -> Refusal {
+    Refusal::Malformed(format!(
+        "ERR invalid {what} name '{}': names are 1 to {MAX_NAME_LEN} ASCII letters, digits, \
+         '_', '-' or '.' (Redis reads a name only up to a NUL byte, so anything else could run \
+         another command)",
+        shown(name)
+    ))
+}
+
+/// Whether `XREAD`/`XREADGROUP` carry a `BLOCK` option (options come before `STREAMS`).
+fn stream_read_blocks(name: &str, args: &[bytes::Bytes]) -> bool {
+    let mut i = match name {
+        "XREAD" => 1,
+        "XREADGROUP" => 4, // XREADGROUP GROUP group consumer …
+        _ => return false,
+    };
+    while let Some(arg) = args.get(i) {
+        if arg.eq_ignore_ascii_case(b"STREAMS") {
+            return false;
+        }
+        if arg.eq_ignore_ascii_case(b"BLOCK") {
+            return true;
+        }
+        i += if arg.eq_ignore_ascii_case(b"COUNT") {
+            2
+        } else {
+            1
+        };
+    }
+    false
+}
+
 impl Policy {
     /// A policy that denies nothing beyond the rules that always apply.
     pub fn allow_all() -> Self {
         Policy {
             denied: BTreeSet::new(),
+            read_only_scripts: false,
         }
     }
 
@@ -240,8 +372,19 @@ impl Policy {
     }
 
     /// Removes `entry` from the deny list (for example `"FLUSHDB"` for a test gateway).
+    /// The rules that always apply ([`NEVER_RUN`], [`BLOCKING`], names) stay.
     pub fn allow(&mut self, entry: &str) -> &mut Self {
         self.denied.remove(&normalize(entry));
+        self
+    }
+
+    /// Lets read-only tokens run [`READ_ONLY_SCRIPTS`] (`EVALSHA_RO`, `FCALL_RO`: scripts
+    /// and functions a full token loaded). Off by default. Only turn it on when every
+    /// loaded script and function is safe for read-only callers to run with any
+    /// arguments: Redis cannot stop a read-only script that loops until its
+    /// `busy-reply-threshold`, and then only `SCRIPT KILL`, which the gateway denies.
+    pub fn allow_read_only_scripts(&mut self, allow: bool) -> &mut Self {
+        self.read_only_scripts = allow;
         self
     }
 
@@ -250,44 +393,138 @@ impl Policy {
         self.denied.iter().map(String::as_str)
     }
 
-    /// `Ok` when `access` may run `cmd`; otherwise the error reply to send instead, in
-    /// Redis's style (`NOPERM …`).
-    pub fn check(&self, cmd: &Cmd, access: Access) -> Result<(), String> {
-        let name = cmd.name();
-        let sub = cmd
-            .args()
-            .get(1)
-            .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase());
-        let full = match &sub {
-            Some(s) => format!("{name} {s}"),
+    /// `Ok` when `access` may run `cmd`; otherwise why not, with the error text to answer.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Malformed`] for a name that is not a Redis command name;
+    /// [`Refusal::Denied`] for everything the policy does not allow.
+    pub fn check(&self, cmd: &Cmd, access: Access) -> Result<(), Refusal> {
+        let args = cmd.args();
+        if !is_valid_name(&args[0]) {
+            return Err(malformed("command", &args[0]));
+        }
+        // Valid names are ASCII.
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let container = CONTAINERS.contains(&name.as_str());
+        if container
+            && let Some(sub) = args.get(1)
+            && !is_valid_name(sub)
+        {
+            return Err(malformed("subcommand", sub));
+        }
+        let full = match args.get(1) {
+            Some(s) => format!("{name} {}", String::from_utf8_lossy(s).to_ascii_uppercase()),
             None => name.clone(),
         };
         let listed = |list: &[&str]| list.iter().any(|e| *e == name || *e == full);
-        if listed(CONNECTION_STATE) {
-            return Err(format!(
+        let lower = |s: &str| s.to_ascii_lowercase();
+        let shown_name = |list: &[&str]| {
+            if container && list.contains(&full.as_str()) {
+                lower(&full)
+            } else {
+                lower(&name)
+            }
+        };
+        if listed(NEVER_RUN) {
+            return Err(Refusal::Denied(format!(
                 "NOPERM '{}' is not available over HTTP: the gateway shares its Redis \
                  connections (use /multi-exec for transactions)",
-                name.to_ascii_lowercase()
-            ));
+                shown_name(NEVER_RUN)
+            )));
+        }
+        if listed(BLOCKING) || stream_read_blocks(&name, args) {
+            return Err(Refusal::Denied(format!(
+                "NOPERM '{}' blocks, and the gateway shares its Redis connections: blocking \
+                 commands and BLOCK options are never run over HTTP",
+                shown_name(BLOCKING)
+            )));
         }
         if self.denied.contains(&name) || self.denied.contains(&full) {
-            return Err(format!(
+            return Err(Refusal::Denied(format!(
                 "NOPERM '{}' is denied by this gateway's policy",
                 if self.denied.contains(&full) {
-                    full.to_ascii_lowercase()
+                    lower(&full)
                 } else {
-                    name.to_ascii_lowercase()
+                    lower(&name)
                 }
-            ));
+            )));
         }
-        if access == Access::ReadOnly && !listed(READ_ONLY) {
-            return Err(format!(
-                "NOPERM this token is read-only and cannot run '{}'",
-                name.to_ascii_lowercase()
-            ));
+        if access == Access::ReadOnly
+            && !listed(READ_ONLY)
+            && !(self.read_only_scripts && listed(READ_ONLY_SCRIPTS))
+        {
+            let why = if name.starts_with("EVAL") || name.starts_with("FCALL") {
+                " (scripts are off for read-only tokens; the operator can allow EVALSHA_RO and \
+                 FCALL_RO with --read-only-scripts)"
+            } else {
+                ""
+            };
+            return Err(Refusal::Denied(format!(
+                "NOPERM this token is read-only and cannot run '{}'{why}",
+                lower(&name)
+            )));
         }
         Ok(())
     }
+}
+
+/// The policy's rules as the Markdown table in docs/SECURITY.md, generated from the lists
+/// above so the documentation cannot drift from the code.
+pub fn reference_table() -> String {
+    fn row(out: &mut String, rule: &str, applies: &str, list: &[&str]) {
+        let mut items: Vec<&str> = list.to_vec();
+        items.sort_unstable();
+        let items: Vec<String> = items.iter().map(|c| format!("`{c}`")).collect();
+        let _ = writeln!(out, "| {rule} | {applies} | {} |", items.join(", "));
+    }
+    let mut out = String::new();
+    out.push_str("| rule | applies to | commands |\n| --- | --- | --- |\n");
+    let _ = writeln!(
+        out,
+        "| names | every token, every endpoint | a command name, and the subcommand of {}, \
+         must be 1–{MAX_NAME_LEN} bytes of `A–Z a–z 0–9 _ - .`; otherwise the whole request \
+         is **400** |",
+        CONTAINERS
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    row(
+        &mut out,
+        "never run: connection state",
+        "every token, whatever the configuration",
+        NEVER_RUN,
+    );
+    let mut blocking: Vec<&str> = BLOCKING.to_vec();
+    blocking.extend(["XREAD … BLOCK", "XREADGROUP … BLOCK"]);
+    row(
+        &mut out,
+        "never run: blocking",
+        "every token, whatever the configuration",
+        &blocking,
+    );
+    row(
+        &mut out,
+        "denied by default",
+        "every token; `--allow CMD` / `Policy::allow` removes one, `--deny CMD` adds",
+        DEFAULT_DENIED,
+    );
+    row(
+        &mut out,
+        "read-only allow list",
+        "read-only tokens run these and nothing else",
+        READ_ONLY,
+    );
+    row(
+        &mut out,
+        "read-only scripts (off by default)",
+        "read-only tokens, with `--read-only-scripts` / `Policy::allow_read_only_scripts`; \
+         `EVAL_RO` never",
+        READ_ONLY_SCRIPTS,
+    );
+    out
 }
 
 #[cfg(test)]
@@ -296,6 +533,23 @@ mod tests {
 
     fn cmd(parts: &[&str]) -> Cmd {
         Cmd::named(parts[0]).args_from(parts[1..].iter().copied())
+    }
+
+    fn raw(parts: &[&[u8]]) -> Cmd {
+        Cmd::from_parts(
+            parts
+                .iter()
+                .map(|p| bytes::Bytes::copy_from_slice(p))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn denied(r: Result<(), Refusal>) -> String {
+        match r {
+            Err(Refusal::Denied(m)) => m,
+            other => panic!("expected a NOPERM refusal, got {other:?}"),
+        }
     }
 
     #[test]
@@ -309,8 +563,9 @@ mod tests {
             &["CLIENT", "kill", "ID", "1"],
             &["shutdown"],
             &["blpop", "q", "0"],
+            &["LCS", "a", "b"],
         ] {
-            let err = p.check(&cmd(c), Access::Full).unwrap_err();
+            let err = denied(p.check(&cmd(c), Access::Full));
             assert!(err.starts_with("NOPERM"), "{err}");
         }
         assert!(
@@ -338,26 +593,92 @@ mod tests {
     }
 
     #[test]
-    fn connection_state_commands_are_never_allowed() {
-        let p = Policy::allow_all();
+    fn connection_state_and_blocking_commands_are_never_allowed() {
+        let mut p = Policy::allow_all();
+        for entry in NEVER_RUN.iter().chain(BLOCKING) {
+            p.allow(entry);
+        }
         for c in [
             &["MULTI"][..],
             &["select", "2"],
             &["AUTH", "x"],
             &["subscribe", "c"],
+            &["script", "debug", "yes"],
+            &["client", "reply", "skip"],
+            &["monitor"],
+            &["blpop", "q", "0"],
+            &["wait", "1", "0"],
+            &["client", "pause", "100"],
+            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+            &["xread", "count", "1", "block", "10", "streams", "s", "0"],
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "0",
+                "STREAMS",
+                "s",
+                ">",
+            ],
         ] {
-            assert!(p.check(&cmd(c), Access::Full).is_err(), "{c:?}");
+            let err = denied(p.check(&cmd(c), Access::Full));
+            assert!(err.starts_with("NOPERM"), "{c:?}: {err}");
+        }
+        // BLOCK as a value (a count, a stream, a group or consumer name) is not the option.
+        for c in [
+            &["XREAD", "STREAMS", "BLOCK", "0"][..],
+            &["XREAD", "COUNT", "BLOCK", "STREAMS", "s", "0"],
+            &["XREADGROUP", "GROUP", "BLOCK", "BLOCK", "STREAMS", "s", ">"],
+        ] {
+            assert!(p.check(&cmd(c), Access::Full).is_ok(), "{c:?}");
         }
     }
 
     #[test]
-    fn read_only_tokens_only_read_and_never_scan() {
-        let p = Policy::default();
+    fn names_with_bytes_redis_names_never_have_are_malformed() {
+        let p = Policy::allow_all();
+        for c in [
+            &[&b"CONFIG\0x"[..], b"SET", b"maxmemory", b"1"][..],
+            &[b"FLUSHALL\0"],
+            &[b"\0"],
+            &[b"GET ", b"k"],
+            &[b"G\xc3\x89T", b"k"],
+            &[b"CLIENT", b"REPLY\0x", b"SKIP"],
+            &[b"SCRIPT", b"FLUSH\0"],
+            &[b"client", b"kill\x00", b"ID", b"1"],
+            &[b"CLIENT", b""],
+            &[&[b'A'; MAX_NAME_LEN + 1][..]],
+        ] {
+            match p.check(&raw(c), Access::Full) {
+                Err(Refusal::Malformed(m)) => {
+                    assert!(m.starts_with("ERR invalid"), "{m}");
+                    assert!(!m.contains('\0'), "the NUL is shown escaped: {m}");
+                }
+                other => panic!("{c:?}: {other:?}"),
+            }
+        }
+        // A key or value argument may hold any byte; only names are checked.
+        assert!(
+            p.check(&raw(&[b"SET", b"k\0\xff", b"v\0"]), Access::Full)
+                .is_ok()
+        );
+        assert!(
+            p.check(&raw(&[b"OBJECT", b"ENCODING", b"k\0"]), Access::Full)
+                .is_ok()
+        );
+        assert!(p.check(&cmd(&["JSON.GET", "k"]), Access::Full).is_ok());
+    }
+
+    #[test]
+    fn read_only_tokens_only_read_never_scan_and_run_no_script_of_their_own() {
+        let mut p = Policy::default();
         for c in [
             &["GET", "k"][..],
             &["mget", "a", "b"],
             &["PTTL", "k"],
-            &["EVALSHA_RO", "x", "0"],
+            &["XREAD", "STREAMS", "s", "0"],
         ] {
             assert!(p.check(&cmd(c), Access::ReadOnly).is_ok(), "{c:?}");
         }
@@ -366,12 +687,72 @@ mod tests {
             &["DEL", "k"],
             &["INCRBY", "k", "1"],
             &["EVAL", "return 1", "0"],
+            &["EVAL_RO", "while true do end", "0"],
+            &["EVALSHA_RO", "x", "0"],
+            &["FCALL_RO", "f", "0"],
             &["SCAN", "0"],
             &["KEYS", "*"],
             &["UNLINK", "k"],
         ] {
-            let err = p.check(&cmd(c), Access::ReadOnly).unwrap_err();
+            let err = denied(p.check(&cmd(c), Access::ReadOnly));
             assert!(err.contains("read-only"), "{err}");
+        }
+        p.allow_read_only_scripts(true);
+        assert!(
+            p.check(&cmd(&["EVALSHA_RO", "x", "0"]), Access::ReadOnly)
+                .is_ok()
+        );
+        assert!(
+            p.check(&cmd(&["FCALL_RO", "f", "0"]), Access::ReadOnly)
+                .is_ok()
+        );
+        assert!(
+            p.check(&cmd(&["EVAL_RO", "return 1", "0"]), Access::ReadOnly)
+                .is_err(),
+            "EVAL_RO stays off for read-only tokens"
+        );
+        assert!(
+            p.check(&cmd(&["EVAL_RO", "return 1", "0"]), Access::Full)
+                .is_ok()
+        );
+    }
+
+    /// docs/SECURITY.md holds exactly `reference_table()` between its markers. Run with
+    /// `LARDER_BLESS=1` to rewrite the document after changing a list.
+    #[test]
+    fn docs_security_md_holds_the_generated_policy_table() {
+        const BEGIN: &str = "<!-- policy-table:begin -->\n";
+        const END: &str = "<!-- policy-table:end -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SECURITY.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let start = doc.find(BEGIN).expect("the begin marker") + BEGIN.len();
+        let end = doc.find(END).expect("the end marker");
+        let table = reference_table();
+        if std::env::var_os("LARDER_BLESS").is_some() {
+            let updated = format!("{}{table}{}", &doc[..start], &doc[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            &doc[start..end],
+            table,
+            "docs/SECURITY.md's policy table is out of date: run \
+             LARDER_BLESS=1 cargo test -p larder-native --lib docs_security_md"
+        );
+    }
+
+    #[test]
+    fn the_reference_table_lists_every_rule() {
+        let table = reference_table();
+        for entry in NEVER_RUN
+            .iter()
+            .chain(BLOCKING)
+            .chain(DEFAULT_DENIED)
+            .chain(READ_ONLY)
+            .chain(READ_ONLY_SCRIPTS)
+            .chain(CONTAINERS)
+        {
+            assert!(table.contains(&format!("`{entry}`")), "{entry}");
         }
     }
 }

@@ -138,3 +138,52 @@ async fn larder_gateway_fronts_a_sentinel_master() {
     assert!(wrote.unwrap());
     assert_eq!(read.unwrap().as_deref(), Some(&b"yes"[..]));
 }
+
+/// A Redis URL the gateway cannot parse is reported without its password, however it is
+/// malformed (a missing `:`, a `/` or `@` in the password, a bad database, a bad host).
+#[tokio::test]
+async fn larder_gateway_never_prints_the_password_of_a_malformed_redis_url() {
+    let Some(bin) = binary() else {
+        return;
+    };
+    const SECRET: &str = "PaSsWoRdNeVeRsHoWn";
+    for (flag, url) in [
+        ("--redis-url", format!("redis//:{SECRET}@127.0.0.1:1")),
+        ("--redis-url", format!("redis:/user:{SECRET}@127.0.0.1:1")),
+        ("--redis-url", format!("redis://:{SECRET}/x@127.0.0.1:1")),
+        (
+            "--redis-url",
+            format!("redis://u:{SECRET}@127.0.0.1:1/notadb"),
+        ),
+        ("--redis-url", format!("redis://u:{SECRET}@[::1")),
+        ("--redis-url", format!("redis://u:{SECRET}@127.0.0.1:1")),
+        ("--sentinel", format!("x//:{SECRET}@127.0.0.1:1")),
+    ] {
+        let out = Command::new(bin)
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--redis-timeout-ms",
+                "300",
+            ])
+            .args([flag, &url])
+            .env("LARDER_GATEWAY_TOKEN", FULL)
+            .env("LARDER_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url}");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            printed.contains("Redis") || printed.contains("entinel"),
+            "{printed}"
+        );
+        for part in ["PaSsWoRd", "NeVeRsHoWn"] {
+            assert!(!printed.contains(part), "{url}: {printed}");
+        }
+    }
+}

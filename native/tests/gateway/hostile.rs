@@ -313,7 +313,7 @@ async fn read_only_tokens_are_refused_every_class_of_write_alone_in_pipelines_an
         (200, json!([{"result": "v"}, {"result": 1}]))
     );
 
-    // Read-only scripts are allowed, and Redis itself stops them from writing.
+    // Scripts are off for read-only tokens (attacks.rs has why).
     let (status, _, reply) = ro(
         "/",
         r#"["EVAL_RO","return redis.call('SET','s','w')","0"]"#.to_owned(),
@@ -324,7 +324,7 @@ async fn read_only_tokens_are_refused_every_class_of_write_alone_in_pipelines_an
         reply["error"]
             .as_str()
             .unwrap()
-            .contains("Write commands are not allowed"),
+            .starts_with("NOPERM this token is read-only"),
         "{reply}"
     );
 
@@ -586,12 +586,29 @@ async fn debug_output_of_the_gateway_never_shows_a_token() {
     );
 }
 
+/// The ACL line docs/SECURITY.md recommends, read from the document itself.
+fn documented_acl_line(password: &str) -> Vec<String> {
+    let doc = include_str!("../../../docs/SECURITY.md");
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER larder-gateway "))
+        .expect("docs/SECURITY.md has the ACL line");
+    line.split_whitespace()
+        .map(|w| w.replace("LONG-RANDOM-PASSWORD", password))
+        .collect()
+}
+
 /// The deny list filters commands, not what a script does: with a full token, `EVAL` can
-/// call any command Redis lets scripts call, `FLUSHALL` included. Redis's own ACLs close
-/// that gap (scripts run with the caller's permissions): this is the deployment
-/// docs/SECURITY.md recommends, checked end to end.
-#[tokio::test]
-async fn a_redis_acl_user_stops_denied_commands_run_from_scripts() {
+/// call any command Redis lets scripts call, `FLUSHALL` included. The Redis ACL user that
+/// docs/SECURITY.md recommends closes that gap (scripts run with the caller's permissions)
+/// and is a second layer under the gateway's policy: with the policy switched off, Redis
+/// itself refuses every dangerous command, directly and from scripts, while larder's cache,
+/// leases and stats work through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_redis_acl_user_stops_dangerous_commands_even_without_the_policy() {
+    use larder_core::{Cache, ComputeCache, RedisCache, RedisLock, Transport};
+    use larder_native::{SystemClock, TokioRuntime};
+
     let redis = tokio::task::spawn_blocking(larder_native::testing::RedisServer::start)
         .await
         .unwrap()
@@ -599,28 +616,24 @@ async fn a_redis_acl_user_stops_denied_commands_run_from_scripts() {
     let admin = larder_native::RedisTransport::connect(&redis.url())
         .await
         .unwrap();
-    let acl = larder_core::Cmd::new("ACL").args_from([
-        "SETUSER",
-        "larder-gateway",
-        "on",
-        ">gateway-password-0123456789",
-        "~*",
-        "&*",
-        "+@all",
-        "-flushall",
-        "-flushdb",
-        "-swapdb",
-        "-config",
-        "-shutdown",
-        "-debug",
-    ]);
-    use larder_core::Transport;
+    let line = documented_acl_line("gateway-password-0123456789");
     assert_eq!(
-        admin.exec(acl).await.unwrap(),
+        admin
+            .exec(larder_core::Cmd::from_parts(line.into_iter().map(Into::into).collect()).unwrap())
+            .await
+            .unwrap(),
         larder_core::Value::Status("OK".into())
     );
     admin
-        .exec(larder_core::Cmd::new("SET").arg("keep").arg("me"))
+        .exec(larder_core::Cmd::new("SET").arg("larder:keep").arg("me"))
+        .await
+        .unwrap();
+    admin
+        .exec(
+            larder_core::Cmd::new("SET")
+                .arg("other-app:secret")
+                .arg("s"),
+        )
         .await
         .unwrap();
     let url = format!(
@@ -630,39 +643,95 @@ async fn a_redis_acl_user_stops_denied_commands_run_from_scripts() {
     let transport = larder_native::RedisTransport::connect(&url).await.unwrap();
     let gateway = larder_native::gateway::Gateway::builder(std::sync::Arc::new(transport))
         .token(larder_native::gateway::Token::new(FULL).unwrap())
+        .policy(larder_native::gateway::Policy::allow_all())
         .build()
         .unwrap()
         .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let http = reqwest::Client::new();
-    for script in [
-        "return redis.call('FLUSHALL')",
-        "return redis.call('flushdb')",
-        "return redis.call('SWAPDB','0','1')",
-    ] {
-        let resp = http
-            .post(gateway.url())
-            .bearer_auth(FULL)
-            .body(json!(["EVAL", script, "0"]).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400, "{script}");
-        let reply: serde_json::Value =
-            serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let run = |command: serde_json::Value| {
+        let http = http.clone();
+        let url = gateway.url();
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(FULL)
+                .body(command.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let reply: serde_json::Value =
+                serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            (status, reply)
+        }
+    };
+    let dangerous: &[&[&str]] = &[
+        &["FLUSHALL"],
+        &["FLUSHDB"],
+        &["SWAPDB", "0", "1"],
+        &["CONFIG", "SET", "maxmemory", "1"],
+        &["ACL", "SETUSER", "evil", "on", ">pw", "+@all", "~*"],
+        &["SHUTDOWN", "NOSAVE"],
+        &["DEBUG", "SLEEP", "0"],
+        &["KEYS", "*"],
+        &["MEMORY", "PURGE"],
+        &["SLOWLOG", "RESET"],
+        &["SCRIPT", "FLUSH"],
+        &["SCRIPT", "KILL"],
+        &["FUNCTION", "FLUSH"],
+        &["CLIENT", "KILL", "TYPE", "normal"],
+        &["MIGRATE", "127.0.0.1", "1", "larder:keep", "0", "100"],
+        &["GET", "other-app:secret"],
+    ];
+    for command in dangerous {
+        let (status, reply) = run(json!(command)).await;
+        assert_eq!(status, 400, "{command:?}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        // DEBUG is also off in Redis's own configuration (enable-debug-command).
+        assert!(
+            error.starts_with("NOPERM") || error.contains("DEBUG command not allowed"),
+            "{command:?}: {error}"
+        );
+        let args: Vec<String> = command.iter().map(|a| format!("'{a}'")).collect();
+        let script = format!("return redis.call({})", args.join(","));
+        let (status, reply) = run(json!(["EVAL", script, "0"])).await;
+        assert_eq!(status, 400, "{script}: {reply}");
         let error = reply["error"].as_str().unwrap();
         assert!(
-            error.contains("NOPERM") || error.contains("can't run this command"),
+            error.contains("NOPERM")
+                || error.contains("can't run this command")
+                || error.contains("not allowed from script")
+                || error.contains("can't access at least one of the keys"),
             "{script}: {error}"
         );
     }
     assert_eq!(
         admin
-            .exec(larder_core::Cmd::new("GET").arg("keep"))
+            .exec(larder_core::Cmd::new("GET").arg("larder:keep"))
             .await
             .unwrap(),
         larder_core::Value::Bulk("me".into())
     );
+
+    // What larder needs works under the same user: the cache, its stats and the lease.
+    let edge = larder_edge::RestTransport::builder(gateway.url(), FULL)
+        .build()
+        .unwrap();
+    let cache = RedisCache::builder(edge).prefix("larder").build();
+    cache.set("a", "1".into(), None).await.unwrap();
+    assert_eq!(cache.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+    let compute = ComputeCache::builder(cache.clone(), SystemClock::shared())
+        .lock(RedisLock::for_cache(&cache, SystemClock::shared()))
+        .runtime(TokioRuntime::shared())
+        .build();
+    let got = compute
+        .get_or_compute("computed", None, async { bytes::Bytes::from_static(b"v") })
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"v");
+    assert_eq!(cache.delete_pattern("*").await.unwrap(), 2);
+    assert!(cache.stats().await.unwrap().shared.is_some());
 }
 
 /// Secrets stay out of the logs: the `larder gateway` binary at `trace`, with a Redis

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod attacks;
 mod cache;
 mod cli;
 mod dialect;

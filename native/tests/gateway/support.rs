@@ -5,7 +5,7 @@ use std::sync::Arc;
 use larder_edge::RestTransport;
 use larder_native::RedisTransport;
 use larder_native::gateway::{Gateway, GatewayBuilder, SpawnedGateway, Token};
-use larder_native::testing::RedisServer;
+use larder_native::testing::{RedisServer, RedisServerBuilder};
 
 pub(crate) const FULL: &str = "full-token-for-tests-0123456789";
 pub(crate) const READ_ONLY: &str = "read-only-token-for-tests-0123456789";
@@ -28,7 +28,16 @@ impl Setup {
     pub(crate) async fn start_with(
         configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
     ) -> Setup {
-        let redis = tokio::task::spawn_blocking(RedisServer::start)
+        Setup::start_on(RedisServer::builder(), configure).await
+    }
+
+    /// A Redis started from `server` (password, arguments) + a gateway configured by
+    /// `configure`.
+    pub(crate) async fn start_on(
+        server: RedisServerBuilder,
+        configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+    ) -> Setup {
+        let redis = tokio::task::spawn_blocking(move || server.start())
             .await
             .unwrap()
             .expect("redis-server starts");

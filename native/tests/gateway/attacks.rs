@@ -1,0 +1,411 @@
+//! The attacks found when the gateway was probed from outside, sent as the attacker sent
+//! them, against a real Redis with `requirepass`: each must fail, be counted, and leave
+//! other clients' data and the shared connections as they were (docs/SECURITY.md).
+
+use std::time::Duration;
+
+use larder_native::gateway::policy::{BLOCKING, CONTAINERS};
+use larder_native::testing::{RedisServer, RespValue};
+use serde_json::{Value as Json, json};
+
+use crate::support::{FULL, READ_ONLY, Setup};
+
+const PASSWORD: &str = "requirepass-for-the-attack-tests-0123";
+
+async fn start(
+    args: &[&str],
+    configure: impl FnOnce(
+        larder_native::gateway::GatewayBuilder,
+    ) -> larder_native::gateway::GatewayBuilder,
+) -> Setup {
+    let server = RedisServer::builder().password(PASSWORD).args(args.iter());
+    Setup::start_on(server, configure).await
+}
+
+/// A command straight to Redis (not through the gateway).
+fn admin(s: &Setup, args: &[&str]) -> RespValue {
+    s.redis.cmd(args).expect("redis answers the admin")
+}
+
+fn text(v: &RespValue) -> String {
+    match v {
+        RespValue::Simple(t) => t.clone(),
+        RespValue::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+        RespValue::Integer(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// One `field:value` of `INFO section`.
+fn info(s: &Setup, section: &str, field: &str) -> Option<String> {
+    let all = text(&admin(s, &["INFO", section]));
+    all.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+}
+
+/// A metric's value from the gateway's `/metrics`.
+async fn metric(s: &Setup, line_prefix: &str) -> u64 {
+    let text = s.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .unwrap_or_else(|| panic!("{line_prefix} not in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn post(s: &Setup, token: &str, path: &str, body: &Json) -> (u16, Json) {
+    let (status, _, reply) = s
+        .post_as(Some(token), path, body.to_string().into_bytes(), false)
+        .await;
+    (status, reply)
+}
+
+/// Other clients still read what they wrote, through the gateway, many at once: the shared
+/// connection was not switched to another database, left in `MULTI`, told to skip replies
+/// or blocked.
+async fn other_clients_read_their_own_data(s: &Setup) {
+    let reads = (0..50).map(|i| async move {
+        let key = format!("victim:{}", i % 5);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            post(s, FULL, "/", &json!(["GET", key])),
+        )
+        .await
+        .expect("the gateway answers other clients (not stalled)");
+        (key, answer)
+    });
+    for (key, (status, reply)) in futures_util::future::join_all(reads).await {
+        assert_eq!(status, 200, "{key}: {reply}");
+        assert_eq!(reply, json!({"result": format!("value of {key}")}), "{key}");
+    }
+}
+
+/// `XREADGROUP` waiting forever for a stream entry.
+fn xreadgroup_block() -> Json {
+    let parts = "XREADGROUP GROUP g c BLOCK 0 STREAMS s >";
+    Json::from(parts.split(' ').collect::<Vec<_>>())
+}
+
+fn seed_victims(s: &Setup) {
+    for i in 0..5 {
+        let key = format!("victim:{i}");
+        admin(s, &["SET", &key, &format!("value of {key}")]);
+    }
+}
+
+#[tokio::test]
+async fn nul_bytes_in_command_names_never_reach_redis_on_any_endpoint() {
+    let s = start(&[], |b| b).await;
+    seed_victims(&s);
+    let loaded = text(&admin(&s, &["SCRIPT", "LOAD", "return 'still cached'"]));
+    let maxmemory = text(&admin(&s, &["CONFIG", "GET", "maxmemory"]));
+    let denied_before = metric(&s, "larder_gateway_denied_commands_total ").await;
+
+    // Redis's command table hashes the whole name but compares it only up to the NUL: one
+    // suffix in ~190 reaches the command. 300 suffixes per form reached every one of these
+    // before names were validated.
+    let forms: Vec<Box<dyn Fn(usize) -> Json>> = vec![
+        Box::new(|n| json!([format!("CONFIG\u{0}{n}"), "SET", "maxmemory", "12345"])),
+        Box::new(|n| {
+            json!([
+                format!("ACL\u{0}{n}"),
+                "SETUSER",
+                format!("evil{n}"),
+                "on",
+                ">pw",
+                "+@all",
+                "~*"
+            ])
+        }),
+        Box::new(|n| json!([format!("SELECT\u{0}{n}"), "5"])),
+        Box::new(|n| json!([format!("MULTI\u{0}{n}")])),
+        Box::new(|n| json!(["CLIENT", format!("REPLY\u{0}{n}"), "SKIP"])),
+        Box::new(|n| json!(["SCRIPT", format!("FLUSH\u{0}{n}")])),
+        Box::new(|n| json!(["CLIENT", format!("KILL\u{0}{n}"), "TYPE", "normal"])),
+        Box::new(|n| json!([format!("flushall\u{0}{n}")])),
+    ];
+    let mut attempts = 0u64;
+    for form in &forms {
+        for n in 0..300 {
+            let (status, reply) = post(&s, FULL, "/", &form(n)).await;
+            attempts += 1;
+            assert_eq!(status, 400, "{reply}");
+            let error = reply["error"].as_str().unwrap();
+            assert!(error.starts_with("ERR invalid"), "{error}");
+            assert!(error.contains("name"), "names the rule: {error}");
+        }
+        for n in 300..340 {
+            for path in ["/pipeline", "/multi-exec"] {
+                let body = json!([["GET", "victim:0"], form(n), ["SET", "victim:0", "changed"]]);
+                let (status, reply) = post(&s, FULL, path, &body).await;
+                attempts += 1;
+                assert_eq!(status, 400, "{path}: {reply}");
+                let error = reply["error"].as_str().unwrap();
+                assert!(error.contains("command 1 of the request"), "{error}");
+            }
+        }
+    }
+
+    assert_eq!(
+        text(&admin(&s, &["CONFIG", "GET", "maxmemory"])),
+        maxmemory,
+        "CONFIG never ran"
+    );
+    let users = admin(&s, &["ACL", "USERS"]);
+    assert_eq!(
+        users,
+        RespValue::Array(vec![RespValue::Bulk(b"default".to_vec())]),
+        "ACL SETUSER never ran"
+    );
+    assert_eq!(
+        admin(&s, &["SCRIPT", "EXISTS", &loaded]),
+        RespValue::Array(vec![RespValue::Integer(1)]),
+        "SCRIPT FLUSH never ran"
+    );
+    other_clients_read_their_own_data(&s).await;
+    assert_eq!(
+        metric(&s, "larder_gateway_denied_commands_total ").await - denied_before,
+        attempts,
+        "every refusal is counted"
+    );
+}
+
+#[tokio::test]
+async fn read_only_tokens_cannot_stall_fill_or_walk_redis_with_scripts() {
+    let s = start(
+        &["--maxmemory", "24mb", "--maxmemory-policy", "allkeys-lru"],
+        |b| b,
+    )
+    .await;
+    seed_victims(&s);
+    let filler = "x".repeat(10 * 1024);
+    for i in 0..100 {
+        admin(&s, &["SET", &format!("data:{i}"), &filler]);
+    }
+    let looping = text(&admin(&s, &["SCRIPT", "LOAD", "while true do end"]));
+    let scripts_before = info(&s, "memory", "number_of_cached_scripts").unwrap();
+
+    let mut attacks = vec![
+        json!(["EVAL_RO", "while true do end", "0"]),
+        json!(["eval_ro", "return redis.call('KEYS','*')", "0"]),
+        json!(["EVAL_RO", "return redis.call('SCAN','0')", "0"]),
+        json!(["EVAL_RO", "return redis.call('SLOWLOG','RESET')", "0"]),
+        json!(["EVAL_RO", "return redis.call('MEMORY','PURGE')", "0"]),
+        json!([
+            "EVAL_RO",
+            "redis.call('SELECT','1') return redis.call('GET','k')",
+            "0"
+        ]),
+        json!(["EVALSHA_RO", looping, "0"]),
+        json!(["FCALL_RO", "anything", "0"]),
+    ];
+    // 20 distinct scripts of 900 KB each: every one would stay in the script cache.
+    for n in 0..20 {
+        attacks.push(json!([
+            "EVAL_RO",
+            format!("return {n} --{}", "y".repeat(900 * 1024)),
+            "0"
+        ]));
+    }
+    for attack in &attacks {
+        let (status, reply) = post(&s, READ_ONLY, "/", attack).await;
+        assert_eq!(status, 400);
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("NOPERM this token is read-only"),
+            "{error}"
+        );
+        let (status, reply) = post(&s, READ_ONLY, "/pipeline", &json!([attack])).await;
+        assert_eq!(status, 200);
+        assert!(reply[0]["error"].as_str().unwrap().starts_with("NOPERM"));
+    }
+
+    assert_eq!(
+        info(&s, "memory", "number_of_cached_scripts").unwrap(),
+        scripts_before
+    );
+    assert_eq!(text(&admin(&s, &["DBSIZE"])), "105", "nothing was evicted");
+    assert_eq!(info(&s, "stats", "evicted_keys").as_deref(), Some("0"));
+    other_clients_read_their_own_data(&s).await;
+}
+
+#[tokio::test]
+async fn read_only_scripts_when_allowed_run_only_what_a_full_token_loaded() {
+    let s = start(&[], |b| {
+        let mut policy = larder_native::gateway::Policy::default();
+        policy.allow_read_only_scripts(true);
+        b.policy(policy)
+    })
+    .await;
+    admin(&s, &["SET", "k", "v"]);
+    let sha = text(&admin(
+        &s,
+        &["SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"],
+    ));
+    let (status, reply) = post(&s, READ_ONLY, "/", &json!(["EVALSHA_RO", sha, "1", "k"])).await;
+    assert_eq!((status, reply), (200, json!({"result": "v"})));
+    let (status, reply) = post(&s, READ_ONLY, "/", &json!(["EVAL_RO", "return 1", "0"])).await;
+    assert_eq!(status, 400);
+    assert!(reply["error"].as_str().unwrap().starts_with("NOPERM"));
+}
+
+#[tokio::test]
+async fn script_debug_and_blocking_forms_are_refused_and_leave_the_connection_clean() {
+    let s = start(&[], |b| b).await;
+    seed_victims(&s);
+    admin(&s, &["XADD", "s", "1-1", "f", "v"]);
+    admin(&s, &["XGROUP", "CREATE", "s", "g", "$"]);
+    let attacks = [
+        json!(["SCRIPT", "DEBUG", "YES"]),
+        json!(["script", "debug", "sync"]),
+        json!(["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
+        json!(["xread", "COUNT", "1", "block", "0", "STREAMS", "s", "$"]),
+        xreadgroup_block(),
+        json!(["BLPOP", "q", "0"]),
+        json!(["BZPOPMIN", "z", "0"]),
+        json!(["BLMPOP", "0", "1", "q", "LEFT"]),
+        json!(["WAIT", "1", "0"]),
+        json!(["CLIENT", "PAUSE", "10000"]),
+        json!(["MONITOR"]),
+    ];
+    for attack in &attacks {
+        let (status, reply) = post(&s, FULL, "/", attack).await;
+        assert_eq!(status, 400, "{attack}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().starts_with("NOPERM"),
+            "{attack}: {reply}"
+        );
+        let (status, reply) =
+            post(&s, FULL, "/pipeline", &json!([attack, ["GET", "victim:1"]])).await;
+        assert_eq!(status, 200);
+        assert!(reply[0]["error"].as_str().unwrap().starts_with("NOPERM"));
+        assert_eq!(reply[1], json!({"result": "value of victim:1"}));
+        let (status, reply) = post(&s, FULL, "/multi-exec", &json!([attack])).await;
+        assert_eq!(status, 400);
+        assert!(reply["error"].as_str().unwrap().starts_with("EXECABORT"));
+    }
+    // XREAD without BLOCK is an ordinary read.
+    let (status, _) = post(&s, READ_ONLY, "/", &json!(["XREAD", "STREAMS", "s", "0"])).await;
+    assert_eq!(status, 200);
+    other_clients_read_their_own_data(&s).await;
+    assert_eq!(info(&s, "clients", "blocked_clients").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn replies_over_the_limit_fail_only_their_own_request() {
+    const LIMIT: usize = 1024 * 1024;
+    let s = start(&[], |b| b.max_reply_bytes(LIMIT)).await;
+    seed_victims(&s);
+    admin(&s, &["SET", "big", &"b".repeat(3 * LIMIT)]);
+    admin(&s, &["SET", "fits", &"f".repeat(LIMIT / 2)]);
+    admin(&s, &["SADD", "set", "a", "b", "c"]);
+
+    let too_large = |reply: &Json| {
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("limit of {LIMIT} bytes")),
+            "{error}"
+        );
+    };
+    for token in [FULL, READ_ONLY] {
+        for base64 in [false, true] {
+            let (status, _, reply) = s
+                .post_as(Some(token), "/", br#"["GET","big"]"#.to_vec(), base64)
+                .await;
+            assert_eq!(status, 400);
+            too_large(&reply);
+        }
+        let (status, reply) = post(
+            &s,
+            token,
+            "/pipeline",
+            &json!([["GET", "victim:0"], ["GET", "big"]]),
+        )
+        .await;
+        assert_eq!(status, 400);
+        too_large(&reply);
+        let (status, reply) = post(&s, token, "/", &json!(["GET", "fits"])).await;
+        assert_eq!(status, 200);
+        assert_eq!(reply["result"].as_str().unwrap().len(), LIMIT / 2);
+    }
+    let (status, reply) = post(&s, FULL, "/multi-exec", &json!([["GET", "big"]])).await;
+    assert_eq!(status, 400);
+    too_large(&reply);
+
+    // A count alone that sets the size is refused before Redis runs it.
+    let (status, reply) = post(
+        &s,
+        READ_ONLY,
+        "/",
+        &json!(["SRANDMEMBER", "set", "-1000000"]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    too_large(&reply);
+    assert_eq!(
+        info(&s, "commandstats", "cmdstat_srandmember"),
+        None,
+        "SRANDMEMBER never ran"
+    );
+    let (status, reply) = post(&s, READ_ONLY, "/", &json!(["SRANDMEMBER", "set", "-4"])).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["result"].as_array().unwrap().len(), 4);
+
+    other_clients_read_their_own_data(&s).await;
+    let refused = metric(
+        &s,
+        "larder_gateway_requests_total{endpoint=\"command\",outcome=\"reply_too_large\"} ",
+    )
+    .await;
+    assert_eq!(refused, 4, "every refused reply is counted");
+}
+
+/// The policy is checked against the Redis it runs in front of: every command Redis itself
+/// flags `blocking`, and every command with subcommands, is known to the policy.
+#[tokio::test]
+async fn the_policy_knows_every_blocking_and_container_command_of_this_redis() {
+    let s = start(&[], |b| b).await;
+    let RespValue::Array(commands) = admin(&s, &["COMMAND"]) else {
+        panic!("COMMAND answers an array");
+    };
+    let (mut blocking, mut containers) = (Vec::new(), Vec::new());
+    for c in &commands {
+        let RespValue::Array(fields) = c else {
+            continue;
+        };
+        let name = text(&fields[0]).to_ascii_uppercase();
+        if let RespValue::Array(flags) = &fields[2]
+            && flags.iter().any(|f| text(f) == "blocking")
+        {
+            blocking.push(name.clone());
+        }
+        if let Some(RespValue::Array(subs)) = fields.get(9)
+            && !subs.is_empty()
+        {
+            containers.push(name);
+        }
+    }
+    assert!(
+        blocking.len() >= 10 && containers.len() >= 15,
+        "{blocking:?} {containers:?}"
+    );
+    for name in &containers {
+        assert!(
+            CONTAINERS.contains(&name.as_str()),
+            "{name} has subcommands"
+        );
+    }
+    for name in &blocking {
+        let refused = BLOCKING.contains(&name.as_str()) || name == "XREAD" || name == "XREADGROUP";
+        assert!(refused, "{name} blocks");
+        let attack = match name.as_str() {
+            "XREAD" => json!(["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
+            "XREADGROUP" => xreadgroup_block(),
+            other => json!([other, "k", "0"]),
+        };
+        let (status, reply) = post(&s, FULL, "/", &attack).await;
+        assert_eq!(status, 400, "{name}: {reply}");
+    }
+}

@@ -3,7 +3,7 @@
 #
 #   bash scripts/test.sh
 #
-# Steps: tool setup, cargo fmt --check, clippy -D warnings, cargo deny, all tests (unit, doc,
+# Steps: tool setup, cargo fmt --check, clippy -D warnings, the public API snapshot, cargo deny, all tests (unit, doc,
 # conformance on every topology, fault tests against real redis-server processes), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
 # wasm32 and served by workerd), the fuzz regressions, the core built for
@@ -42,6 +42,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "public API snapshot (api/*.txt; python3 scripts/public-api.py --bless after a reviewed change)"
+python3 scripts/public-api.py
 
 step "cargo deny (licenses, bans, sources; offline)"
 bash scripts/install-deny.sh

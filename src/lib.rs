@@ -24,6 +24,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 /// The README's code, compiled as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

@@ -7,6 +7,7 @@
 //! [`Clock`].
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod breaker;
 pub mod cache;

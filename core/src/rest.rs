@@ -553,93 +553,33 @@ impl Serialize for ResultValue<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Base64 (standard alphabet, padded), small and dependency-free.
+// Base64 (standard alphabet), through the `base64` crate.
 // ---------------------------------------------------------------------------------------
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64, padded on encode; padding optional on decode, trailing bits canonical.
+const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
 
 /// Standard base64 with padding.
 pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
-    base64_encode_into(bytes, &mut out);
-    String::from_utf8(out).expect("base64 is ASCII")
+    base64::Engine::encode(&B64, bytes)
 }
 
 fn base64_encode_into(bytes: &[u8], out: &mut Vec<u8>) {
-    let mut chunks = bytes.chunks_exact(3);
-    for c in &mut chunks {
-        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-        out.extend_from_slice(&[
-            B64[(n >> 18) as usize & 63],
-            B64[(n >> 12) as usize & 63],
-            B64[(n >> 6) as usize & 63],
-            B64[n as usize & 63],
-        ]);
-    }
-    match *chunks.remainder() {
-        [a] => {
-            let n = u32::from(a) << 16;
-            out.extend_from_slice(&[B64[(n >> 18) as usize], B64[(n >> 12) as usize & 63]]);
-            out.extend_from_slice(b"==");
-        }
-        [a, b] => {
-            let n = u32::from(a) << 16 | u32::from(b) << 8;
-            out.extend_from_slice(&[
-                B64[(n >> 18) as usize],
-                B64[(n >> 12) as usize & 63],
-                B64[(n >> 6) as usize & 63],
-                b'=',
-            ]);
-        }
-        _ => {}
-    }
+    let start = out.len();
+    out.resize(start + bytes.len().div_ceil(3) * 4, 0);
+    let written = base64::Engine::encode_slice(&B64, bytes, &mut out[start..])
+        .expect("the buffer is sized for the encoding");
+    out.truncate(start + written);
 }
 
 /// Decodes standard base64. Padding is optional; anything else that is not the alphabet
-/// (including whitespace) makes it `None`.
+/// (including whitespace), misplaced padding or non-canonical trailing bits make it `None`.
 pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let trimmed = match text {
-        [rest @ .., b'=', b'='] if text.len().is_multiple_of(4) => rest,
-        [rest @ .., b'='] if text.len().is_multiple_of(4) => rest,
-        _ => text,
-    };
-    if trimmed.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(trimmed.len() / 4 * 3 + 2);
-    let mut chunks = trimmed.chunks_exact(4);
-    for c in &mut chunks {
-        let n = sextet(c[0])? << 18 | sextet(c[1])? << 12 | sextet(c[2])? << 6 | sextet(c[3])?;
-        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
-    }
-    match *chunks.remainder() {
-        [a, b] => {
-            let n = sextet(a)? << 18 | sextet(b)? << 12;
-            if n & 0xffff != 0 {
-                return None; // non-canonical trailing bits
-            }
-            out.push((n >> 16) as u8);
-        }
-        [a, b, c] => {
-            let n = sextet(a)? << 18 | sextet(b)? << 12 | sextet(c)? << 6;
-            if n & 0xff != 0 {
-                return None;
-            }
-            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8]);
-        }
-        _ => {}
-    }
-    Some(out)
+    base64::Engine::decode(&B64, text).ok()
 }
 
 #[cfg(test)]

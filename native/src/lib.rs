@@ -21,6 +21,9 @@
 //! ```
 
 #![deny(missing_docs)]
+// No unsafe code; only the test harness (`testing`, behind `test-util`) signals processes.
+#![cfg_attr(not(any(test, feature = "test-util")), forbid(unsafe_code))]
+#![cfg_attr(any(test, feature = "test-util"), deny(unsafe_code))]
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -34,6 +37,7 @@ pub mod gateway;
 mod options;
 mod runtime;
 #[cfg(any(test, feature = "test-util"))]
+#[allow(unsafe_code)]
 pub mod testing;
 pub mod transport;
 

@@ -606,6 +606,8 @@ fn redacted_addrs(addrs: &[String]) -> Vec<String> {
     addrs.iter().map(|a| redact_url(a)).collect()
 }
 
+// Hand-written, not the `url` crate: a malformed address (which no URL parser accepts) must be
+// redacted too, since that is exactly the one printed in an error.
 /// `redis://user:pw@host` → `redis://user:<redacted>@host`. Whatever precedes the last
 /// `@` is credentials, even in a malformed address (`redis//:pw@host`, a password with `/`
 /// or `@` in it): only a well-formed `scheme://user:` keeps its user name.

@@ -594,8 +594,8 @@ pub(crate) async fn with_keep_alive<F: std::future::Future>(
     let mut work = std::pin::pin!(work);
     let mut alive = Box::pin(lease.keep_alive(clock, ttl));
     match select(&mut work, &mut alive).await {
-        Either::Left(v) => v,
-        Either::Right(()) => unreachable!("keep_alive never finishes"),
+        Either::Left((v, _)) => v,
+        Either::Right(((), _)) => unreachable!("keep_alive never finishes"),
     }
 }
 

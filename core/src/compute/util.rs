@@ -10,29 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 
-/// Which of two raced futures finished first.
-pub(crate) enum Either<A, B> {
-    Left(A),
-    Right(B),
-}
-
-/// Polls `a` then `b` until one is ready. Both are borrowed, so the loser survives the race.
-pub(crate) async fn select<A, B>(a: &mut A, b: &mut B) -> Either<A::Output, B::Output>
-where
-    A: Future + Unpin + ?Sized,
-    B: Future + Unpin + ?Sized,
-{
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = Pin::new(&mut *a).poll(cx) {
-            return Poll::Ready(Either::Left(v));
-        }
-        if let Poll::Ready(v) = Pin::new(&mut *b).poll(cx) {
-            return Poll::Ready(Either::Right(v));
-        }
-        Poll::Pending
-    })
-    .await
-}
+pub(crate) use futures_util::future::{Either, select};
 
 /// Sleeps on `clock` until `deadline_ms` (at once if it has passed).
 pub(crate) async fn sleep_until(clock: &dyn Clock, deadline_ms: u64) {
@@ -60,8 +38,8 @@ pub(crate) async fn until<F: Future>(
     }
     let mut timer = Box::pin(sleep_until(clock, deadline));
     match select(&mut fut, &mut timer).await {
-        Either::Left(v) => Some(v),
-        Either::Right(()) => None,
+        Either::Left((v, _)) => Some(v),
+        Either::Right(((), _)) => None,
     }
 }
 
@@ -70,7 +48,7 @@ async fn futures_poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
     std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
-/// Lets other tasks run once.
+/// Lets other tasks run once (futures-util has no runtime-free `yield_now`).
 pub(crate) async fn yield_now() {
     let mut yielded = false;
     std::future::poll_fn(|cx: &mut Context<'_>| {

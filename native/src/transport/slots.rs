@@ -13,20 +13,10 @@ use larder_core::{Cmd, ErrorKind, TransportError, Value};
 /// Number of hash slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
 
-/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
+/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with (the `crc16` crate redis-rs
+/// uses too).
 fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(data)
 }
 
 /// The hash slot of a key, honouring `{hash tags}` exactly as Redis does.

@@ -458,8 +458,14 @@ fn write_within(
     Ok(w.out)
 }
 
-/// A lower bound of the encoded length of `values` (escaping and U+FFFD replacement only
-/// lengthen a string), counted without allocating and only up to just past `limit`.
+/// A lower bound of the length `values` take in a pipeline answer (escaping and U+FFFD
+/// replacement only lengthen a string), counted without allocating and only up to just past
+/// `limit`: a server that runs a long pipeline in parts can stop once the parts so far are
+/// already over its reply limit.
+pub fn reply_len_floor(values: &[Value], encoding: Encoding, limit: usize) -> usize {
+    encoded_len_floor(values, encoding, limit)
+}
+
 fn encoded_len_floor(values: &[Value], encoding: Encoding, limit: usize) -> usize {
     fn string(n: usize, encoding: Encoding) -> usize {
         2 + match encoding {

@@ -89,15 +89,22 @@ pub fn check(data: &[u8]) {
         assert_ne!(name, "EVAL_RO", "a read-only token ran its own script");
     }
     if name == "XREAD" || name == "XREADGROUP" {
-        // Options before STREAMS never include BLOCK.
-        let start = if name == "XREAD" { 1 } else { 4 };
-        let mut i = start;
+        // Redis's own option loop (t_stream.c, xreadCommand): options in any order before
+        // STREAMS, compared with strcasecmp (up to a NUL). No BLOCK may be among them.
+        let kw = |a: &[u8], k: &str| redis_reads(a) == k;
+        let mut i = 1;
         while let Some(a) = args.get(i) {
-            if a.eq_ignore_ascii_case(b"STREAMS") {
+            let more = args.len() - i - 1;
+            assert!(!kw(a, "BLOCK"), "accepted a blocking {name}");
+            if kw(a, "COUNT") && more >= 1 {
+                i += 2;
+            } else if kw(a, "GROUP") && more >= 2 {
+                i += 3;
+            } else if kw(a, "NOACK") {
+                i += 1;
+            } else {
                 break;
             }
-            assert!(!a.eq_ignore_ascii_case(b"BLOCK"), "accepted a blocking XREAD");
-            i += if a.eq_ignore_ascii_case(b"COUNT") { 2 } else { 1 };
         }
     }
 }

@@ -548,6 +548,14 @@ impl Answer {
         )
     }
 
+    /// A Redis error for the whole request, within the reply limit like any answer.
+    fn redis_error(message: &str, limit: usize) -> Self {
+        if message.len().saturating_add(16) > limit {
+            return Answer::reply_too_large(limit);
+        }
+        Answer::error(StatusCode::BAD_REQUEST, message, Outcome::RedisError)
+    }
+
     /// The whole request is malformed: one of its commands has an impossible name.
     fn malformed(refusal: &str, index: Option<usize>) -> Self {
         let message = match index {
@@ -558,36 +566,50 @@ impl Answer {
     }
 }
 
-/// The policy's verdict on `cmd`, then the reply bound: a command whose reply is certain to
-/// be over the limit is refused before it runs.
-fn admit(shared: &Shared, cmd: &Cmd, access: Access) -> Result<(), Refusal> {
+/// The policy's verdict on `cmd`, then the reply bound: commands whose replies are certain
+/// to be over the limit together are refused before they run. `spent` carries what the
+/// request's earlier commands are certain to return.
+fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<(), Refusal> {
     shared.policy.check(cmd, access)?;
-    if reply_certainly_over(cmd, shared.max_reply_bytes) {
-        return Err(Refusal::Denied(format!(
-            "ERR the reply to this count would be larger than this gateway's limit of {} bytes \
-             (--max-reply-bytes)",
-            shared.max_reply_bytes
-        )));
+    let certain = certain_reply_len(cmd);
+    if certain > 0 {
+        let total = spent.saturating_add(certain);
+        if total > shared.max_reply_bytes as u64 {
+            return Err(Refusal::Denied(format!(
+                "ERR the replies to this request's counts would be larger than this gateway's \
+                 limit of {} bytes (--max-reply-bytes)",
+                shared.max_reply_bytes
+            )));
+        }
+        *spent = total;
     }
     Ok(())
 }
 
-/// `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER key -N` return N members, repeats allowed, so N
-/// alone sets the reply's size: every member costs at least 3 bytes (`"",`) in the answer.
-fn reply_certainly_over(cmd: &Cmd, limit: usize) -> bool {
+/// The least a reply is certain to take whatever the data: `SRANDMEMBER`/`HRANDFIELD`/
+/// `ZRANDMEMBER key -N` return N members, repeats allowed, and every member costs at least
+/// 3 bytes (`"",`) in the answer. 0 for every other command.
+fn certain_reply_len(cmd: &Cmd) -> u64 {
     let args = cmd.args();
     let random = [&b"SRANDMEMBER"[..], b"HRANDFIELD", b"ZRANDMEMBER"]
         .iter()
         .any(|n| args[0].eq_ignore_ascii_case(n));
     if !random {
-        return false;
+        return 0;
     }
     let count = args
         .get(2)
         .and_then(|c| std::str::from_utf8(c).ok())
         .and_then(|c| c.parse::<i64>().ok());
-    matches!(count, Some(n) if n < 0 && n.unsigned_abs().saturating_mul(3) > limit as u64)
+    match count {
+        Some(n) if n < 0 => n.unsigned_abs().saturating_mul(3),
+        _ => 0,
+    }
 }
+
+/// How many commands of a pipeline go to Redis at once: after each part the gateway checks
+/// the replies so far against the reply limit and runs no more once they pass it.
+const PIPELINE_PART: usize = 256;
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let started = Instant::now();
@@ -797,7 +819,7 @@ async fn command_inner(
 }
 
 async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Answer {
-    match admit(shared, &cmd, access) {
+    match admit(shared, &cmd, access, &mut 0) {
         Ok(()) => {}
         Err(Refusal::Malformed(m)) => {
             shared.metrics.denied(1);
@@ -818,7 +840,7 @@ async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Ans
         None => shared.transport.exec(cmd).await,
     };
     match result {
-        Ok(Value::Error(e)) => Answer::error(StatusCode::BAD_REQUEST, &e, Outcome::RedisError),
+        Ok(Value::Error(e)) => Answer::redis_error(&e, shared.max_reply_bytes),
         Ok(v) => match rest::encode_reply_within(&v, enc, shared.max_reply_bytes) {
             Ok(body) => Answer::json(StatusCode::OK, body, Outcome::Ok),
             Err(_) => Answer::reply_too_large(shared.max_reply_bytes),
@@ -830,8 +852,11 @@ async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Ans
 /// The verdict on every command of a pipeline or transaction; a malformed name anywhere
 /// refuses the whole request (counted once per bad command).
 fn admit_all(shared: &Shared, cmds: &[Cmd], access: Access) -> Result<Vec<Option<String>>, Answer> {
-    let verdicts: Vec<Result<(), Refusal>> =
-        cmds.iter().map(|c| admit(shared, c, access)).collect();
+    let mut spent = 0;
+    let verdicts: Vec<Result<(), Refusal>> = cmds
+        .iter()
+        .map(|c| admit(shared, c, access, &mut spent))
+        .collect();
     let refused = verdicts.iter().filter(|v| v.is_err()).count();
     if let Some((i, Err(Refusal::Malformed(m)))) = verdicts
         .iter()
@@ -868,7 +893,10 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
     }
     shared.metrics.commands(run.len());
     // SCAN goes through the transport's key scan (every master of a Cluster); the commands
-    // between SCANs go as one pipeline each, in order.
+    // between SCANs go as pipelines of at most PIPELINE_PART, in order. Once the replies so
+    // far pass the reply limit, nothing more runs.
+    let limit = shared.max_reply_bytes;
+    let mut replied = 0usize;
     let mut batch: Vec<(usize, Cmd)> = Vec::new();
     let mut pending = run.into_iter().zip(slots).peekable();
     while let Some((cmd, slot)) = pending.next() {
@@ -876,7 +904,7 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
         if scan.is_none() {
             batch.push((slot, cmd));
         }
-        let flush = scan.is_some() || pending.peek().is_none();
+        let flush = scan.is_some() || batch.len() >= PIPELINE_PART || pending.peek().is_none();
         if flush && !batch.is_empty() {
             let (batch_slots, cmds): (Vec<usize>, Vec<Cmd>) =
                 std::mem::take(&mut batch).into_iter().unzip();
@@ -891,6 +919,10 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
                 }
                 Err(e) => return Answer::unavailable(&e),
             };
+            replied = replied.saturating_add(rest::reply_len_floor(&replies, enc, limit));
+            if replied > limit {
+                return Answer::reply_too_large(limit);
+            }
             for (slot, reply) in batch_slots.into_iter().zip(replies) {
                 results[slot] = Some(reply);
             }
@@ -1005,7 +1037,7 @@ async fn multi_exec(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encodi
         Err(e) => return Answer::unavailable(&e),
     };
     if let Some(e) = replies[0].as_error() {
-        return Answer::error(StatusCode::BAD_REQUEST, e, Outcome::RedisError);
+        return Answer::redis_error(e, shared.max_reply_bytes);
     }
     match replies.pop().expect("n + 2 replies") {
         Value::Array(items) => {
@@ -1014,7 +1046,7 @@ async fn multi_exec(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encodi
                 Err(_) => Answer::reply_too_large(shared.max_reply_bytes),
             }
         }
-        Value::Error(e) => Answer::error(StatusCode::BAD_REQUEST, &e, Outcome::RedisError),
+        Value::Error(e) => Answer::redis_error(&e, shared.max_reply_bytes),
         other => Answer::error(
             StatusCode::BAD_REQUEST,
             &format!("EXECABORT the transaction was aborted ({other:?})"),

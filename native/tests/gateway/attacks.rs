@@ -269,6 +269,32 @@ async fn script_debug_and_blocking_forms_are_refused_and_leave_the_connection_cl
         json!(["WAIT", "1", "0"]),
         json!(["CLIENT", "PAUSE", "10000"]),
         json!(["MONITOR"]),
+        // Redis reads options in any order and only up to a NUL byte.
+        json!(["XREAD", "BLOCK\u{0}", "0", "STREAMS", "s", "$"]),
+        json!(["xread", "bLoCk\u{0}junk", "0", "STREAMS", "s", "$"]),
+        json!([
+            "XREADGROUP",
+            "BLOCK",
+            "0",
+            "GROUP",
+            "g",
+            "c",
+            "STREAMS",
+            "s",
+            ">"
+        ]),
+        json!([
+            "XREADGROUP",
+            "NOACK",
+            "BLOCK",
+            "0",
+            "GROUP",
+            "g",
+            "c",
+            "STREAMS",
+            "s",
+            ">"
+        ]),
     ];
     for attack in &attacks {
         let (status, reply) = post(&s, FULL, "/", attack).await;
@@ -408,4 +434,77 @@ async fn the_policy_knows_every_blocking_and_container_command_of_this_redis() {
         let (status, reply) = post(&s, FULL, "/", &attack).await;
         assert_eq!(status, 400, "{name}: {reply}");
     }
+}
+
+/// A read-only request is bounded as a whole: counts add up across a pipeline, a pipeline
+/// stops running once its replies pass the limit, error replies are capped like any other,
+/// and the commands that cost Redis far more than the request (set algebra over one key
+/// repeated, `COMMAND`, `PFCOUNT`'s write-back) are off for read-only tokens.
+#[tokio::test]
+async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_limit() {
+    const LIMIT: usize = 1024 * 1024;
+    let s = start(&[], |b| b.max_reply_bytes(LIMIT)).await;
+    seed_victims(&s);
+    admin(&s, &["SET", "big", &"b".repeat(100 * 1024)]);
+    admin(&s, &["SADD", "set", "a"]);
+    let calls = |s: &Setup, cmd: &str| -> u64 {
+        info(s, "commandstats", &format!("cmdstat_{cmd}"))
+            .and_then(|v| v.split(',').next()?.strip_prefix("calls=")?.parse().ok())
+            .unwrap_or(0)
+    };
+
+    // 40 counts of 100 000 (300 KB each alone, under the limit) in one pipeline.
+    let counts: Vec<Json> = (0..40)
+        .map(|_| json!(["SRANDMEMBER", "set", "-100000"]))
+        .collect();
+    let (status, reply) = post(&s, READ_ONLY, "/pipeline", &Json::from(counts)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        calls(&s, "srandmember") <= 3,
+        "at most the counts that fit ran: {}",
+        calls(&s, "srandmember")
+    );
+
+    // 2000 reads of a 100 KB value: Redis stops being asked once the parts pass the limit.
+    let gets: Vec<Json> = (0..2000).map(|_| json!(["GET", "big"])).collect();
+    let before = calls(&s, "get");
+    let (status, reply) = post(&s, READ_ONLY, "/pipeline", &Json::from(gets)).await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("limit of"),
+        "{reply}"
+    );
+    let ran = calls(&s, "get") - before;
+    assert!(ran <= 256, "{ran} of 2000 GETs ran");
+
+    // A Redis error longer than the limit is refused like any reply.
+    let script = format!("return redis.error_reply(string.rep('x', {}))", 2 * LIMIT);
+    let resp = s
+        .http
+        .post(s.gateway.url())
+        .bearer_auth(FULL)
+        .body(json!(["EVAL", script, "0"]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body = resp.bytes().await.unwrap();
+    assert!(body.len() < 1024, "{} bytes", body.len());
+    assert!(String::from_utf8_lossy(&body).contains("limit of"));
+
+    for expensive in [
+        json!(["SUNION", "set", "set", "set"]),
+        json!(["SINTERCARD", "2", "set", "set"]),
+        json!(["ZUNION", "2", "z", "z"]),
+        json!(["PFCOUNT", "hll"]),
+        json!(["COMMAND", "DOCS"]),
+    ] {
+        let (status, reply) = post(&s, READ_ONLY, "/", &expensive).await;
+        assert_eq!(status, 400, "{expensive}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("read-only"),
+            "{reply}"
+        );
+    }
+    other_clients_read_their_own_data(&s).await;
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use larder_native::gateway::{Gateway, Policy, Token, shutdown_signal};
-use larder_native::{RedisCacheOptions, RedisTransport, SentinelOptions};
 
 /// larder: a cache for LLM and agent responses, natively and on Cloudflare Workers.
 #[derive(Debug, Parser)]
@@ -37,24 +36,9 @@ struct GatewayArgs {
     #[arg(long, env = "LARDER_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// Redis to serve: `redis://[user:password@]host:port[/db]` (`rediss://` for TLS);
-    /// several comma-separated URLs (or the flag repeated) mean a Redis Cluster.
-    #[arg(
-        long = "redis-url",
-        env = "LARDER_REDIS_URL",
-        value_delimiter = ',',
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    redis_urls: Vec<String>,
-
-    /// Use Redis Sentinel: the sentinels' addresses (`host:port`, comma-separated or repeated).
-    #[arg(long = "sentinel", env = "LARDER_SENTINELS", value_delimiter = ',')]
-    sentinels: Vec<String>,
-
-    /// The master's name in the sentinels' configuration (with --sentinel).
-    #[arg(long, env = "LARDER_SENTINEL_MASTER", default_value = "mymaster")]
-    sentinel_master: String,
+    /// The Redis to serve (the same flags and variables as every larder command).
+    #[command(flatten)]
+    redis: larder_native::cli::RedisArgs,
 
     /// A file holding a full-access token (Docker/Kubernetes secret); adds to
     /// LARDER_GATEWAY_TOKEN.
@@ -110,10 +94,6 @@ struct GatewayArgs {
     #[arg(long)]
     insecure_no_auth: bool,
 
-    /// Time allowed for a reply from Redis, in milliseconds.
-    #[arg(long, env = "LARDER_REDIS_TIMEOUT_MS", default_value_t = 2000)]
-    redis_timeout_ms: u64,
-
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, env = "LARDER_LOG", default_value = "info")]
     log_level: tracing::Level,
@@ -160,23 +140,7 @@ fn env_token(name: &str) -> Result<Option<Token>, String> {
 }
 
 async fn gateway(args: GatewayArgs) -> Result<(), String> {
-    let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
-    let transport = if args.sentinels.is_empty() {
-        let opts = RedisCacheOptions::default()
-            .addrs(args.redis_urls.iter().map(|s| s.trim().to_owned()))
-            .read_timeout(timeout)
-            .write_timeout(timeout);
-        RedisTransport::from_options(&opts)
-            .await
-            .map_err(|e| format!("cannot connect to Redis: {e}"))?
-    } else {
-        let opts = SentinelOptions::new(args.sentinel_master.clone(), args.sentinels.clone())
-            .read_timeout(timeout)
-            .write_timeout(timeout);
-        RedisTransport::from_sentinel(&opts)
-            .await
-            .map_err(|e| format!("cannot reach the Sentinel master: {e}"))?
-    };
+    let transport = args.redis.connect().await?;
     tracing::info!(
         topology = transport.topology().as_str(),
         "connected to Redis"

@@ -1,9 +1,11 @@
 //! The cache commands of the `larder` binary: `stats`, `get`, `purge`, `warm` and `bench`.
 //!
-//! Each command connects the way the other larder tools do — `--redis-url` / `REDIS_URL`
-//! (several comma-separated URLs mean a Redis Cluster), or `--sentinel` /
-//! `LARDER_SENTINELS` with `--sentinel-master` — and prints a human-readable report, or one
-//! JSON document with `--json` for scripts.
+//! Every command, `larder gateway` included, connects the same way ([`RedisArgs`]):
+//! `--redis-url` / `REDIS_URL` (several comma-separated URLs mean a Redis Cluster), or
+//! `--sentinel` / `LARDER_SENTINELS` with `--sentinel-master`; a password that is not in the
+//! URL (the Sentinel master's) comes from `LARDER_REDIS_PASSWORD`, never from the command
+//! line. The cache commands print a human-readable report, or one JSON document with
+//! `--json` for scripts.
 //!
 //! Exit codes: `0` success; `1` the command ran but found nothing (`get`) or some requests
 //! failed (`warm`); `2` bad input or an unreachable Redis (the message says which).
@@ -61,9 +63,10 @@ impl CacheCommand {
     }
 }
 
-/// Where the cache is and how it is laid out: shared by every cache command.
+/// Which Redis to use: shared by every command of the `larder` binary, the gateway included,
+/// so each setting has one flag and one environment variable everywhere.
 #[derive(Debug, Clone, Args)]
-pub struct ConnectArgs {
+pub struct RedisArgs {
     /// Redis to use: `redis://[user:password@]host:port[/db]` (`rediss://` for TLS); several
     /// comma-separated URLs (or the flag repeated) mean a Redis Cluster.
     #[arg(
@@ -84,6 +87,67 @@ pub struct ConnectArgs {
     #[arg(long, env = "LARDER_SENTINEL_MASTER", default_value = "mymaster")]
     pub sentinel_master: String,
 
+    /// Time allowed to send a command to Redis, and again for its reply, in milliseconds.
+    #[arg(long, env = "LARDER_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// Connects: a Cluster for several URLs, Sentinel with `--sentinel`, else standalone.
+    /// `LARDER_REDIS_PASSWORD`, when set, is the Sentinel master's password, or the
+    /// password of every URL (over one the URL carries), so it can stay out of `ps`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is wrong (never a password): no URL, a malformed address, or
+    /// Redis unreachable.
+    pub async fn connect(&self) -> Result<RedisTransport, String> {
+        let timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
+        let password = std::env::var("LARDER_REDIS_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty());
+        if self.sentinels.is_empty() {
+            let urls: Vec<String> = self
+                .redis_urls
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if urls.is_empty() {
+                return Err("no Redis URL: pass --redis-url or set REDIS_URL".into());
+            }
+            let mut opts = RedisCacheOptions::default()
+                .addrs(urls)
+                .read_timeout(timeout)
+                .write_timeout(timeout);
+            if let Some(password) = password {
+                opts = opts.password(password);
+            }
+            RedisTransport::from_options(&opts)
+                .await
+                .map_err(|e| format!("cannot connect to Redis: {e}"))
+        } else {
+            let mut opts =
+                SentinelOptions::new(self.sentinel_master.clone(), self.sentinels.clone())
+                    .read_timeout(timeout)
+                    .write_timeout(timeout);
+            if let Some(password) = password {
+                opts = opts.password(password);
+            }
+            RedisTransport::from_sentinel(&opts)
+                .await
+                .map_err(|e| format!("cannot reach the Sentinel master: {e}"))
+        }
+    }
+}
+
+/// Where the cache is and how it is laid out: shared by every cache command.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Which Redis.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
     /// Key prefix [default: larder, or go-deep-agent with --go-compat].
     #[arg(long, env = "LARDER_PREFIX")]
     pub prefix: Option<String>,
@@ -91,10 +155,6 @@ pub struct ConnectArgs {
     /// Use go-deep-agent's key and value format (its GenerateCacheKey, raw text values).
     #[arg(long, env = "LARDER_GO_COMPAT")]
     pub go_compat: bool,
-
-    /// Time allowed for a reply from Redis, in milliseconds.
-    #[arg(long, env = "LARDER_REDIS_TIMEOUT_MS", default_value_t = 2000)]
-    pub redis_timeout_ms: u64,
 
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -127,39 +187,7 @@ impl ConnectArgs {
 
     async fn connect(&self) -> Result<Connected, String> {
         let scheme = self.scheme()?;
-        let timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
-        let transport = if self.sentinels.is_empty() {
-            let urls: Vec<String> = self
-                .redis_urls
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if urls.is_empty() {
-                return Err("no Redis URL: pass --redis-url or set REDIS_URL".into());
-            }
-            let opts = RedisCacheOptions::default()
-                .addrs(urls)
-                .read_timeout(timeout)
-                .write_timeout(timeout);
-            RedisTransport::from_options(&opts)
-                .await
-                .map_err(|e| format!("cannot connect to Redis: {e}"))?
-        } else {
-            let mut opts =
-                SentinelOptions::new(self.sentinel_master.clone(), self.sentinels.clone())
-                    .read_timeout(timeout)
-                    .write_timeout(timeout);
-            if let Ok(password) = std::env::var("LARDER_REDIS_PASSWORD")
-                && !password.is_empty()
-            {
-                opts = opts.password(password);
-            }
-            RedisTransport::from_sentinel(&opts)
-                .await
-                .map_err(|e| format!("cannot reach the Sentinel master: {e}"))?
-        };
-        let transport = Arc::new(transport);
+        let transport = Arc::new(self.redis.connect().await?);
         let redis = RedisCache::builder(transport.clone())
             .key_scheme(scheme.clone())
             .build();

@@ -504,3 +504,101 @@ async fn go_compat_get_reads_the_go_agents_raw_text() {
     );
     assert_eq!(json_of(&out)["format"], "raw text");
 }
+
+/// The `larder` lines of the README's command-line section, run as written against a real
+/// Redis (`REDIS_URL` as the README exports it), each one succeeding; `warm` against the fake
+/// model endpoint and `gateway` until it listens. The environment the README sets on a
+/// line is replaced where it points outside (the endpoint, the listen address).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_cli_lines_run_as_written() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("### The `larder` command line")
+        .nth(1)
+        .expect("the README has a command-line section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block");
+    let server = RedisServer::start().expect("redis-server");
+    let url = server.url();
+    let (addr, _) = fake_llm().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("faq.jsonl"),
+        "{\"model\":\"gpt-4o-mini\",\"prompt\":\"Hi\"}\n",
+    )
+    .unwrap();
+    let endpoint = format!("http://{addr}/v1");
+    // The README's `get` reads an answer that is there: warm it first.
+    let seed = larder(
+        &["warm", dir.path().join("faq.jsonl").to_str().unwrap()],
+        &[("REDIS_URL", &url), ("LARDER_LLM_ENDPOINT", &endpoint)],
+    );
+    assert!(seed.status.success(), "{}", stderr(&seed));
+    let mut ran = Vec::new();
+    for line in block.lines() {
+        // Shell words, without the trailing comment; `'…'` quotes kept together.
+        let code = line.split(" #").next().unwrap().trim();
+        let mut words = Vec::new();
+        let mut rest = code;
+        while !rest.is_empty() {
+            rest = rest.trim_start();
+            if let Some(quoted) = rest.strip_prefix('\'') {
+                let end = quoted.find('\'').expect("closed quote");
+                words.push(quoted[..end].to_owned());
+                rest = &quoted[end + 1..];
+            } else {
+                let end = rest.find(' ').unwrap_or(rest.len());
+                words.push(rest[..end].to_owned());
+                rest = &rest[end..];
+            }
+        }
+        let words: Vec<String> = words.into_iter().filter(|w| !w.is_empty()).collect();
+        let Some(at) = words.iter().position(|w| w == "larder") else {
+            continue; // cargo install, export
+        };
+        let args = &words[at + 1..];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env("REDIS_URL", &url)
+            .env("LARDER_LLM_ENDPOINT", &endpoint)
+            .env("OPENAI_API_KEY", "test-key")
+            .stdin(Stdio::null());
+        if args[0] == "gateway" {
+            let mut child = cmd
+                .env("LARDER_GATEWAY_TOKEN", "a-token-for-the-readme-test-0123")
+                .env("LARDER_GATEWAY_LISTEN", "127.0.0.1:0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut first = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut first,
+            )
+            .unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(first.starts_with("listening on "), "{line}: {first:?}");
+        } else {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{line}: {:?}\n{}{}",
+                out.status,
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+        ran.push(args[0].clone());
+    }
+    assert_eq!(
+        ran,
+        ["stats", "get", "purge", "warm", "bench", "gateway"],
+        "every README line ran"
+    );
+}

@@ -187,3 +187,44 @@ async fn larder_gateway_never_prints_the_password_of_a_malformed_redis_url() {
         }
     }
 }
+
+/// The gateway takes the Redis password from `LARDER_REDIS_PASSWORD` like every larder
+/// command (the Sentinel master's password comes the same way), so it stays out of the URL
+/// and out of `ps`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larder_gateway_takes_the_redis_password_from_the_environment() {
+    let Some(bin) = binary() else {
+        return;
+    };
+    const PASSWORD: &str = "env-password-for-the-gateway-0123";
+    let redis = tokio::task::spawn_blocking(|| RedisServer::builder().password(PASSWORD).start())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut child = Command::new(bin)
+        .args(["gateway", "--listen", "127.0.0.1:0"])
+        .env("REDIS_URL", format!("redis://{}", redis.addr()))
+        .env("LARDER_REDIS_PASSWORD", PASSWORD)
+        .env("LARDER_GATEWAY_TOKEN", FULL)
+        .env("LARDER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = crate::support::listening_addr(&mut child);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .bearer_auth(FULL)
+        .body(r#"["SET","from-env","yes"]"#)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+    assert_eq!(
+        redis.cmd(&["GET", "from-env"]).unwrap(),
+        larder_native::testing::RespValue::Bulk(b"yes".to_vec())
+    );
+}

@@ -53,11 +53,29 @@ impl fmt::Display for ErrorKind {
 ///
 /// A command that ran and failed on the server is not a `TransportError`: it comes back
 /// in band as [`Value::Error`](crate::Value::Error).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TransportError {
     kind: ErrorKind,
     message: String,
+    source: Option<ErrorSource>,
 }
+
+/// The underlying error of a [`TransportError`] (`Send + Sync` on native targets; JS errors
+/// on `wasm32` are neither).
+#[cfg(not(target_arch = "wasm32"))]
+type ErrorSource = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
+#[cfg(target_arch = "wasm32")]
+type ErrorSource = std::sync::Arc<dyn std::error::Error + 'static>;
+
+/// Two transport errors are equal when their kind and message are; the sources are not
+/// compared.
+impl PartialEq for TransportError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for TransportError {}
 
 impl TransportError {
     /// A new error of `kind` with a human-readable message that says what to check.
@@ -65,7 +83,26 @@ impl TransportError {
         TransportError {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error, caused by `source` (the client library's or the operating system's
+    /// error), which [`std::error::Error::source`] then returns: a caller can log the whole
+    /// chain or downcast it (to `redis::RedisError`, `std::io::Error`, …).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
+
+    /// The same error, caused by `source`, which [`std::error::Error::source`] then returns.
+    #[cfg(target_arch = "wasm32")]
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     /// What went wrong.
@@ -99,7 +136,13 @@ impl fmt::Display for TransportError {
     }
 }
 
-impl std::error::Error for TransportError {}
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Classifies a Redis error reply: which replies mean "the server is temporarily
 /// unavailable" rather than "this command is wrong".

@@ -29,6 +29,7 @@ impl ReqwestClient {
                     ErrorKind::Other,
                     format!("cannot build the HTTP client: {e}"),
                 )
+                .with_source(e)
             })?;
         Ok(ReqwestClient { client })
     }
@@ -55,7 +56,7 @@ fn map_err(e: reqwest::Error) -> TransportError {
         message.push_str(&s.to_string());
         source = s.source();
     }
-    TransportError::new(kind, format!("HTTP request failed: {message}"))
+    TransportError::new(kind, format!("HTTP request failed: {message}")).with_source(e)
 }
 
 #[async_trait]

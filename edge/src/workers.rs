@@ -25,7 +25,7 @@ impl FetchClient {
 }
 
 fn io(e: worker::Error) -> TransportError {
-    TransportError::new(ErrorKind::Io, format!("fetch failed: {e}"))
+    TransportError::new(ErrorKind::Io, format!("fetch failed: {e}")).with_source(e)
 }
 
 #[async_trait(?Send)]

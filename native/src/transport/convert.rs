@@ -125,18 +125,24 @@ pub(crate) fn classify(err: &RedisError, context: &str) -> Failure {
             None => code.to_owned(),
         };
         if auth_code(code) {
-            return Failure::Transport(TransportError::new(
-                ErrorKind::Auth,
-                format!(
-                    "{context}: Redis refused the credentials ({text}); check the username and password"
-                ),
-            ));
+            return Failure::Transport(
+                TransportError::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "{context}: Redis refused the credentials ({text}); check the username and password"
+                    ),
+                )
+                .with_source(err.clone()),
+            );
         }
         if unavailable_code(code) {
-            return Failure::Transport(TransportError::new(
-                ErrorKind::Unavailable,
-                format!("{context}: Redis is not ready ({text}); retry later"),
-            ));
+            return Failure::Transport(
+                TransportError::new(
+                    ErrorKind::Unavailable,
+                    format!("{context}: Redis is not ready ({text}); retry later"),
+                )
+                .with_source(err.clone()),
+            );
         }
         if !matches!(err.kind(), K::Server(ServerErrorKind::ExecAbort)) {
             return Failure::Reply(text);
@@ -178,10 +184,9 @@ pub(crate) fn classify(err: &RedisError, context: &str) -> Failure {
         ErrorKind::Unavailable => "; retry later",
         _ => "",
     };
-    Failure::Transport(TransportError::new(
-        kind,
-        format!("{context}: {text}{hint}"),
-    ))
+    Failure::Transport(
+        TransportError::new(kind, format!("{context}: {text}{hint}")).with_source(err.clone()),
+    )
 }
 
 /// Maps a redis-rs error to a transport error, also for server replies (used where no
@@ -358,6 +363,29 @@ mod tests {
         let cmd = Cmd::new("SET").arg(&b"k\x00\xff"[..]).arg("v");
         let packed = to_redis_cmd(&cmd).get_packed_command();
         assert_eq!(packed, b"*3\r\n$3\r\nSET\r\n$3\r\nk\x00\xff\r\n$1\r\nv\r\n");
+    }
+
+    /// The cause survives: `Error` → `TransportError` → redis-rs's error → the io error.
+    #[test]
+    fn transport_errors_keep_their_cause_as_source() {
+        use std::error::Error as _;
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let Failure::Transport(t) = classify(&io, "GET") else {
+            panic!("an io error is a transport failure");
+        };
+        let redis = t
+            .source()
+            .and_then(|s| s.downcast_ref::<RedisError>())
+            .expect("the redis-rs error is the source");
+        assert_eq!(redis.kind(), io.kind());
+        let cache_error = larder_core::Error::from(t);
+        let mut chain = vec![cache_error.to_string()];
+        let mut next = cache_error.source();
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        assert!(chain.len() >= 3, "{chain:?}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Analytics: hits, misses, tokens and cost saved per model, and the hit-rate alert.
 //!
 //! Every instance counts locally and adds its counts to Redis (a hash per model, `HINCRBY`)
-//! in the same pipeline as its next write, or when [`flush`](super::ResponseCache::flush)
-//! is called, so analytics never cost the caller a round trip and every instance
+//! in the same pipeline as its next write, in a lookup's pipeline once `flush_every` events
+//! are pending, or when [`flush`](super::ResponseCache::flush) is called, so analytics never cost the caller a round trip and every instance
 //! contributes to the same totals.
 
 use std::collections::{BTreeMap, HashMap};

@@ -17,7 +17,8 @@
 //!   ([`purge_pattern`](ResponseCache::purge_pattern): `SCAN` on every master).
 //! - **Analytics**: hits, misses, tokens and estimated cost saved per model
 //!   ([`Prices`] configurable), kept in Redis so that every instance adds to the same totals,
-//!   flushed in the same pipeline as the next write; a [hit-rate alert
+//!   flushed in the same pipeline as the next write (or a lookup's, once
+//!   [`flush_every`](ResponseCacheBuilder::flush_every) events are pending); a [hit-rate alert
 //!   hook](ResponseCacheBuilder::on_low_hit_rate).
 //! - **Warming** ([`warm`](ResponseCache::warm)): compute many requests with bounded
 //!   concurrency and a progress callback.

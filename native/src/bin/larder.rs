@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use larder_native::SystemClock;
 use larder_native::gateway::{Gateway, Policy, Token, shutdown_signal};
 
 /// larder: a cache for LLM and agent responses, natively and on Cloudflare Workers.
@@ -141,8 +142,15 @@ fn env_token(name: &str) -> Result<Option<Token>, String> {
 
 async fn gateway(args: GatewayArgs) -> Result<(), String> {
     let transport = args.redis.connect().await?;
+    // Every call is cut at --redis-timeout-ms, and while Redis is known to be down (5
+    // failures in a row) calls fail at once until a probe gets through: no caller waits on a
+    // hung Redis more than the flag says, and only a few wait at all.
+    let timeout = args.redis.timeout();
+    let transport = larder_core::breaker::CircuitBreakerLayer::new(SystemClock::shared())
+        .call_timeout(Some(timeout))
+        .layer(transport);
     tracing::info!(
-        topology = transport.topology().as_str(),
+        topology = transport.get_ref().topology().as_str(),
         "connected to Redis"
     );
 
@@ -155,6 +163,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     }
     policy.allow_read_only_scripts(args.read_only_scripts);
     let mut builder = Gateway::builder(Arc::new(transport))
+        .health_timeout(timeout)
         .policy(policy)
         .body_limit(args.body_limit)
         .max_connections(args.max_connections)

@@ -87,9 +87,17 @@ pub struct RedisArgs {
     #[arg(long, env = "LARDER_SENTINEL_MASTER", default_value = "mymaster")]
     pub sentinel_master: String,
 
-    /// Time allowed to send a command to Redis, and again for its reply, in milliseconds.
+    /// The longest a Redis call may take, in milliseconds (connecting, sending the command
+    /// and reading its reply).
     #[arg(long, env = "LARDER_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// `--redis-timeout-ms` as a duration (at least 1 ms).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
 }
 
 impl RedisArgs {
@@ -102,7 +110,10 @@ impl RedisArgs {
     /// A message naming what is wrong (never a password): no URL, a malformed address, or
     /// Redis unreachable.
     pub async fn connect(&self) -> Result<RedisTransport, String> {
-        let timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
+        // Connecting, sending and reading get 45 % of the timeout each: a reply that does not
+        // come fails at 90 % of it (so the transport replaces a dead connection itself), and
+        // the gateway's breaker cuts any call at 100 %.
+        let part = (self.timeout() * 45 / 100).max(Duration::from_millis(1));
         let password = std::env::var("LARDER_REDIS_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty());
@@ -118,8 +129,9 @@ impl RedisArgs {
             }
             let mut opts = RedisCacheOptions::default()
                 .addrs(urls)
-                .read_timeout(timeout)
-                .write_timeout(timeout);
+                .dial_timeout(part)
+                .read_timeout(part)
+                .write_timeout(part);
             if let Some(password) = password {
                 opts = opts.password(password);
             }
@@ -129,8 +141,9 @@ impl RedisArgs {
         } else {
             let mut opts =
                 SentinelOptions::new(self.sentinel_master.clone(), self.sentinels.clone())
-                    .read_timeout(timeout)
-                    .write_timeout(timeout);
+                    .dial_timeout(part)
+                    .read_timeout(part)
+                    .write_timeout(part);
             if let Some(password) = password {
                 opts = opts.password(password);
             }

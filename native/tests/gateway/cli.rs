@@ -228,3 +228,97 @@ async fn larder_gateway_takes_the_redis_password_from_the_environment() {
         larder_native::testing::RespValue::Bulk(b"yes".to_vec())
     );
 }
+
+/// While Redis hangs (SIGSTOP), `larder gateway --redis-timeout-ms T` answers within T (not
+/// twice T), then fails fast with 503 once its breaker opens, `/healthz` says why, and it
+/// serves again once Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larder_gateway_answers_within_its_redis_timeout_and_fails_fast_while_redis_hangs() {
+    use std::time::Instant;
+    let Some(bin) = binary() else {
+        return;
+    };
+    const TIMEOUT_MS: u64 = 1000;
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut child = Command::new(bin)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+        ])
+        .args(["--redis-timeout-ms", &TIMEOUT_MS.to_string()])
+        .env("LARDER_GATEWAY_TOKEN", FULL)
+        .env("LARDER_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = crate::support::listening_addr(&mut child);
+    let http = reqwest::Client::new();
+    let get = |http: reqwest::Client| {
+        let url = format!("http://{addr}/");
+        async move {
+            let started = Instant::now();
+            let resp = http
+                .post(url)
+                .bearer_auth(FULL)
+                .body(r#"["GET","k"]"#)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            (status, body, started.elapsed())
+        }
+    };
+    assert_eq!(get(http.clone()).await.0, 200);
+
+    let pid = redis.pid().unwrap() as libc::pid_t;
+    // SAFETY: signalling the redis-server this test started, by its pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let hung = futures_util::future::join_all((0..5).map(|_| get(http.clone()))).await;
+    for (status, body, took) in &hung {
+        assert!(matches!(status, 503 | 504), "{status} {body}");
+        assert!(
+            *took < Duration::from_millis(TIMEOUT_MS * 3 / 2),
+            "answered after {took:?} with a {TIMEOUT_MS} ms timeout"
+        );
+    }
+    let (status, body, took) = get(http.clone()).await;
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    let health_status = health.status().as_u16();
+    let health_body = health.text().await.unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("circuit breaker open"), "{body}");
+    assert!(took < Duration::from_millis(200), "failed fast: {took:?}");
+    assert_eq!(health_status, 503, "{health_body}");
+    assert!(
+        health_body.contains("circuit breaker open"),
+        "{health_body}"
+    );
+
+    let started = Instant::now();
+    loop {
+        if get(http.clone()).await.0 == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the gateway serves again once Redis does"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -38,7 +38,7 @@ pub fn check(data: &[u8]) {
         }
     }
     for v in &replies {
-        let _ = unavailable_reply(v);
+        let _ = unavailable_reply(&Cmd::new("GET").arg("k"), v);
         let _ = (v.as_bytes(), v.as_int(), v.is_ok(), format!("{v:?}"));
     }
     let given: Vec<Bytes> = replies.iter().flat_map(bulks).collect();
@@ -105,9 +105,9 @@ impl Scripted {
 
 #[async_trait::async_trait]
 impl Transport for Scripted {
-    async fn exec(&self, _cmd: Cmd) -> Result<Value, TransportError> {
+    async fn exec(&self, cmd: Cmd) -> Result<Value, TransportError> {
         let v = self.next();
-        match unavailable_reply(&v) {
+        match unavailable_reply(&cmd, &v) {
             Some(e) => Err(e),
             None => Ok(v),
         }
@@ -116,7 +116,12 @@ impl Transport for Scripted {
     async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
         let n = cmds.len().saturating_add_signed(self.skew);
         let values: Vec<Value> = (0..n).map(|_| self.next()).collect();
-        match values.iter().find_map(unavailable_reply) {
+        match cmds
+            .iter()
+            .cycle()
+            .zip(&values)
+            .find_map(|(c, v)| unavailable_reply(c, v))
+        {
             Some(e) => Err(e),
             None => Ok(values),
         }

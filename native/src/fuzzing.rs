@@ -10,7 +10,7 @@ pub fn from_redis_value(v: redis::Value) -> Value {
     crate::transport::convert::from_redis_value(v)
 }
 
-/// The transport error a reply stands for when the server cannot serve now, if any.
-pub fn unavailable_reply(v: &Value) -> Option<TransportError> {
-    crate::transport::convert::unavailable_reply(v)
+/// The transport error a reply to `cmd` stands for when the server cannot serve now, if any.
+pub fn unavailable_reply(cmd: &larder_core::Cmd, v: &Value) -> Option<TransportError> {
+    crate::transport::convert::unavailable_reply(cmd, v)
 }

@@ -571,6 +571,12 @@ impl Answer {
 /// request's earlier commands are certain to return.
 fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<(), Refusal> {
     shared.policy.check(cmd, access)?;
+    if too_many_random_repeats(cmd) {
+        return Err(Refusal::Denied(format!(
+            "ERR a negative count may ask for at most {MAX_RANDOM_REPEATS} members through \
+             this gateway (Redis builds the whole reply at once)"
+        )));
+    }
     let certain = certain_reply_len(cmd);
     if certain > 0 {
         let total = spent.saturating_add(certain);
@@ -607,9 +613,34 @@ fn certain_reply_len(cmd: &Cmd) -> u64 {
     }
 }
 
-/// How many commands of a pipeline go to Redis at once: after each part the gateway checks
-/// the replies so far against the reply limit and runs no more once they pass it.
-const PIPELINE_PART: usize = 256;
+/// The largest negative count `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` may ask for: Redis
+/// builds the whole reply (members may repeat) before sending any of it, so one member of
+/// 1 KB asked for 5 000 000 times costs Redis 5 GB and seconds, whatever the reply limit.
+const MAX_RANDOM_REPEATS: u64 = 10_000;
+
+fn too_many_random_repeats(cmd: &Cmd) -> bool {
+    let args = cmd.args();
+    let random = [&b"SRANDMEMBER"[..], b"HRANDFIELD", b"ZRANDMEMBER"]
+        .iter()
+        .any(|n| args[0].eq_ignore_ascii_case(n));
+    random
+        && args
+            .get(2)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|n| n < 0 && n.unsigned_abs() > MAX_RANDOM_REPEATS)
+}
+
+/// How many commands of a pipeline go to Redis first. After each part the gateway checks
+/// the replies so far against the reply limit, runs no more once they pass it, and sizes
+/// the next part by the replies seen: as many commands as fit in what is left at their
+/// average size, at most [`PIPELINE_MAX_PART`]. So a pipeline of large replies stops a few
+/// replies past the limit, not hundreds.
+const PIPELINE_FIRST_PART: usize = 8;
+const PIPELINE_MAX_PART: usize = 256;
+
+/// The `COUNT` a `SCAN` is given at most (Redis's is only a hint; each page is one call).
+const MAX_SCAN_COUNT: usize = 1000;
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let started = Instant::now();
@@ -893,10 +924,12 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
     }
     shared.metrics.commands(run.len());
     // SCAN goes through the transport's key scan (every master of a Cluster); the commands
-    // between SCANs go as pipelines of at most PIPELINE_PART, in order. Once the replies so
-    // far pass the reply limit, nothing more runs.
+    // between SCANs go in parts (see PIPELINE_FIRST_PART), in order. Once the replies so far
+    // pass the reply limit, nothing more runs.
     let limit = shared.max_reply_bytes;
     let mut replied = 0usize;
+    let mut answered = 0usize;
+    let mut part = PIPELINE_FIRST_PART;
     let mut batch: Vec<(usize, Cmd)> = Vec::new();
     let mut pending = run.into_iter().zip(slots).peekable();
     while let Some((cmd, slot)) = pending.next() {
@@ -904,7 +937,7 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
         if scan.is_none() {
             batch.push((slot, cmd));
         }
-        let flush = scan.is_some() || batch.len() >= PIPELINE_PART || pending.peek().is_none();
+        let flush = scan.is_some() || batch.len() >= part || pending.peek().is_none();
         if flush && !batch.is_empty() {
             let (batch_slots, cmds): (Vec<usize>, Vec<Cmd>) =
                 std::mem::take(&mut batch).into_iter().unzip();
@@ -920,16 +953,29 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
                 Err(e) => return Answer::unavailable(&e),
             };
             replied = replied.saturating_add(rest::reply_len_floor(&replies, enc, limit));
+            answered += replies.len();
             if replied > limit {
                 return Answer::reply_too_large(limit);
             }
+            let average = (replied / answered.max(1)).max(1);
+            part = ((limit - replied) / average).clamp(1, PIPELINE_MAX_PART);
             for (slot, reply) in batch_slots.into_iter().zip(replies) {
                 results[slot] = Some(reply);
             }
         }
         if let Some(scan) = scan {
             match run_scan(shared, scan).await {
-                Ok(v) => results[slot] = Some(v),
+                Ok(v) => {
+                    replied = replied.saturating_add(rest::reply_len_floor(
+                        std::slice::from_ref(&v),
+                        enc,
+                        limit,
+                    ));
+                    if replied > limit {
+                        return Answer::reply_too_large(limit);
+                    }
+                    results[slot] = Some(v);
+                }
                 Err(e) => return Answer::unavailable(&e),
             }
         }
@@ -975,7 +1021,11 @@ fn scan_args(cmd: &Cmd) -> Option<ScanArgs> {
         match pair {
             [opt, v] if opt.eq_ignore_ascii_case(b"MATCH") => scan.pattern = v.clone(),
             [opt, v] if opt.eq_ignore_ascii_case(b"COUNT") => {
-                scan.count = std::str::from_utf8(v).ok()?.parse::<usize>().ok()?.max(1);
+                scan.count = std::str::from_utf8(v)
+                    .ok()?
+                    .parse::<usize>()
+                    .ok()?
+                    .clamp(1, MAX_SCAN_COUNT);
             }
             // TYPE, or anything malformed: let Redis run (and judge) the command as sent.
             _ => return None,
@@ -1008,6 +1058,17 @@ async fn run_scan(shared: &Shared, scan: ScanArgs) -> Result<Value, TransportErr
 }
 
 async fn multi_exec(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding) -> Answer {
+    if access == Access::ReadOnly {
+        // Redis runs a transaction whole, however long, and holds its replies until EXEC:
+        // nothing the gateway does can stop 40 000 reads once they are queued.
+        shared.metrics.denied(cmds.len());
+        return Answer::error(
+            StatusCode::BAD_REQUEST,
+            "NOPERM read-only tokens cannot run transactions (Redis runs one whole, however \
+             long): use /pipeline",
+            Outcome::RedisError,
+        );
+    }
     let verdicts = match admit_all(shared, &cmds, access) {
         Ok(v) => v,
         Err(answer) => return answer,

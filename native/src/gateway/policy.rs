@@ -147,8 +147,9 @@ pub const DEFAULT_DENIED: &[&str] = &[
 
 /// Commands a read-only token may run. Excluded on purpose: `SCAN` and `KEYS` (they walk the
 /// whole keyspace), `LCS` (quadratic), the set algebra (`SUNION`, `SINTER`, `SDIFF`,
-/// `ZUNION`, …: one key repeated 20 000 times costs Redis seconds), `PFCOUNT` (it writes its
-/// cached cardinality back) and `COMMAND` (hundreds of KB per call).
+/// `ZUNION`, …: one key repeated 20 000 times costs Redis seconds), `BITCOUNT`, `BITPOS` and
+/// `LPOS` (a scan of the whole value: 46 ms for 64 MB, and a request can repeat it),
+/// `PFCOUNT` (it writes its cached cardinality back) and `COMMAND` (hundreds of KB per call).
 pub const READ_ONLY: &[&str] = &[
     "PING",
     "ECHO",
@@ -171,8 +172,6 @@ pub const READ_ONLY: &[&str] = &[
     "DUMP",
     "RANDOMKEY",
     "GETBIT",
-    "BITCOUNT",
-    "BITPOS",
     "BITFIELD_RO",
     "HGET",
     "HMGET",
@@ -187,7 +186,6 @@ pub const READ_ONLY: &[&str] = &[
     "LLEN",
     "LRANGE",
     "LINDEX",
-    "LPOS",
     "SCARD",
     "SMEMBERS",
     "SISMEMBER",
@@ -223,8 +221,8 @@ pub const READ_ONLY: &[&str] = &[
 ];
 
 /// What [`Policy::allow_read_only_scripts`] adds for read-only tokens: scripts and functions
-/// that a full token (the operator's code) installed. `EVAL_RO` (code sent by the token
-/// holder) is never among them.
+/// that a full token (the operator's code) loaded or ran (`EVAL` caches its script too).
+/// `EVAL_RO` (code sent by the token holder) is never among them.
 pub const READ_ONLY_SCRIPTS: &[&str] = &["EVALSHA_RO", "FCALL_RO"];
 
 /// What a request's token allows.
@@ -526,6 +524,11 @@ pub fn reference_table() -> String {
         "read-only allow list",
         "read-only tokens run these and nothing else",
         READ_ONLY,
+    );
+    let _ = writeln!(
+        out,
+        "| read-only transactions | read-only tokens | `/multi-exec` is refused whole: Redis runs \
+         a transaction to its end, however long |"
     );
     row(
         &mut out,

@@ -201,10 +201,26 @@ pub(crate) fn transport_error(err: &RedisError, context: &str) -> TransportError
     }
 }
 
-/// A reply that says the server cannot serve anyone right now (`LOADING`, `BUSY`,
+/// A reply to `cmd` that says the server cannot serve anyone right now (`LOADING`, `BUSY`,
 /// `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`…), as the transport error it is.
-/// Command errors (`WRONGTYPE`, `NOSCRIPT`…) stay in band.
-pub(crate) fn unavailable_reply(v: &Value) -> Option<TransportError> {
+/// Command errors (`WRONGTYPE`, `NOSCRIPT`…) stay in band, and so does every error a script
+/// or function returns: its text is the script's to choose (`redis.error_reply('BUSY x')`),
+/// and taking it for an outage would let a client open circuit breakers at will.
+pub(crate) fn unavailable_reply(cmd: &Cmd, v: &Value) -> Option<TransportError> {
+    const SCRIPTS: [&[u8]; 6] = [
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ];
+    if SCRIPTS
+        .iter()
+        .any(|s| cmd.args()[0].eq_ignore_ascii_case(s))
+    {
+        return None;
+    }
     match v {
         Value::Error(text) if unavailable_code(text.split(' ').next().unwrap_or("")) => {
             Some(TransportError::new(
@@ -440,7 +456,8 @@ mod tests {
             "CLUSTERDOWN The cluster is down",
             "BUSY Redis is busy running a script.",
         ] {
-            let e = unavailable_reply(&Value::Error(text.into())).expect(text);
+            let get = Cmd::new("GET").arg("k");
+            let e = unavailable_reply(&get, &Value::Error(text.into())).expect(text);
             assert_eq!(e.kind(), ErrorKind::Unavailable);
             assert!(e.message().contains(text));
         }
@@ -450,11 +467,16 @@ mod tests {
             "ERR x",
         ] {
             assert!(
-                unavailable_reply(&Value::Error(text.into())).is_none(),
+                unavailable_reply(&Cmd::new("GET").arg("k"), &Value::Error(text.into())).is_none(),
                 "{text}"
             );
         }
-        assert!(unavailable_reply(&Value::Nil).is_none());
+        assert!(unavailable_reply(&Cmd::new("GET").arg("k"), &Value::Nil).is_none());
+        // A script's error is the script's: never taken for an outage.
+        for script in ["EVAL", "evalsha", "EVAL_RO", "FCALL"] {
+            let busy = Value::Error("BUSY Redis is busy running a script.".into());
+            assert!(unavailable_reply(&Cmd::named(script).arg("x"), &busy).is_none());
+        }
     }
 
     #[test]

@@ -458,7 +458,7 @@ impl Transport for RedisTransport {
                 // do not carry its size.
                 Backend::Sentinel(s) => Box::pin(s.exec(&cmd)).await,
             }?;
-            match unavailable_reply(&value) {
+            match unavailable_reply(&cmd, &value) {
                 Some(e) => Err(e),
                 None => Ok(value),
             }
@@ -486,7 +486,11 @@ impl Transport for RedisTransport {
             }?;
             // A server that cannot serve (loading, read-only, cluster down) fails the whole
             // pipeline: its other replies cannot be trusted to mean what they say.
-            match values.iter().find_map(unavailable_reply) {
+            match cmds
+                .iter()
+                .zip(&values)
+                .find_map(|(cmd, value)| unavailable_reply(cmd, value))
+            {
                 Some(e) => Err(e),
                 None => Ok(values),
             }

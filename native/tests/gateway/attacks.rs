@@ -369,7 +369,10 @@ async fn replies_over_the_limit_fail_only_their_own_request() {
     )
     .await;
     assert_eq!(status, 400);
-    too_large(&reply);
+    assert!(
+        reply["error"].as_str().unwrap().contains("at most 10000"),
+        "{reply}"
+    );
     assert_eq!(
         info(&s, "commandstats", "cmdstat_srandmember"),
         None,
@@ -453,19 +456,36 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
             .unwrap_or(0)
     };
 
-    // 40 counts of 100 000 (300 KB each alone, under the limit) in one pipeline.
-    let counts: Vec<Json> = (0..40)
-        .map(|_| json!(["SRANDMEMBER", "set", "-100000"]))
+    // One count past 10 000 repeats is refused before Redis builds it (one 1 KB value asked
+    // for 5 000 000 times cost Redis 5 GB).
+    let (status, reply) = post(
+        &s,
+        READ_ONLY,
+        "/",
+        &json!(["HRANDFIELD", "h", "-5000000", "WITHVALUES"]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("at most 10000"),
+        "{reply}"
+    );
+    assert_eq!(calls(&s, "hrandfield"), 0);
+    // 200 counts of 9 000 (27 KB each at least) in one pipeline: at most the 38 that fit the
+    // 1 MiB limit together may run.
+    let counts: Vec<Json> = (0..200)
+        .map(|_| json!(["SRANDMEMBER", "set", "-9000"]))
         .collect();
     let (status, reply) = post(&s, READ_ONLY, "/pipeline", &Json::from(counts)).await;
     assert_eq!(status, 400, "{reply}");
     assert!(
-        calls(&s, "srandmember") <= 3,
+        calls(&s, "srandmember") <= 38,
         "at most the counts that fit ran: {}",
         calls(&s, "srandmember")
     );
 
-    // 2000 reads of a 100 KB value: Redis stops being asked once the parts pass the limit.
+    // 2000 reads of a 100 KB value: the pipeline goes in parts sized by the replies seen,
+    // and Redis stops being asked a few replies past the limit (10 of 100 KB fill 1 MiB).
     let gets: Vec<Json> = (0..2000).map(|_| json!(["GET", "big"])).collect();
     let before = calls(&s, "get");
     let (status, reply) = post(&s, READ_ONLY, "/pipeline", &Json::from(gets)).await;
@@ -475,7 +495,36 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
         "{reply}"
     );
     let ran = calls(&s, "get") - before;
-    assert!(ran <= 256, "{ran} of 2000 GETs ran");
+    assert!(ran <= 16, "{ran} of 2000 GETs ran");
+
+    // SCAN pages count too (a full token; each page is its own call).
+    admin(
+        &s,
+        &[
+            "EVAL",
+            "for i = 1, 20000 do redis.call('SET', string.rep('k', 60) .. i, 'v') end",
+            "0",
+        ],
+    );
+    let before = calls(&s, "scan");
+    let scans: Vec<Json> = (0..200)
+        .map(|_| json!(["SCAN", "0", "COUNT", "1000000"]))
+        .collect();
+    let (status, reply) = post(&s, FULL, "/pipeline", &Json::from(scans)).await;
+    assert_eq!(status, 400, "{reply}");
+    let ran = calls(&s, "scan") - before;
+    assert!(ran <= 40, "{ran} of 200 SCAN pages ran");
+
+    // A script's error is the script's, in band: never taken for an outage (a circuit
+    // breaker in front would otherwise open on it).
+    let (status, reply) = post(
+        &s,
+        FULL,
+        "/",
+        &json!(["EVAL", "return redis.error_reply('BUSY x')", "0"]),
+    )
+    .await;
+    assert_eq!((status, reply), (400, json!({"error": "BUSY x"})));
 
     // A Redis error longer than the limit is refused like any reply.
     let script = format!("return redis.error_reply(string.rep('x', {}))", 2 * LIMIT);
@@ -493,6 +542,9 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
     assert!(String::from_utf8_lossy(&body).contains("limit of"));
 
     for expensive in [
+        json!(["BITCOUNT", "big"]),
+        json!(["BITPOS", "big", "1"]),
+        json!(["LPOS", "list", "x", "MAXLEN", "0"]),
         json!(["SUNION", "set", "set", "set"]),
         json!(["SINTERCARD", "2", "set", "set"]),
         json!(["ZUNION", "2", "z", "z"]),
@@ -506,5 +558,22 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
             "{reply}"
         );
     }
+    // Read-only transactions: Redis would run 40 000 queued reads whole.
+    let infos: Vec<Json> = (0..40_000).map(|_| json!(["INFO"])).collect();
+    let before = calls(&s, "info");
+    let (status, reply) = post(&s, READ_ONLY, "/multi-exec", &Json::from(infos)).await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot run transactions"),
+        "{reply}"
+    );
+    assert_eq!(
+        calls(&s, "info"),
+        before + 1,
+        "only this test's own INFO ran"
+    );
     other_clients_read_their_own_data(&s).await;
 }

@@ -631,11 +631,13 @@ fn too_many_random_repeats(cmd: &Cmd) -> bool {
             .is_some_and(|n| n < 0 && n.unsigned_abs() > MAX_RANDOM_REPEATS)
 }
 
-/// How many commands of a pipeline go to Redis first. After each part the gateway checks
-/// the replies so far against the reply limit, runs no more once they pass it, and sizes
-/// the next part by the replies seen: as many commands as fit in what is left at their
-/// average size, at most [`PIPELINE_MAX_PART`]. So a pipeline of large replies stops a few
-/// replies past the limit, not hundreds.
+/// How many commands of a read-only token's pipeline go to Redis first. After each part the
+/// gateway checks the replies so far against the reply limit, runs no more once they pass
+/// it, and sizes the next part by the replies seen: as many commands as fit in what is left
+/// at their average size, at most [`PIPELINE_MAX_PART`]. So a pipeline of large replies
+/// stops a few replies past the limit, not hundreds. A full token's pipeline starts at the
+/// maximum (one round trip for up to 256 commands): full tokens are trusted with Redis's
+/// resources (they can run scripts), and their batches are the common case.
 const PIPELINE_FIRST_PART: usize = 8;
 const PIPELINE_MAX_PART: usize = 256;
 
@@ -929,7 +931,10 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
     let limit = shared.max_reply_bytes;
     let mut replied = 0usize;
     let mut answered = 0usize;
-    let mut part = PIPELINE_FIRST_PART;
+    let mut part = match access {
+        Access::ReadOnly => PIPELINE_FIRST_PART,
+        Access::Full => PIPELINE_MAX_PART,
+    };
     let mut batch: Vec<(usize, Cmd)> = Vec::new();
     let mut pending = run.into_iter().zip(slots).peekable();
     while let Some((cmd, slot)) = pending.next() {

@@ -571,11 +571,8 @@ impl Answer {
 /// request's earlier commands are certain to return.
 fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<(), Refusal> {
     shared.policy.check(cmd, access)?;
-    if too_many_random_repeats(cmd) {
-        return Err(Refusal::Denied(format!(
-            "ERR a negative count may ask for at most {MAX_RANDOM_REPEATS} members through \
-             this gateway (Redis builds the whole reply at once)"
-        )));
+    if let Some(refusal) = argument_over_cap(cmd) {
+        return Err(Refusal::Denied(refusal));
     }
     let certain = certain_reply_len(cmd);
     if certain > 0 {
@@ -613,33 +610,108 @@ fn certain_reply_len(cmd: &Cmd) -> u64 {
     }
 }
 
-/// The largest negative count `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` may ask for: Redis
-/// builds the whole reply (members may repeat) before sending any of it, so one member of
-/// 1 KB asked for 5 000 000 times costs Redis 5 GB and seconds, whatever the reply limit.
-const MAX_RANDOM_REPEATS: u64 = 10_000;
+/// The largest count `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` may ask for, either sign:
+/// Redis builds the whole reply before sending any of it, so one 1 KB member asked for
+/// 5 000 000 times costs Redis 5 GB, and 400 000 distinct members of a large set seconds.
+const MAX_RANDOM_COUNT: u64 = 10_000;
 
-fn too_many_random_repeats(cmd: &Cmd) -> bool {
+/// The largest `COUNT` hint of `SCAN`/`SSCAN`/`HSCAN`/`ZSCAN`: with a `MATCH` that matches
+/// nothing, Redis walks that many entries for a reply of two elements (4.5 s for 10⁸).
+const MAX_SCAN_HINT: u64 = 1000;
+
+/// The largest `LIMIT offset`: Redis walks the skipped entries (67 ms for 10⁶ in a sorted
+/// set) for a reply of one.
+const MAX_LIMIT_OFFSET: u64 = 10_000;
+
+/// The refusal for an argument whose cost to Redis grows with it rather than with the reply,
+/// past its cap (the same caps for every token). Keywords are read as Redis reads them.
+fn argument_over_cap(cmd: &Cmd) -> Option<String> {
     let args = cmd.args();
-    let random = [&b"SRANDMEMBER"[..], b"HRANDFIELD", b"ZRANDMEMBER"]
-        .iter()
-        .any(|n| args[0].eq_ignore_ascii_case(n));
-    random
-        && args
-            .get(2)
+    let name = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
+    let number = |i: usize| {
+        args.get(i)
             .and_then(|c| std::str::from_utf8(c).ok())
             .and_then(|c| c.parse::<i64>().ok())
-            .is_some_and(|n| n < 0 && n.unsigned_abs() > MAX_RANDOM_REPEATS)
+    };
+    if (name(b"SRANDMEMBER") || name(b"HRANDFIELD") || name(b"ZRANDMEMBER"))
+        && number(2).is_some_and(|n| n.unsigned_abs() > MAX_RANDOM_COUNT)
+    {
+        return Some(format!(
+            "ERR a count may ask for at most {MAX_RANDOM_COUNT} members through this gateway \
+             (Redis builds the whole reply at once)"
+        ));
+    }
+    let scan = name(b"SCAN") || name(b"SSCAN") || name(b"HSCAN") || name(b"ZSCAN");
+    for i in 1..args.len() {
+        if scan
+            && policy::is_keyword(&args[i], b"COUNT")
+            && number(i + 1).is_some_and(|n| n.unsigned_abs() > MAX_SCAN_HINT)
+        {
+            return Some(format!(
+                "ERR a SCAN COUNT may be at most {MAX_SCAN_HINT} through this gateway: page \
+                 with the cursor instead"
+            ));
+        }
+        if policy::is_keyword(&args[i], b"LIMIT")
+            && number(i + 1).is_some_and(|n| n.unsigned_abs() > MAX_LIMIT_OFFSET)
+        {
+            return Some(format!(
+                "ERR a LIMIT offset may be at most {MAX_LIMIT_OFFSET} through this gateway \
+                 (Redis walks every skipped entry)"
+            ));
+        }
+    }
+    None
 }
 
-/// How many commands of a read-only token's pipeline go to Redis first. After each part the
-/// gateway checks the replies so far against the reply limit, runs no more once they pass
-/// it, and sizes the next part by the replies seen: as many commands as fit in what is left
-/// at their average size, at most [`PIPELINE_MAX_PART`]. So a pipeline of large replies
-/// stops a few replies past the limit, not hundreds. A full token's pipeline starts at the
-/// maximum (one round trip for up to 256 commands): full tokens are trusted with Redis's
-/// resources (they can run scripts), and their batches are the common case.
-const PIPELINE_FIRST_PART: usize = 8;
+/// The most commands of a pipeline sent to Redis at once. After each part the gateway
+/// checks the replies so far against the reply limit and runs no more once they pass it.
 const PIPELINE_MAX_PART: usize = 256;
+
+/// Read-only commands whose reply is small whatever the data (a number, a type, a flag, or
+/// as long as the request itself). In a read-only pipeline every other command — one whose
+/// reply grows with the data (`GET`, `HGETALL`, `LRANGE`, …) — goes to Redis in a part of its
+/// own, so Redis builds at most one such reply past the reply limit, however the request
+/// orders its commands.
+const SMALL_REPLY: &[&str] = &[
+    "PING",
+    "ECHO",
+    "TIME",
+    "DBSIZE",
+    "LASTSAVE",
+    "EXISTS",
+    "TYPE",
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "TOUCH",
+    "STRLEN",
+    "GETBIT",
+    "HEXISTS",
+    "HLEN",
+    "HSTRLEN",
+    "LLEN",
+    "SCARD",
+    "SISMEMBER",
+    "SMISMEMBER",
+    "ZCARD",
+    "ZCOUNT",
+    "ZLEXCOUNT",
+    "ZSCORE",
+    "ZMSCORE",
+    "ZRANK",
+    "ZREVRANK",
+    "XLEN",
+    "GEODIST",
+];
+
+fn reply_grows_with_data(cmd: &Cmd) -> bool {
+    let name = &cmd.args()[0];
+    !SMALL_REPLY
+        .iter()
+        .any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+}
 
 /// The `COUNT` a `SCAN` is given at most (Redis's is only a hint; each page is one call).
 const MAX_SCAN_COUNT: usize = 1000;
@@ -926,23 +998,30 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
     }
     shared.metrics.commands(run.len());
     // SCAN goes through the transport's key scan (every master of a Cluster); the commands
-    // between SCANs go in parts (see PIPELINE_FIRST_PART), in order. Once the replies so far
-    // pass the reply limit, nothing more runs.
+    // between SCANs go in parts of at most PIPELINE_MAX_PART (for a read-only token, at most
+    // one command whose reply grows with the data per part), in order. Once the replies so
+    // far pass the reply limit, nothing more runs.
     let limit = shared.max_reply_bytes;
     let mut replied = 0usize;
-    let mut answered = 0usize;
-    let mut part = match access {
-        Access::ReadOnly => PIPELINE_FIRST_PART,
-        Access::Full => PIPELINE_MAX_PART,
-    };
+    // A full token's parts are as large as they come (its batches are the common case, and
+    // full tokens are trusted with Redis's resources: they can run scripts).
+    let one_large_reply_per_part = access == Access::ReadOnly;
+    let mut large_in_batch = false;
     let mut batch: Vec<(usize, Cmd)> = Vec::new();
     let mut pending = run.into_iter().zip(slots).peekable();
     while let Some((cmd, slot)) = pending.next() {
         let scan = scan_args(&cmd);
         if scan.is_none() {
+            large_in_batch |= one_large_reply_per_part && reply_grows_with_data(&cmd);
             batch.push((slot, cmd));
         }
-        let flush = scan.is_some() || batch.len() >= part || pending.peek().is_none();
+        let next_is_large = pending
+            .peek()
+            .is_some_and(|(next, _)| one_large_reply_per_part && reply_grows_with_data(next));
+        let flush = scan.is_some()
+            || batch.len() >= PIPELINE_MAX_PART
+            || pending.peek().is_none()
+            || (large_in_batch && next_is_large);
         if flush && !batch.is_empty() {
             let (batch_slots, cmds): (Vec<usize>, Vec<Cmd>) =
                 std::mem::take(&mut batch).into_iter().unzip();
@@ -957,13 +1036,11 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
                 }
                 Err(e) => return Answer::unavailable(&e),
             };
+            large_in_batch = false;
             replied = replied.saturating_add(rest::reply_len_floor(&replies, enc, limit));
-            answered += replies.len();
             if replied > limit {
                 return Answer::reply_too_large(limit);
             }
-            let average = (replied / answered.max(1)).max(1);
-            part = ((limit - replied) / average).clamp(1, PIPELINE_MAX_PART);
             for (slot, reply) in batch_slots.into_iter().zip(replies) {
                 results[slot] = Some(reply);
             }

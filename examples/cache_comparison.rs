@@ -85,11 +85,11 @@ async fn main() -> Result<(), Error> {
     let Some(url) = url else { return Ok(()) };
     let redis = RedisCache::builder(RedisTransport::connect(&url).await?)
         .prefix("cmp-redis")
-        .build();
+        .build()?;
     workload("redis", &redis).await?;
     let l2 = RedisCache::builder(RedisTransport::connect(&url).await?)
         .prefix("cmp-tiered")
-        .build();
+        .build()?;
     let tiered = TieredCache::builder(memory(), l2.clone())
         .l1_max_ttl(Some(Duration::from_secs(60)))
         .build();
@@ -101,11 +101,11 @@ async fn main() -> Result<(), Error> {
     for (name, cache) in [
         (
             "ResponseCache on memory",
-            ResponseCache::local(memory(), clock.clone()).build(),
+            ResponseCache::local(memory(), clock.clone()).build()?,
         ),
         (
             "ResponseCache on redis",
-            ResponseCache::redis(redis.clone(), clock.clone()).build(),
+            ResponseCache::redis(redis.clone(), clock.clone()).build()?,
         ),
     ] {
         cache
@@ -167,7 +167,7 @@ async fn main() -> Result<(), Error> {
         );
 
         // 4. Response cache, fail-open: computes the answer anyway (MISS, not an error).
-        let cache = ResponseCache::redis(redis.clone(), clock.clone()).build();
+        let cache = ResponseCache::redis(redis.clone(), clock.clone()).build()?;
         let a = cache
             .get_or_compute(&request, &control, || async {
                 Ok::<_, Error>(LlmResponse::new("computed while Redis is down"))
@@ -192,7 +192,7 @@ async fn main() -> Result<(), Error> {
     let cache = ResponseCache::local(MemoryCache::new(manual.clone(), 100, None), manual)
         .default_ttl(Duration::from_secs(60))
         .stale_window(Duration::from_secs(3600))
-        .build();
+        .build()?;
     cache
         .put(&request, &control, &LlmResponse::new("Paris."))
         .await?;

@@ -68,7 +68,7 @@ async fn main() -> Result<(), Error> {
     let cache = ResponseCache::redis(redis, SystemClock::shared())
         .default_ttl(Duration::from_secs(3600))
         .prices(prices)
-        .build();
+        .build()?;
     let question = LlmRequest::chat("gpt-4o-mini")
         .system("You are terse.")
         .user("What is the capital of France?")
@@ -125,7 +125,7 @@ async fn main() -> Result<(), Error> {
             RedisCache::from_options(RedisCacheOptions::cluster(seeds)).await?,
             SystemClock::shared(),
         )
-        .build();
+        .build()?;
         for i in 0..30 {
             let r = LlmRequest::prompt("gpt-4o-mini", format!("cluster question {i}"));
             clustered

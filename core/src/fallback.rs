@@ -472,7 +472,10 @@ mod tests {
         })
         .retry_every(Duration::from_millis(200));
         let cache = FallbackCache::new(
-            RedisCache::builder(lazy.clone()).prefix("p").build(),
+            RedisCache::builder(lazy.clone())
+                .prefix("p")
+                .build()
+                .unwrap(),
             MemoryCache::new(clock.clone(), 100, None),
         );
         cache.set("a", "1".into(), None).await.unwrap();

@@ -52,7 +52,7 @@ const DEFAULT_STATS_BATCH: u64 = 64;
 /// let cache = RedisCache::builder(MemTransport::new())
 ///     .prefix("myapp")
 ///     .default_ttl(Some(Duration::from_secs(3600)))
-///     .build();
+///     .build().unwrap();
 /// cache.set("greeting", "hello".into(), None).await?;
 /// assert_eq!(cache.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
 /// # Ok::<(), larder_core::Error>(())
@@ -145,18 +145,15 @@ where
 #[must_use]
 pub struct RedisCacheBuilder<T> {
     transport: T,
-    keys: KeyScheme,
+    keys: Result<KeyScheme>,
     default_ttl: Option<Duration>,
     scan_count: usize,
     stats_batch: u64,
 }
 
 impl<T: Transport> RedisCacheBuilder<T> {
-    /// The key prefix (default `larder`). A trailing `:` is not doubled.
-    ///
-    /// # Panics
-    ///
-    /// When the prefix contains `{` or `}` (see [`KeyScheme::new`]).
+    /// The key prefix (default `larder`). A trailing `:` is not doubled. A prefix with `{`
+    /// or `}` makes [`build`](Self::build) fail (see [`KeyScheme::new`]).
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.keys = KeyScheme::new(prefix);
         self
@@ -164,7 +161,7 @@ impl<T: Transport> RedisCacheBuilder<T> {
 
     /// A ready-made key scheme.
     pub fn key_scheme(mut self, keys: KeyScheme) -> Self {
-        self.keys = keys;
+        self.keys = Ok(keys);
         self
     }
 
@@ -189,11 +186,15 @@ impl<T: Transport> RedisCacheBuilder<T> {
     }
 
     /// Builds the cache.
-    pub fn build(self) -> RedisCache<T> {
-        RedisCache {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a prefix with `{` or `}`.
+    pub fn build(self) -> Result<RedisCache<T>> {
+        Ok(RedisCache {
             inner: Arc::new(Inner {
                 transport: self.transport,
-                keys: self.keys,
+                keys: self.keys?,
                 default_ttl: self.default_ttl,
                 scan_count: self.scan_count,
                 stats_batch: self.stats_batch,
@@ -201,21 +202,23 @@ impl<T: Transport> RedisCacheBuilder<T> {
                 pending: Pending::default(),
                 closed: AtomicBool::new(false),
             }),
-        }
+        })
     }
 }
 
 impl<T: Transport> RedisCache<T> {
     /// A cache over `transport` with the default prefix and no default TTL.
     pub fn new(transport: T) -> Self {
-        Self::builder(transport).build()
+        Self::builder(transport)
+            .build()
+            .expect("the default prefix is valid")
     }
 
     /// Starts building a cache over `transport`.
     pub fn builder(transport: T) -> RedisCacheBuilder<T> {
         RedisCacheBuilder {
             transport,
-            keys: KeyScheme::default(),
+            keys: Ok(KeyScheme::default()),
             default_ttl: None,
             scan_count: DEFAULT_SCAN_COUNT,
             stats_batch: DEFAULT_STATS_BATCH,
@@ -646,6 +649,28 @@ impl<T: Transport> Cache for RedisCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A prefix from configuration that Redis Cluster would read as a hash tag is an error
+    /// from `build()`, for the Redis cache and the response cache alike, never a panic.
+    #[test]
+    fn a_prefix_with_braces_is_an_error_not_a_panic() {
+        let t = crate::testing::MemTransport::new();
+        for prefix in ["a{b", "}", "{tenant}"] {
+            let err = RedisCache::builder(t.clone())
+                .prefix(prefix)
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+            let redis = RedisCache::new(t.clone());
+            let clock: crate::SharedClock = Arc::new(t.clock());
+            let err = crate::ResponseCache::redis(redis, clock)
+                .prefix(prefix)
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        }
+        assert!(RedisCache::builder(t).prefix("app:").build().is_ok());
+    }
     use crate::ErrorKind;
     use crate::cache::CacheExt;
     use crate::testing::MemTransport;
@@ -659,7 +684,7 @@ mod tests {
     fn every_operation_is_one_round_trip() {
         block_on(async {
             let t = MemTransport::new();
-            let c = RedisCache::builder(t.clone()).prefix("p").build();
+            let c = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
             t.reset_counters();
             c.set("k", b("v"), None).await.unwrap();
             assert_eq!(t.calls(), 1, "set + stats in one pipeline");
@@ -676,7 +701,7 @@ mod tests {
     fn stats_wait_for_the_batch_even_on_writes() {
         block_on(async {
             let t = MemTransport::new();
-            let c = RedisCache::builder(t.clone()).prefix("p").build();
+            let c = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
             c.get("missing").await.unwrap();
             c.get("missing").await.unwrap();
             t.reset_counters();
@@ -701,7 +726,8 @@ mod tests {
             let c = RedisCache::builder(t.clone())
                 .prefix("p")
                 .stats_batch(3)
-                .build();
+                .build()
+                .unwrap();
             for _ in 0..4 {
                 c.get("x").await.unwrap();
             }
@@ -718,7 +744,7 @@ mod tests {
     fn failed_flush_keeps_counts_pending() {
         block_on(async {
             let t = MemTransport::new();
-            let c = RedisCache::builder(t.clone()).prefix("p").build();
+            let c = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
             c.get("x").await.unwrap();
             c.set("k", b("v"), None).await.unwrap();
             t.fail_next(1, ErrorKind::Io);
@@ -741,7 +767,7 @@ mod tests {
     fn outage_is_an_error_not_a_hang_and_stats_stay_readable() {
         block_on(async {
             let t = MemTransport::new();
-            let c = RedisCache::builder(t.clone()).prefix("p").build();
+            let c = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
             c.set("k", b("v"), None).await.unwrap();
             t.set_down(true);
             let err = c.get("k").await.unwrap_err();
@@ -758,7 +784,7 @@ mod tests {
     fn server_error_replies_pass_through_unchanged() {
         block_on(async {
             let t = MemTransport::new();
-            let c = RedisCache::builder(t.clone()).prefix("p").build();
+            let c = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
             t.exec(Cmd::new("HSET").arg("p:cache:h").arg("f").arg("v"))
                 .await
                 .unwrap();
@@ -776,7 +802,7 @@ mod tests {
     fn corrupt_read_moves_a_hit_to_the_misses_everywhere() {
         block_on(async {
             let t = MemTransport::new();
-            let c = RedisCache::builder(t.clone()).prefix("p").build();
+            let c = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
             t.set(
                 b"p:cache:bad",
                 &Bytes::from_static(b"\xff\x00"),
@@ -799,7 +825,8 @@ mod tests {
             let c = RedisCache::builder(t.clone())
                 .prefix("p")
                 .scan_count(10)
-                .build();
+                .build()
+                .unwrap();
             for i in 0..25 {
                 c.set(&format!("k{i}"), b("v"), None).await.unwrap();
             }
@@ -822,7 +849,8 @@ mod tests {
             let c = RedisCache::builder(t.clone())
                 .prefix("p")
                 .default_ttl(Some(Duration::from_secs(60)))
-                .build();
+                .build()
+                .unwrap();
             c.set("a", b("v"), None).await.unwrap();
             c.set("b", b("v"), Some(Duration::from_millis(1500)))
                 .await
@@ -838,7 +866,8 @@ mod tests {
     fn debug_shows_prefix_not_values() {
         let c = RedisCache::builder(MemTransport::new())
             .prefix("dbg")
-            .build();
+            .build()
+            .unwrap();
         let s = format!("{c:?}");
         assert!(s.contains("dbg"), "{s}");
     }

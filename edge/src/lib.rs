@@ -25,7 +25,7 @@
 //! #[worker::event(fetch)]
 //! async fn fetch(req: worker::Request, env: worker::Env, _ctx: worker::Context) -> worker::Result<worker::Response> {
 //!     let transport = RestTransport::from_worker_env(&env).map_err(|e| e.to_string())?;
-//!     let cache = RedisCache::builder(transport).prefix("myapp").build();
+//!     let cache = RedisCache::builder(transport).prefix("myapp").build().unwrap();
 //!     let hit = cache.get("greeting").await.map_err(|e| e.to_string())?;
 //!     worker::Response::ok(format!("{hit:?}"))
 //! }

@@ -48,7 +48,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// // UPSTASH_REDIS_REST_URL / UPSTASH_REDIS_REST_TOKEN, like the official SDK.
 /// let transport = RestTransport::from_env().expect("REST URL and token in the environment");
-/// let cache = RedisCache::builder(transport).prefix("myapp").build();
+/// let cache = RedisCache::builder(transport).prefix("myapp").build().unwrap();
 /// cache.set("k", "v".into(), None).await?;
 /// # Ok(())
 /// # }

@@ -59,7 +59,7 @@ pub fn check(data: &[u8]) {
 }
 
 fn scheme(prefix: &str) {
-    match KeyScheme::try_new(prefix) {
+    match KeyScheme::new(prefix) {
         Ok(s) => {
             let user = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
             let key = s.value_key(user);

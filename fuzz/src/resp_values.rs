@@ -49,7 +49,7 @@ pub fn check(data: &[u8]) {
     let cache = RedisCache::builder(transport)
         .stats_batch(1)
         .scan_count(10)
-        .build();
+        .build().unwrap();
     crate::runtime().block_on(async {
         let found = |b: &Bytes| assert!(given.contains(b), "value {b:?} was never sent");
         if let Ok(Some(v)) = cache.get("k").await {

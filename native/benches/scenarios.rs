@@ -85,7 +85,8 @@ async fn transport(server: &RedisServer) -> RedisTransport {
 async fn tiered(server: &RedisServer) {
     let l2 = RedisCache::builder(transport(server).await)
         .prefix(PREFIX)
-        .build();
+        .build()
+        .unwrap();
     let tiered = TieredCache::builder(MemoryCache::new(clock(), 100_000, None), l2.clone())
         .l1_max_ttl(Some(Duration::from_secs(600)))
         .runtime(TokioRuntime::shared())
@@ -172,7 +173,10 @@ where
     let key = format!("stampede-{run}");
     let caches: Vec<_> = (0..processes)
         .map(|_| {
-            let cache = RedisCache::builder(t.clone()).prefix(PREFIX).build();
+            let cache = RedisCache::builder(t.clone())
+                .prefix(PREFIX)
+                .build()
+                .unwrap();
             ComputeCache::builder(cache.clone(), clock())
                 .lock(RedisLock::for_cache(&cache, clock()))
                 .runtime(TokioRuntime::shared())
@@ -335,9 +339,13 @@ async fn outage() {
     let mut server = RedisServer::start().expect("start redis-server");
     let plain = RedisCache::builder(transport(&server).await)
         .prefix(PREFIX)
-        .build();
+        .build()
+        .unwrap();
     let breaker = CircuitBreakerLayer::new(clock()).layer(transport(&server).await);
-    let guarded = RedisCache::builder(breaker.clone()).prefix(PREFIX).build();
+    let guarded = RedisCache::builder(breaker.clone())
+        .prefix(PREFIX)
+        .build()
+        .unwrap();
     let tiered = TieredCache::builder(MemoryCache::new(clock(), 10_000, None), guarded.clone())
         .l1_max_ttl(Some(Duration::from_secs(600)))
         .runtime(TokioRuntime::shared())

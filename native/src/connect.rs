@@ -99,21 +99,21 @@ impl RedisCacheExt for RedisCache<RedisTransport> {
     }
 
     async fn from_options(opts: RedisCacheOptions) -> Result<Self> {
-        let keys = KeyScheme::try_new(&opts.key_prefix)?;
+        let keys = KeyScheme::new(&opts.key_prefix)?;
         let transport = RedisTransport::from_options(&opts).await?;
         Ok(RedisCache::builder(transport)
             .key_scheme(keys)
             .default_ttl(opts.default_ttl)
-            .build())
+            .build()?)
     }
 
     async fn from_sentinel(opts: SentinelOptions) -> Result<Self> {
-        let keys = KeyScheme::try_new(&opts.key_prefix)?;
+        let keys = KeyScheme::new(&opts.key_prefix)?;
         let transport = RedisTransport::from_sentinel(&opts).await?;
         Ok(RedisCache::builder(transport)
             .key_scheme(keys)
             .default_ttl(opts.default_ttl)
-            .build())
+            .build()?)
     }
 }
 

@@ -29,7 +29,10 @@ pub(crate) fn unique_prefix(case: &str) -> String {
 }
 
 pub(crate) fn cache(b: &impl Backend, prefix: &str) -> RedisCache<SharedTransport> {
-    RedisCache::builder(b.transport()).prefix(prefix).build()
+    RedisCache::builder(b.transport())
+        .prefix(prefix)
+        .build()
+        .unwrap()
 }
 
 fn b(s: &str) -> Bytes {
@@ -151,7 +154,8 @@ pub(crate) async fn default_ttl_applies(be: &impl Backend) {
     let c = RedisCache::builder(be.transport())
         .prefix(&unique_prefix("defttl"))
         .default_ttl(Some(Duration::from_secs(10)))
-        .build();
+        .build()
+        .unwrap();
     c.set("k", b("v"), None).await.unwrap();
     match c.ttl("k").await.unwrap() {
         KeyTtl::ExpiresIn(d) => assert!(
@@ -380,7 +384,8 @@ pub(crate) async fn clear_many_keys_in_batches(be: &impl Backend) {
     let c = RedisCache::builder(be.transport())
         .prefix(&unique_prefix("clearmany"))
         .scan_count(100)
-        .build();
+        .build()
+        .unwrap();
     let entries: Vec<(String, Bytes)> = (0..1234).map(|i| (format!("k{i}"), b("v"))).collect();
     for chunk in entries.chunks(200) {
         let refs: Vec<(&str, Bytes)> = chunk.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();

@@ -329,7 +329,7 @@ impl Notifier {
 /// use larder_core::{RedisCache, testing::MemTransport};
 ///
 /// let redis = MemTransport::new();
-/// let cache = RedisCache::builder(redis.clone()).prefix("app").build();
+/// let cache = RedisCache::builder(redis.clone()).prefix("app").build().unwrap();
 /// let lock = RedisLock::for_cache(&cache, std::sync::Arc::new(redis.clock()));
 /// let ttl = Duration::from_secs(10);
 /// assert!(lock.try_acquire("k", "token-a", ttl).await?);

@@ -286,7 +286,7 @@ struct Inner<C> {
 ///
 /// let redis = MemTransport::new();
 /// let clock = Arc::new(redis.clock());
-/// let cache = RedisCache::builder(redis.clone()).prefix("app").build();
+/// let cache = RedisCache::builder(redis.clone()).prefix("app").build().unwrap();
 /// let cache = ComputeCache::builder(cache.clone(), clock.clone())
 ///     .lock(RedisLock::for_cache(&cache, clock))
 ///     .build();

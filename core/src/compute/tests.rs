@@ -107,7 +107,7 @@ fn redis_compute(
     t: &MemTransport,
     clock: &Arc<TokioClock>,
 ) -> ComputeCacheBuilder<RedisCache<MemTransport>> {
-    let cache = RedisCache::builder(t.clone()).prefix("p").build();
+    let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
     ComputeCache::builder(cache.clone(), clock_of(clock))
         .lock(RedisLock::for_cache(&cache, clock_of(clock)))
         .runtime(runtime())
@@ -449,7 +449,10 @@ async fn a_lost_release_is_made_up_for_when_the_subscription_resumes() {
         shared: Arc::default(),
     };
     let holder = redis_compute(&t, &clock).build();
-    let cache = RedisCache::builder(resuming.clone()).prefix("p").build();
+    let cache = RedisCache::builder(resuming.clone())
+        .prefix("p")
+        .build()
+        .unwrap();
     let waiter = ComputeCache::builder(cache.clone(), clock_of(&clock))
         .lock(RedisLock::for_cache(&cache, clock_of(&clock)))
         .poll_backoff(Duration::from_secs(20), Duration::from_secs(20))
@@ -500,7 +503,7 @@ async fn without_pubsub_waiters_poll_with_backoff_within_the_budget() {
     )
     .await
     .unwrap();
-    let cache = RedisCache::builder(t.clone()).prefix("p").build();
+    let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
     let c = ComputeCache::builder(cache.clone(), clock_of(&clock))
         .lock(RedisLock::for_cache(&cache, clock_of(&clock)))
         .max_polls(4)
@@ -610,7 +613,7 @@ fn release_and_extend_only_act_on_our_token() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let lock = RedisLock::new(t.clone(), crate::KeyScheme::new("p"), clock);
+        let lock = RedisLock::new(t.clone(), crate::KeyScheme::new("p").unwrap(), clock);
         let ttl = Duration::from_secs(2);
         assert!(lock.try_acquire("k", "a", ttl).await.unwrap());
         t.clock().advance(Duration::from_secs(3)); // a's lease expired…
@@ -711,7 +714,7 @@ fn redis_down_computes_anyway_without_errors() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let cache = RedisCache::builder(t.clone()).prefix("p").build();
+        let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
         let c = ComputeCache::builder(cache.clone(), clock.clone())
             .lock(RedisLock::for_cache(&cache, clock))
             .build();
@@ -733,7 +736,7 @@ fn corrupt_bytes_are_a_counted_miss_and_recomputed() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let cache = RedisCache::builder(t.clone()).prefix("p").build();
+        let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
         let c = ComputeCache::new(cache.clone(), clock);
         t.set(
             b"p:cache:k",
@@ -770,7 +773,10 @@ fn typed_values_round_trip_as_json() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let c = ComputeCache::new(RedisCache::builder(t.clone()).prefix("p").build(), clock);
+        let c = ComputeCache::new(
+            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
+            clock,
+        );
         let a = Answer {
             text: "hi".into(),
             tokens: 3,
@@ -803,9 +809,12 @@ fn fail_safe_stamps_windows_and_stores_for_fresh_plus_stale() {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
         let now = t.clock().now_ms();
-        let c = ComputeCache::builder(RedisCache::builder(t.clone()).prefix("p").build(), clock)
-            .fail_safe(Duration::from_secs(600))
-            .build();
+        let c = ComputeCache::builder(
+            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
+            clock,
+        )
+        .fail_safe(Duration::from_secs(600))
+        .build();
         let got = c
             .fetch("k", Some(Duration::from_secs(60)), async {
                 Ok::<_, Boom>(envelope("a"))
@@ -823,9 +832,12 @@ fn stale_value_is_served_when_the_compute_fails_and_expires_after_its_window() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let c = ComputeCache::builder(RedisCache::builder(t.clone()).prefix("p").build(), clock)
-            .fail_safe(Duration::from_secs(600))
-            .build();
+        let c = ComputeCache::builder(
+            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
+            clock,
+        )
+        .fail_safe(Duration::from_secs(600))
+        .build();
         let ttl = Some(Duration::from_secs(60));
         c.fetch("k", ttl, async { Ok::<_, Boom>(envelope("old")) })
             .await
@@ -982,7 +994,7 @@ async fn many_threads_one_compute_and_no_partial_values() {
     let big = Bytes::from(vec![b'x'; 1 << 20]);
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let cache = RedisCache::builder(t.clone()).prefix("p").build();
+        let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
         let c = ComputeCache::builder(cache.clone(), clock.clone())
             .lock(RedisLock::for_cache(&cache, clock.clone()))
             .runtime(runtime())
@@ -1023,7 +1035,10 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
         .failure_threshold(2)
         .cooldown(Duration::from_millis(500))
         .layer(t.clone());
-    let l2 = RedisCache::builder(guarded.clone()).prefix("p").build();
+    let l2 = RedisCache::builder(guarded.clone())
+        .prefix("p")
+        .build()
+        .unwrap();
     let tiered = TieredCache::builder(MemoryCache::new(clock_of(&clock), 100, None), l2.clone())
         .backplane(Backplane::new(
             guarded.clone(),
@@ -1141,7 +1156,7 @@ impl LockBackend for RacingLock {
 async fn a_value_stored_between_our_read_and_our_lease_is_served_not_recomputed() {
     let clock = TokioClock::shared();
     let t = MemTransport::with_clock(clock.clone());
-    let cache = RedisCache::builder(t.clone()).prefix("p").build();
+    let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
     let lock = RacingLock {
         inner: RedisLock::for_cache(&cache, clock_of(&clock)),
         cache: cache.clone(),

@@ -67,7 +67,7 @@ impl fmt::Display for Stat {
 /// ```
 /// use larder_core::keys::{KeyScheme, Stat};
 ///
-/// let keys = KeyScheme::new("app:");
+/// let keys = KeyScheme::new("app:").unwrap();
 /// assert_eq!(keys.prefix(), "app");
 /// assert_eq!(keys.value_key("9f86d0"), "app:cache:9f86d0");
 /// assert_eq!(keys.stats_key(Stat::Hits), "app:stats:hits");
@@ -84,31 +84,19 @@ pub struct KeyScheme {
 }
 
 impl KeyScheme {
-    /// A key scheme under `prefix` (see the prefix rules on [`KeyScheme`]).
-    ///
-    /// # Panics
-    ///
-    /// If `prefix` contains `{` or `}`. Use [`KeyScheme::try_new`] for a prefix that comes
-    /// from configuration.
-    pub fn new(prefix: &str) -> KeyScheme {
-        match KeyScheme::try_new(prefix) {
-            Ok(scheme) => scheme,
-            Err(e) => panic!("KeyScheme::new: {e}"),
-        }
-    }
-
-    /// A key scheme under `prefix`, or [`Error::InvalidInput`] if `prefix` contains `{` or
-    /// `}` (Redis Cluster hash-tag characters).
+    /// A key scheme under `prefix` (see the prefix rules on [`KeyScheme`]), or
+    /// [`Error::InvalidInput`] if `prefix` contains `{` or `}` (Redis Cluster hash-tag
+    /// characters).
     ///
     /// # Examples
     ///
     /// ```
     /// use larder_core::keys::KeyScheme;
     ///
-    /// assert!(KeyScheme::try_new("tenant-7").is_ok());
-    /// assert!(KeyScheme::try_new("{tenant-7}").is_err());
+    /// assert!(KeyScheme::new("tenant-7").is_ok());
+    /// assert!(KeyScheme::new("{tenant-7}").is_err());
     /// ```
-    pub fn try_new(prefix: &str) -> Result<KeyScheme, Error> {
+    pub fn new(prefix: &str) -> Result<KeyScheme, Error> {
         if prefix.contains(['{', '}']) {
             return Err(Error::InvalidInput(format!(
                 "key prefix {prefix:?} contains '{{' or '}}', which Redis Cluster reads as a \
@@ -158,8 +146,8 @@ impl KeyScheme {
     /// ```
     /// use larder_core::keys::KeyScheme;
     ///
-    /// assert_eq!(KeyScheme::new("app").value_pattern("*"), "app:cache:*");
-    /// assert_eq!(KeyScheme::new("a*b").value_pattern("ab*"), r"a\*b:cache:ab*");
+    /// assert_eq!(KeyScheme::new("app").unwrap().value_pattern("*"), "app:cache:*");
+    /// assert_eq!(KeyScheme::new("a*b").unwrap().value_pattern("ab*"), r"a\*b:cache:ab*");
     /// ```
     pub fn value_pattern(&self, user_glob: &str) -> String {
         let mut out = String::with_capacity(self.head.len() + 6 + user_glob.len());
@@ -186,7 +174,7 @@ impl KeyScheme {
 impl Default for KeyScheme {
     /// The scheme under [`DEFAULT_PREFIX`] (`larder`).
     fn default() -> Self {
-        KeyScheme::new(DEFAULT_PREFIX)
+        KeyScheme::new(DEFAULT_PREFIX).expect("the default prefix is valid")
     }
 }
 
@@ -206,16 +194,25 @@ mod tests {
 
     #[test]
     fn trailing_colon_is_not_doubled() {
-        assert_eq!(KeyScheme::new("app:"), KeyScheme::new("app"));
-        assert_eq!(KeyScheme::new("app:").value_key("h"), "app:cache:h");
-        assert_eq!(KeyScheme::new("app::").value_key("h"), "app::cache:h");
-        assert_eq!(KeyScheme::new("app::").prefix(), "app:");
+        assert_eq!(
+            KeyScheme::new("app:").unwrap(),
+            KeyScheme::new("app").unwrap()
+        );
+        assert_eq!(
+            KeyScheme::new("app:").unwrap().value_key("h"),
+            "app:cache:h"
+        );
+        assert_eq!(
+            KeyScheme::new("app::").unwrap().value_key("h"),
+            "app::cache:h"
+        );
+        assert_eq!(KeyScheme::new("app::").unwrap().prefix(), "app:");
     }
 
     #[test]
     fn empty_prefix_means_no_prefix() {
         for p in ["", ":"] {
-            let k = KeyScheme::new(p);
+            let k = KeyScheme::new(p).unwrap();
             assert_eq!(k.prefix(), "");
             assert_eq!(k.value_key("h"), "cache:h");
             assert_eq!(k.stats_key(Stat::Misses), "stats:misses");
@@ -243,25 +240,25 @@ mod tests {
     #[test]
     fn braces_are_rejected() {
         for p in ["{a}", "a{", "}"] {
-            assert!(matches!(KeyScheme::try_new(p), Err(Error::InvalidInput(_))));
+            assert!(matches!(KeyScheme::new(p), Err(Error::InvalidInput(_))));
         }
     }
 
     #[test]
     #[should_panic(expected = "hash tag")]
     fn new_panics_on_braces() {
-        let _ = KeyScheme::new("{tenant}");
+        let _ = KeyScheme::new("{tenant}").unwrap();
     }
 
     #[test]
     fn pattern_escapes_prefix_glob_characters() {
-        let k = KeyScheme::new(r"a*b?c[d]e\f");
+        let k = KeyScheme::new(r"a*b?c[d]e\f").unwrap();
         assert_eq!(k.value_pattern("*"), r"a\*b\?c\[d\]e\\f:cache:*");
     }
 
     #[test]
     fn user_key_of_inverts_value_key() {
-        let k = KeyScheme::new("go-deep-agent");
+        let k = KeyScheme::new("go-deep-agent").unwrap();
         for user in ["", "abc", "with:colons", "ünï"] {
             assert_eq!(
                 k.user_key_of(k.value_key(user).as_bytes()).as_deref(),

@@ -516,7 +516,7 @@ proptest! {
 
     #[test]
     fn user_key_of_inverts_value_key(prefix in "[a-z:*?\\[\\]\\\\-]{0,8}", key in any::<String>()) {
-        let scheme = KeyScheme::new(&prefix);
+        let scheme = KeyScheme::new(&prefix).unwrap();
         prop_assert_eq!(scheme.user_key_of(scheme.value_key(&key).as_bytes()), Some(key));
     }
 }

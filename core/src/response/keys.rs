@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn layout() {
-        let k = ResponseKeys::new(KeyScheme::new("app"));
+        let k = ResponseKeys::new(KeyScheme::new("app").unwrap());
         assert_eq!(ResponseKeys::user_key("default", "ab"), "ab");
         assert_eq!(ResponseKeys::user_key("t-1", "ab"), "t-1:ab");
         assert_eq!(k.generation_key("t-1"), "app:ns:t-1");
@@ -101,7 +101,7 @@ mod tests {
         assert_eq!(k.tag_key("model:x{y}%"), "app:tag:model:x%7By%7D%25");
         assert_eq!(k.analytics_key("gpt"), "app:analytics:model:gpt");
         assert_eq!(k.analytics_models_key(), "app:analytics:models");
-        let bare = ResponseKeys::new(KeyScheme::new(""));
+        let bare = ResponseKeys::new(KeyScheme::new("").unwrap());
         assert_eq!(bare.generation_key("default"), "ns:default");
     }
 }

@@ -45,7 +45,7 @@
 //! let redis = MemTransport::new();
 //! let cache = ResponseCache::redis(RedisCache::new(redis.clone()), redis.shared_clock())
 //!     .default_ttl(Duration::from_secs(3600))
-//!     .build();
+//!     .build().unwrap();
 //! let request = LlmRequest::chat("gpt-4o-mini").user("What is the capital of France?");
 //! let ask = || async {
 //!     // call the model here
@@ -266,7 +266,7 @@ impl<T: Transport> Transport for ViaCache<T> {
 pub struct ResponseCacheBuilder {
     backend: Backend,
     scheme: KeyScheme,
-    prefix: Option<KeyScheme>,
+    prefix: Option<Result<KeyScheme>>,
     mode: Mode,
     clock: SharedClock,
     backend_ttl: Option<Duration>,
@@ -333,11 +333,8 @@ impl ResponseCacheBuilder {
     }
 
     /// The key prefix. Default: the [`RedisCache`]'s prefix in [`Mode::Larder`], and
-    /// `go-deep-agent` in [`Mode::GoDeepAgent`].
-    ///
-    /// # Panics
-    ///
-    /// When the prefix contains `{` or `}` (see [`KeyScheme::new`]).
+    /// `go-deep-agent` in [`Mode::GoDeepAgent`]. A prefix with `{` or `}` makes
+    /// [`build`](Self::build) fail (see [`KeyScheme::new`]).
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Some(KeyScheme::new(prefix));
         self
@@ -403,7 +400,7 @@ impl ResponseCacheBuilder {
     ///     .on_low_hit_rate(0.5, 100, |alert| {
     ///         eprintln!("hit rate {:.0}% < {:.0}%", alert.hit_rate * 100.0, alert.threshold * 100.0)
     ///     })
-    ///     .build();
+    ///     .build().unwrap();
     /// # drop(cache);
     /// ```
     pub fn on_low_hit_rate(
@@ -449,10 +446,14 @@ impl ResponseCacheBuilder {
     }
 
     /// Builds the cache.
-    pub fn build(self) -> ResponseCache {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a prefix with `{` or `}`.
+    pub fn build(self) -> Result<ResponseCache> {
         let scheme = match (self.prefix, self.mode) {
-            (Some(p), _) => p,
-            (None, Mode::GoDeepAgent) => KeyScheme::new(GO_DEEP_AGENT_PREFIX),
+            (Some(p), _) => p?,
+            (None, Mode::GoDeepAgent) => KeyScheme::new(GO_DEEP_AGENT_PREFIX)?,
             (None, _) => self.scheme,
         };
         let default_ttl = self.default_ttl.or(self.backend_ttl).or(match self.mode {
@@ -473,7 +474,7 @@ impl ResponseCacheBuilder {
             }),
             _ => None,
         };
-        ResponseCache {
+        Ok(ResponseCache {
             inner: Arc::new(Inner {
                 backend: self.backend,
                 keys: ResponseKeys::new(scheme),
@@ -491,7 +492,7 @@ impl ResponseCacheBuilder {
                 errors: AtomicU64::new(0),
                 stampede: Stampede::new(lease),
             }),
-        }
+        })
     }
 }
 
@@ -611,7 +612,7 @@ impl ResponseCache {
     /// let t = MemTransport::new();
     /// let go = ResponseCache::redis(RedisCache::new(t.clone()), t.shared_clock())
     ///     .go_deep_agent_compat()
-    ///     .build();
+    ///     .build().unwrap();
     /// let request = LlmRequest::prompt("gpt-4o-mini", "What is the capital of France?")
     ///     .system("You are a helpful assistant.")
     ///     .temperature(0.7);

@@ -224,7 +224,7 @@ mod tests {
         Stampede::new(Some(Lease {
             lock: Arc::new(RedisLock::new(
                 t.clone(),
-                KeyScheme::new("p"),
+                KeyScheme::new("p").unwrap(),
                 clock.clone(),
             )),
             ttl: DEFAULT_LEASE_TTL,

@@ -23,7 +23,7 @@ fn b(s: &str) -> Bytes {
 
 fn redis_cache(t: &MemTransport) -> ResponseCacheBuilder {
     ResponseCache::redis(
-        RedisCache::builder(t.clone()).prefix("p").build(),
+        RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
         t.shared_clock(),
     )
 }
@@ -81,7 +81,7 @@ fn none() -> CacheControl {
 #[test]
 fn miss_then_hit_reports_status_and_computes_once() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let first = ask(&cache, &none(), model.answer("Paris.")).unwrap();
     assert_eq!(first.status, CacheStatus::Miss);
@@ -99,7 +99,10 @@ fn miss_then_hit_reports_status_and_computes_once() {
 #[test]
 fn stored_value_is_an_envelope_with_response_model_time_and_metadata() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).default_ttl(Duration::from_secs(60)).build();
+    let cache = redis_cache(&t)
+        .default_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let a = ask(&cache, &none(), Model::default().answer("Paris.")).unwrap();
     let raw = block_on(t.get(a.key.as_bytes())).unwrap().unwrap();
     let Decoded::Envelope(e) = Envelope::decode(&raw) else {
@@ -119,7 +122,8 @@ fn ttl_control_sets_px_and_expires_the_answer() {
     let t = MemTransport::new();
     let cache = redis_cache(&t)
         .default_ttl(Duration::from_secs(3600))
-        .build();
+        .build()
+        .unwrap();
     let model = Model::default();
     let ctl = none().ttl(Duration::from_secs(10));
     let a = ask(&cache, &ctl, model.answer("Paris.")).unwrap();
@@ -144,7 +148,7 @@ fn ttl_control_sets_px_and_expires_the_answer() {
 #[test]
 fn no_cache_skips_the_read_but_stores_and_is_not_counted() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     ask(&cache, &none(), model.answer("old")).unwrap();
     let a = ask(&cache, &none().no_cache(), model.answer("new")).unwrap();
@@ -167,7 +171,7 @@ fn no_cache_skips_the_read_but_stores_and_is_not_counted() {
 #[test]
 fn no_store_does_not_write() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let a = ask(&cache, &none().no_store(), model.answer("Paris.")).unwrap();
     assert_eq!(a.status, CacheStatus::Miss);
@@ -182,7 +186,7 @@ fn no_store_does_not_write() {
 #[test]
 fn force_refresh_replaces_a_fresh_entry_and_falls_back_to_it_on_failure() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     ask(&cache, &none(), model.answer("v1")).unwrap();
     let a = ask(&cache, &none().force_refresh(), model.answer("v2")).unwrap();
@@ -212,7 +216,8 @@ fn stale_answer_is_served_only_when_computing_fails_inside_the_window() {
     let cache = redis_cache(&t)
         .default_ttl(Duration::from_secs(60))
         .stale_window(Duration::from_secs(600))
-        .build();
+        .build()
+        .unwrap();
     let model = Model::default();
     let a = ask(&cache, &none(), model.answer("v1")).unwrap();
     assert_eq!(
@@ -243,7 +248,7 @@ fn stale_answer_is_served_only_when_computing_fails_inside_the_window() {
 #[test]
 fn namespaces_are_separate() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let a = ask(&cache, &none().namespace("tenant-a"), model.answer("A")).unwrap();
     let b2 = ask(&cache, &none().namespace("tenant-b"), model.answer("B")).unwrap();
@@ -277,7 +282,7 @@ fn namespaces_are_separate() {
 #[test]
 fn namespace_invalidation_is_one_incr_and_every_get_stays_one_round_trip() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let ns = none().namespace("tenant-a");
     for i in 0..50 {
@@ -314,7 +319,7 @@ fn namespace_invalidation_is_one_incr_and_every_get_stays_one_round_trip() {
     block_on(cache.get_or_compute(&r0, &ns, model.answer("a2"))).unwrap();
     assert_eq!(block_on(cache.get(&r0, &ns)).unwrap().unwrap().text(), "a2");
     // Another instance sharing the Redis sees the invalidation too.
-    let other = redis_cache(&t).build();
+    let other = redis_cache(&t).build().unwrap();
     let r1 = LlmRequest::prompt("m", "q1");
     assert_eq!(block_on(other.get(&r1, &ns)).unwrap(), None);
 }
@@ -322,7 +327,7 @@ fn namespace_invalidation_is_one_incr_and_every_get_stays_one_round_trip() {
 #[test]
 fn tag_invalidation_is_lazy_and_checked_in_the_lookup_pipeline() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let docs = none().tag("docs-v3");
     ask(&cache, &docs, model.answer("old")).unwrap();
@@ -357,7 +362,7 @@ fn tag_invalidation_is_lazy_and_checked_in_the_lookup_pipeline() {
 #[test]
 fn tags_stored_with_an_entry_are_checked_even_when_the_request_names_none() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     ask(&cache, &none().tag("pricing"), Model::default().answer("v")).unwrap();
     t.clock().advance(Duration::from_millis(1));
     t.reset_counters();
@@ -371,7 +376,7 @@ fn tags_stored_with_an_entry_are_checked_even_when_the_request_names_none() {
 #[test]
 fn model_invalidation_drops_that_models_answers_only() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let other = LlmRequest::prompt("claude-haiku", "q");
     ask(&cache, &none(), model.answer("a")).unwrap();
@@ -454,7 +459,7 @@ fn requests_without_a_model_are_rejected() {
 #[test]
 fn invalid_controls_are_rejected_before_any_io() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     for ctl in [
         none().ttl(Duration::ZERO),
         none().namespace("has space"),
@@ -477,7 +482,8 @@ fn go_compat_uses_the_agents_key_raw_text_and_five_minute_ttl() {
     let t = MemTransport::new();
     let go = ResponseCache::redis(RedisCache::new(t.clone()), t.shared_clock())
         .go_deep_agent_compat()
-        .build();
+        .build()
+        .unwrap();
     let request = LlmRequest::prompt("gpt-4o-mini", "What is the capital of France?")
         .system("You are a helpful assistant.")
         .temperature(0.7);
@@ -522,7 +528,8 @@ fn go_compat_reads_what_the_go_agent_wrote_and_counts_into_its_stats_keys() {
     }
     let rust = ResponseCache::redis(RedisCache::new(t.clone()), t.shared_clock())
         .go_deep_agent_compat()
-        .build();
+        .build()
+        .unwrap();
     // temperature unset = 0, as the Go agent keys it.
     let hi = LlmRequest::prompt("gpt-4o-mini", "Hi");
     let a = block_on(rust.get_or_compute(&hi, &none(), Model::default().fail())).unwrap();
@@ -548,7 +555,7 @@ fn go_compat_reads_what_the_go_agent_wrote_and_counts_into_its_stats_keys() {
 #[test]
 fn go_compat_rejects_namespaces_and_tags() {
     let t = MemTransport::new();
-    let go = redis_cache(&t).go_deep_agent_compat().build();
+    let go = redis_cache(&t).go_deep_agent_compat().build().unwrap();
     assert_eq!(go.key_scheme().prefix(), "go-deep-agent");
     assert!(go.key(&question(), &none().namespace("x")).is_err());
     assert!(go.key(&question(), &none().tag("x")).is_err());
@@ -558,7 +565,8 @@ fn go_compat_rejects_namespaces_and_tags() {
     let go = redis_cache(&t)
         .go_deep_agent_compat()
         .prefix("agents")
-        .build();
+        .build()
+        .unwrap();
     assert!(
         go.key(&question(), &none())
             .unwrap()
@@ -570,8 +578,8 @@ fn go_compat_rejects_namespaces_and_tags() {
 fn analytics_accumulate_across_instances_sharing_one_redis() {
     let t = MemTransport::new();
     let prices = Prices::new().price("gpt-4o-mini", ModelPrice::per_million(0.15, 0.60));
-    let a = redis_cache(&t).prices(prices.clone()).build();
-    let b2 = redis_cache(&t).prices(prices).build();
+    let a = redis_cache(&t).prices(prices.clone()).build().unwrap();
+    let b2 = redis_cache(&t).prices(prices).build().unwrap();
     let model = Model::default();
     ask(&a, &none(), model.answer("Paris.")).unwrap(); // miss + write on a
     ask(&b2, &none(), model.answer("x")).unwrap(); // hit on b
@@ -614,7 +622,7 @@ fn analytics_accumulate_across_instances_sharing_one_redis() {
 #[test]
 fn a_miss_with_the_lease_costs_three_more_round_trips() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     for (i, expected) in [(0, 6), (1, 5)] {
         t.reset_counters();
         let r = LlmRequest::prompt("gpt-4o-mini", format!("q{i}"));
@@ -637,7 +645,7 @@ fn a_miss_with_the_lease_costs_three_more_round_trips() {
 fn analytics_ride_with_the_write_and_cost_no_extra_round_trip() {
     let t = MemTransport::new();
     // Without the lease a miss is two round trips; the lease adds its SET NX and release.
-    let cache = redis_cache(&t).lease(false).build();
+    let cache = redis_cache(&t).lease(false).build().unwrap();
     ask(&cache, &none(), Model::default().answer("x")).unwrap(); // warm the entry
     block_on(cache.flush()).unwrap();
     for _ in 0..3 {
@@ -668,7 +676,7 @@ fn analytics_ride_with_the_write_and_cost_no_extra_round_trip() {
 #[test]
 fn reads_carry_analytics_once_enough_are_pending() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).flush_every(3).build();
+    let cache = redis_cache(&t).flush_every(3).build().unwrap();
     for i in 0..3 {
         block_on(cache.get(&LlmRequest::prompt("m", format!("{i}")), &none())).unwrap();
     }
@@ -682,7 +690,7 @@ fn reads_carry_analytics_once_enough_are_pending() {
 #[test]
 fn failed_flush_keeps_counts_pending() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     block_on(cache.get(&question(), &none())).unwrap();
     t.fail_next(1, ErrorKind::Io);
     assert!(block_on(cache.flush()).is_err());
@@ -697,7 +705,8 @@ fn hit_rate_alert_fires_once_per_drop_below_the_threshold() {
     let sink = alerts.clone();
     let cache = redis_cache(&t)
         .on_low_hit_rate(0.5, 4, move |a: &HitRateAlert| sink.lock().push(*a))
-        .build();
+        .build()
+        .unwrap();
     let model = Model::default();
     let miss = |i: usize| {
         let r = LlmRequest::prompt("m", format!("q{i}"));
@@ -728,7 +737,7 @@ fn hit_rate_alert_fires_once_per_drop_below_the_threshold() {
 #[test]
 fn corrupt_values_are_misses_not_errors() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let key = cache.key(&question(), &none()).unwrap();
     block_on(t.set(
         key.as_bytes(),
@@ -749,8 +758,8 @@ fn corrupt_values_are_misses_not_errors() {
 #[test]
 fn fail_open_computes_while_redis_is_down_and_fail_closed_reports_it() {
     let t = MemTransport::new();
-    let open = redis_cache(&t).build();
-    let closed = redis_cache(&t).fail_open(false).build();
+    let open = redis_cache(&t).build().unwrap();
+    let closed = redis_cache(&t).fail_open(false).build().unwrap();
     t.set_down(true);
     let a = ask(&open, &none(), Model::default().answer("computed")).unwrap();
     assert_eq!((a.status, a.text()), (CacheStatus::Miss, "computed"));
@@ -770,7 +779,7 @@ fn fail_open_computes_while_redis_is_down_and_fail_closed_reports_it() {
 #[test]
 fn put_then_get_and_delete() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let ctl = none().namespace("n1");
     block_on(cache.invalidate_namespace("n1")).unwrap();
     let key = block_on(cache.put(&question(), &ctl, &LlmResponse::new("stored"))).unwrap();
@@ -789,7 +798,7 @@ fn put_then_get_and_delete() {
 #[test]
 fn peek_does_not_count() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     ask(&cache, &none(), Model::default().answer("x")).unwrap();
     let before = cache.local_analytics().total();
     assert!(
@@ -803,7 +812,7 @@ fn peek_does_not_count() {
 #[test]
 fn purge_pattern_deletes_matching_keys_only() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     for i in 0..5 {
         let r = LlmRequest::prompt("m", format!("q{i}"));
@@ -820,7 +829,7 @@ fn local_backend_keeps_generations_and_tags_in_memory() {
     let clock = ManualClock::new(1_000);
     let shared: crate::SharedClock = Arc::new(clock.clone());
     let memory = MemoryCache::new(shared.clone(), 100, None);
-    let cache = ResponseCache::local(memory, shared).build();
+    let cache = ResponseCache::local(memory, shared).build().unwrap();
     let model = Model::default();
     let ns = none().namespace("t").tag("x");
     ask(&cache, &ns, model.answer("v")).unwrap();
@@ -862,7 +871,7 @@ impl Future for YieldNow {
 #[test]
 fn warm_runs_with_bounded_concurrency_reports_progress_and_skips_cached() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     // One already cached.
     block_on(cache.get_or_compute(
         &LlmRequest::prompt("m", "q0"),
@@ -936,7 +945,7 @@ fn warm_runs_with_bounded_concurrency_reports_progress_and_skips_cached() {
 #[test]
 fn warm_in_a_namespace_after_invalidation_recomputes() {
     let t = MemTransport::new();
-    let cache = redis_cache(&t).build();
+    let cache = redis_cache(&t).build().unwrap();
     let ctl = none().namespace("faq");
     let reqs = || (0..3).map(|i| LlmRequest::prompt("m", format!("q{i}")));
     let compute = |_: LlmRequest| async { Ok::<_, String>(LlmResponse::new("a")) };
@@ -957,7 +966,7 @@ fn warm_in_a_namespace_after_invalidation_recomputes() {
 #[test]
 fn debug_names_the_backend_and_prefix() {
     let t = MemTransport::new();
-    let s = format!("{:?}", redis_cache(&t).build());
+    let s = format!("{:?}", redis_cache(&t).build().unwrap());
     assert!(s.contains("ResponseCache") && s.contains("\"p\""), "{s}");
 }
 
@@ -977,7 +986,7 @@ mod stampede {
 
     fn redis_cache_on(t: &MemTransport, clock: &Arc<TokioClock>) -> ResponseCacheBuilder {
         ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build(),
+            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
             clock.clone(),
         )
     }
@@ -1013,7 +1022,7 @@ mod stampede {
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_in_one_process_compute_once() {
         let (t, _clock, builder) = setup();
-        let cache = builder.build();
+        let cache = builder.build().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..50 {
@@ -1047,7 +1056,7 @@ mod stampede {
     #[tokio::test(start_paused = true)]
     async fn two_instances_share_one_computation_through_the_lease() {
         let (t, clock, _) = setup();
-        let instance = || redis_cache_on(&t, &clock).build();
+        let instance = || redis_cache_on(&t, &clock).build().unwrap();
         let (a, b_) = (instance(), instance());
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -1067,7 +1076,7 @@ mod stampede {
     #[tokio::test(start_paused = true)]
     async fn a_dead_holders_lease_expires_and_the_waiter_computes() {
         let (t, _clock, builder) = setup();
-        let cache = builder.lease_ttl(Duration::from_secs(2)).build();
+        let cache = builder.lease_ttl(Duration::from_secs(2)).build().unwrap();
         // Another process took the lease and died.
         foreign_lease(&t, &cache, "someone-else", Duration::from_secs(2)).await;
         let calls = Arc::new(AtomicUsize::new(0));
@@ -1088,7 +1097,10 @@ mod stampede {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_past_max_wait_computes_anyway() {
         let (t, _clock, builder) = setup();
-        let cache = builder.max_wait(Duration::from_millis(500)).build();
+        let cache = builder
+            .max_wait(Duration::from_millis(500))
+            .build()
+            .unwrap();
         foreign_lease(&t, &cache, "held-for-long", Duration::from_secs(3600)).await;
         let key = cache.key(&question(), &none()).unwrap();
         let hash = key.rsplit(':').next().unwrap().to_owned();
@@ -1114,7 +1126,7 @@ mod stampede {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_leader_hands_the_miss_to_a_waiter() {
         let (_t, _clock, builder) = setup();
-        let cache = builder.build();
+        let cache = builder.build().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let leader = {
             let cache = cache.clone();
@@ -1141,7 +1153,7 @@ mod stampede {
     #[tokio::test(start_paused = true)]
     async fn the_leaders_error_reaches_its_waiters_and_poisons_nothing() {
         let (_t, _clock, builder) = setup();
-        let cache = builder.build();
+        let cache = builder.build().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..5 {

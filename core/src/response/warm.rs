@@ -142,7 +142,7 @@ impl ResponseCache {
     /// use std::sync::Arc;
     ///
     /// let clock = Arc::new(ManualClock::new(0));
-    /// let cache = ResponseCache::local(MemoryCache::new(clock.clone(), 1000, None), clock).build();
+    /// let cache = ResponseCache::local(MemoryCache::new(clock.clone(), 1000, None), clock).build().unwrap();
     /// let faq = ["What are your hours?", "Where are you?"]
     ///     .map(|q| LlmRequest::chat("gpt-4o-mini").user(q));
     /// let report = cache

@@ -46,7 +46,7 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 /// use larder_core::{KeyScheme, testing::MemTransport};
 ///
 /// let redis = MemTransport::new();
-/// let bp = Backplane::new(redis.clone(), &KeyScheme::new("app"), Arc::new(redis.clock()));
+/// let bp = Backplane::new(redis.clone(), &KeyScheme::new("app").unwrap(), Arc::new(redis.clock()));
 /// assert_eq!(bp.channel(), "app:events:invalidate");
 /// ```
 pub struct Backplane {

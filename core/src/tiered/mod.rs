@@ -60,7 +60,7 @@ const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(300);
 ///
 /// let redis = MemTransport::new();
 /// let clock = Arc::new(redis.clock());
-/// let l2 = RedisCache::builder(redis.clone()).prefix("app").build();
+/// let l2 = RedisCache::builder(redis.clone()).prefix("app").build().unwrap();
 /// let cache = TieredCache::builder(MemoryCache::new(clock.clone(), 10_000, None), l2.clone())
 ///     .l1_max_ttl(Some(Duration::from_secs(60)))
 ///     .backplane(Backplane::new(redis.clone(), l2.key_scheme(), clock))

@@ -26,13 +26,13 @@ fn instance<T: Transport + Clone + 'static>(
     clock: &SharedClock,
     backplane: bool,
 ) -> TieredCache<RedisCache<T>> {
-    let l2 = RedisCache::builder(t.clone()).prefix("p").build();
+    let l2 = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
     let l1 = MemoryCache::new(clock.clone(), 1000, None);
     let mut builder = TieredCache::builder(l1, l2).l1_max_ttl(Some(Duration::from_secs(60)));
     if backplane {
         builder = builder.backplane(Backplane::new(
             t.clone(),
-            &KeyScheme::new("p"),
+            &KeyScheme::new("p").unwrap(),
             clock.clone(),
         ));
     }
@@ -294,11 +294,11 @@ async fn with_a_runtime_invalidations_apply_even_to_an_idle_instance() {
     let clock: SharedClock = TokioClock::shared();
     let t = MemTransport::with_clock(clock.clone());
     let build = || {
-        let l2 = RedisCache::builder(t.clone()).prefix("p").build();
+        let l2 = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
         TieredCache::builder(MemoryCache::new(clock.clone(), 100, None), l2)
             .backplane(Backplane::new(
                 t.clone(),
-                &KeyScheme::new("p"),
+                &KeyScheme::new("p").unwrap(),
                 clock.clone(),
             ))
             .runtime(runtime())

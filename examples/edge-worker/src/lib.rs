@@ -82,9 +82,13 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
         .var("LARDER_PREFIX")
         .map(|v| v.to_string())
         .unwrap_or_else(|_| "larder".into());
-    let cache = RedisCache::builder(transport.clone())
+    let cache = match RedisCache::builder(transport.clone())
         .prefix(&prefix)
-        .build();
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(500, e),
+    };
     let before = transport.requests();
     let key = query(&req, "key").into_iter().next().unwrap_or_default();
 

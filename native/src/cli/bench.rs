@@ -114,7 +114,7 @@ pub(super) async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     let t = c.transport.clone();
     let scheme = args.connect.scheme()?;
     let bench_scheme =
-        KeyScheme::try_new(&format!("{}:bench", scheme.prefix())).map_err(|e| e.to_string())?;
+        KeyScheme::new(&format!("{}:bench", scheme.prefix())).map_err(|e| e.to_string())?;
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let key = |i: usize| format!("{}:raw:{}", bench_scheme.prefix(), i % args.keys);
     let opts = SetOptions::ttl(Some(Duration::from_secs(600)));
@@ -144,11 +144,13 @@ pub(super) async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     let responses = ResponseCache::redis(
         RedisCache::builder(t.clone())
             .key_scheme(bench_scheme.clone())
-            .build(),
+            .build()
+            .map_err(|e| e.to_string())?,
         SystemClock::shared(),
     )
     .default_ttl(Duration::from_secs(600))
-    .build();
+    .build()
+    .map_err(|e| e.to_string())?;
     let text = "x".repeat(args.value_size);
     let request =
         |i: usize| LlmRequest::prompt("bench-model", format!("question {}", i % args.keys));

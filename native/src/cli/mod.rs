@@ -195,7 +195,7 @@ impl ConnectArgs {
             (None, true) => larder_core::keys::GO_DEEP_AGENT_PREFIX,
             (None, false) => larder_core::keys::DEFAULT_PREFIX,
         };
-        KeyScheme::try_new(prefix).map_err(|e| format!("--prefix: {e}"))
+        KeyScheme::new(prefix).map_err(|e| format!("--prefix: {e}"))
     }
 
     async fn connect(&self) -> Result<Connected, String> {
@@ -203,11 +203,13 @@ impl ConnectArgs {
         let transport = Arc::new(self.redis.connect().await?);
         let redis = RedisCache::builder(transport.clone())
             .key_scheme(scheme.clone())
-            .build();
+            .build()
+            .map_err(|e| e.to_string())?;
         let cache = ResponseCache::redis(redis, SystemClock::shared())
             .mode(self.mode())
             .prefix(scheme.prefix())
-            .build();
+            .build()
+            .map_err(|e| format!("--prefix: {e}"))?;
         Ok(Connected { transport, cache })
     }
 }

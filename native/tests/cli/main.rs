@@ -51,6 +51,7 @@ async fn response_cache(url: &str, prices: Prices) -> ResponseCache {
     ResponseCache::redis(RedisCache::new(transport), SystemClock::shared())
         .prices(prices)
         .build()
+        .unwrap()
 }
 
 fn question() -> LlmRequest {

@@ -16,7 +16,10 @@ use crate::support::{FULL, Setup};
 async fn every_cache_operation_is_one_http_request() {
     let s = Setup::start().await;
     let edge = s.edge();
-    let cache = RedisCache::builder(edge.clone()).prefix("onereq").build();
+    let cache = RedisCache::builder(edge.clone())
+        .prefix("onereq")
+        .build()
+        .unwrap();
     let mut last = edge.requests();
     let mut step = |what: &str| {
         let now = edge.requests();
@@ -46,8 +49,11 @@ async fn every_cache_operation_is_one_http_request() {
 }
 
 async fn cross_read(native: RedisTransport, edge: RestTransport) {
-    let native = RedisCache::builder(native).prefix("shared").build();
-    let edge = RedisCache::builder(edge).prefix("shared").build();
+    let native = RedisCache::builder(native)
+        .prefix("shared")
+        .build()
+        .unwrap();
+    let edge = RedisCache::builder(edge).prefix("shared").build().unwrap();
     let request = serde_json::json!({"model": "gpt-4o-mini", "prompt": "Hi", "temperature": 0.7});
     let key = request_hash(&request).unwrap();
     native.set(&key, "from native".into(), None).await.unwrap();

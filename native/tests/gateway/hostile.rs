@@ -718,7 +718,7 @@ async fn the_documented_redis_acl_user_stops_dangerous_commands_even_without_the
     let edge = larder_edge::RestTransport::builder(gateway.url(), FULL)
         .build()
         .unwrap();
-    let cache = RedisCache::builder(edge).prefix("larder").build();
+    let cache = RedisCache::builder(edge).prefix("larder").build().unwrap();
     cache.set("a", "1".into(), None).await.unwrap();
     assert_eq!(cache.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
     let compute = ComputeCache::builder(cache.clone(), SystemClock::shared())

@@ -177,7 +177,7 @@ async fn scenario(native: RedisTransport, gateway: &SpawnedGateway, measure: boo
     let Some(w) = Workerd::start(&gateway.url()).await else {
         return;
     };
-    let native = RedisCache::builder(native).prefix(PREFIX).build();
+    let native = RedisCache::builder(native).prefix(PREFIX).build().unwrap();
 
     // Golden key vectors computed inside the Worker.
     let v = w.call("GET", "/vectors", None).await;

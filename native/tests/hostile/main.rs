@@ -31,7 +31,10 @@ impl Setup {
             .unwrap()
             .expect("redis-server starts");
         let raw = RedisTransport::connect(&redis.url()).await.unwrap();
-        let cache = RedisCache::builder(raw.clone()).prefix(PREFIX).build();
+        let cache = RedisCache::builder(raw.clone())
+            .prefix(PREFIX)
+            .build()
+            .unwrap();
         Setup {
             _redis: redis,
             raw,
@@ -252,7 +255,9 @@ async fn wrong_types_at_cache_keys_are_surfaced_raw_and_a_counted_miss_when_comp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_types_and_garbage_under_response_cache_keys_are_counted_misses() {
     let s = Setup::start().await;
-    let responses = ResponseCache::redis(s.cache.clone(), SystemClock::shared()).build();
+    let responses = ResponseCache::redis(s.cache.clone(), SystemClock::shared())
+        .build()
+        .unwrap();
     let control = CacheControl::default();
     let request = LlmRequest::prompt("m", "What is the capital of France?");
     let key = responses
@@ -453,7 +458,8 @@ async fn stats_keys_that_are_not_integers_never_fail_a_cache_operation_nor_get_o
     let cache = RedisCache::builder(s.raw.clone())
         .prefix(PREFIX)
         .stats_batch(0)
-        .build();
+        .build()
+        .unwrap();
     let hits = s.keys().stats_key(Stat::Hits);
     let misses = s.keys().stats_key(Stat::Misses);
     let writes = s.keys().stats_key(Stat::Writes);

@@ -19,7 +19,11 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
         let redis = RedisCache::from_options(opts().key_prefix("resp"))
             .await
             .expect("connect");
-        instances.push(ResponseCache::redis(redis, SystemClock::shared()).build());
+        instances.push(
+            ResponseCache::redis(redis, SystemClock::shared())
+                .build()
+                .unwrap(),
+        );
     }
     let request = LlmRequest::chat("gpt-4o-mini").user("What is the capital of France?");
     let calls = Arc::new(AtomicUsize::new(0));

@@ -62,7 +62,10 @@ pub(crate) async fn tiered_stack(url: &str) -> (ComputeCacheBuilder<Tiered>, Gua
         .failure_threshold(3)
         .cooldown(Duration::from_millis(100))
         .layer(transport(url).await);
-    let l2 = RedisCache::builder(guarded.clone()).prefix(PREFIX).build();
+    let l2 = RedisCache::builder(guarded.clone())
+        .prefix(PREFIX)
+        .build()
+        .unwrap();
     let tiered = TieredCache::builder(MemoryCache::new(clock(), 100_000, None), l2.clone())
         .l1_max_ttl(Some(Duration::from_secs(600)))
         .backplane(Backplane::new(guarded.clone(), l2.key_scheme(), clock()))
@@ -77,7 +80,7 @@ pub(crate) async fn tiered_stack(url: &str) -> (ComputeCacheBuilder<Tiered>, Gua
 /// A cache of the Redis-only shape (no L1): what stampede tests across processes use.
 pub(crate) async fn redis_stack(url: &str) -> ComputeCacheBuilder<RedisCache<RedisTransport>> {
     let t = transport(url).await;
-    let cache = RedisCache::builder(t).prefix(PREFIX).build();
+    let cache = RedisCache::builder(t).prefix(PREFIX).build().unwrap();
     ComputeCache::builder(cache.clone(), clock())
         .lock(RedisLock::for_cache(&cache, clock()))
         .runtime(TokioRuntime::shared())

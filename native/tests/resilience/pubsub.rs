@@ -365,7 +365,10 @@ async fn waiter_latency<T: Transport + Clone + 'static>(
 ) -> (Duration, u64) {
     use larder_core::compute::{ComputeCache, RedisLock};
     let holder = redis_stack(url).await.build();
-    let cache = RedisCache::builder(waiter_transport).prefix(PREFIX).build();
+    let cache = RedisCache::builder(waiter_transport)
+        .prefix(PREFIX)
+        .build()
+        .unwrap();
     let clock = crate::clock();
     let waiter = ComputeCache::builder(cache.clone(), clock.clone())
         .lock(RedisLock::for_cache(&cache, clock))

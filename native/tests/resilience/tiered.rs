@@ -316,7 +316,8 @@ async fn pubsub_connection_killed_clears_l1_when_the_transport_resumes_it() {
     // L1 copy is now stale, and only a gap can tell.
     let plain = RedisCache::builder(transport(&url).await)
         .prefix(PREFIX)
-        .build();
+        .build()
+        .unwrap();
     plain
         .set(key, "v2".into(), Some(Duration::from_secs(3600)))
         .await

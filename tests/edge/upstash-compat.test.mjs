@@ -171,3 +171,27 @@ test("Redis.fromEnv and a trailing slash in the URL", async () => {
   const slash = new Redis({ ...opts, url: `${url}/` });
   assert.equal(await slash.ping(), "PONG");
 });
+
+test("read-your-writes: the client's sync token moves after every write, reads see them", async () => {
+  const client = new Redis({ ...opts, enableAutoPipelining: false });
+  await client.get(k("ryw"));
+  const before = client.readYourWritesSyncToken;
+  assert.ok(before, "every answer carries a token");
+  await client.set(k("ryw"), "1");
+  const afterSet = client.readYourWritesSyncToken;
+  assert.notEqual(afterSet, before, "a write moves it");
+  assert.equal(await client.get(k("ryw")), 1);
+  assert.equal(client.readYourWritesSyncToken, afterSet, "a read keeps it");
+  const p = client.pipeline();
+  p.incr(k("ryw"));
+  p.get(k("ryw"));
+  assert.deepEqual(await p.exec(), [2, 2]);
+  assert.notEqual(client.readYourWritesSyncToken, afterSet, "a pipeline with a write moves it");
+  const tx = client.multi();
+  tx.set(k("ryw"), "3");
+  await tx.exec();
+  const afterTx = client.readYourWritesSyncToken;
+  await client.eval("return redis.call('SET', KEYS[1], '4')", [k("ryw")], []);
+  assert.notEqual(client.readYourWritesSyncToken, afterTx, "a script moves it");
+  assert.equal(await client.get(k("ryw")), 4);
+});

@@ -15,7 +15,7 @@
 //! | `GET /metrics` | Prometheus text counters (no token needed) |
 //!
 //! The dialect itself (`Upstash-Encoding: base64` for binary-safe replies at every depth,
-//! `upstash-sync-token` echoed, larder's `Larder-Arg-Encoding: base64` for binary
+//! `upstash-sync-token` on every answer, fresh after any request that may write, larder's `Larder-Arg-Encoding: base64` for binary
 //! arguments) is `larder_core::rest`, shared with the client. Repeated slashes in the path
 //! (`//pipeline`) and a trailing slash are tolerated.
 //!
@@ -502,6 +502,8 @@ struct Answer {
     outcome: Outcome,
     content_type: &'static str,
     sync_token: Option<String>,
+    /// The request held a command that may write: its answer carries a fresh sync token.
+    may_have_written: bool,
     /// Ask the client to close the connection (after a timeout: the rest of the body is
     /// not worth waiting for).
     close: bool,
@@ -515,6 +517,7 @@ impl Answer {
             outcome,
             content_type: "application/json",
             sync_token: None,
+            may_have_written: false,
             close: false,
         }
     }
@@ -746,6 +749,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 outcome: Outcome::Ok,
                 content_type: "text/plain; version=0.0.4",
                 sync_token: None,
+                may_have_written: false,
                 close: false,
             },
         ),
@@ -797,12 +801,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 async fn command(shared: &Shared, request: Request, route: Route) -> Answer {
     let (parts, body) = request.into_parts();
     let mut answer = command_inner(shared, &parts, body, route).await;
-    // Read-your-writes token: echo the client's, or hand out a fresh one.
-    let sync = header_str(&parts.headers, rest::SYNC_TOKEN_HEADER)
-        .filter(|t| !t.is_empty() && t.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| shared.sync.fetch_add(1, Ordering::Relaxed).to_string());
-    answer.sync_token = Some(sync);
+    // Read-your-writes token (the Upstash clients keep the last one and send it back): a
+    // fresh one after every request that may write, the current one otherwise, on every
+    // answer (a client resets its token when an answer has none). A read carrying any token
+    // already sees every write acknowledged before it: the gateway reads from the masters it
+    // wrote to, and a write is acknowledged only once Redis has applied it.
+    let sync = if answer.may_have_written {
+        shared.sync.fetch_add(1, Ordering::AcqRel) + 1
+    } else {
+        shared.sync.load(Ordering::Acquire)
+    };
+    answer.sync_token = Some(sync.to_string());
     answer
 }
 
@@ -910,17 +919,23 @@ async fn command_inner(
             Ok(c) => c,
             Err(e) => return bad(e),
         };
-        return single(shared, cmd, access, reply_enc).await;
+        let writes = !policy::is_read_only_command(&cmd);
+        let mut answer = single(shared, cmd, access, reply_enc).await;
+        answer.may_have_written = writes;
+        return answer;
     }
     let cmds = match rest::parse_pipeline(&bytes, arg_enc) {
         Ok(c) => c,
         Err(e) => return bad(e),
     };
-    if route == Route::MultiExec {
+    let writes = cmds.iter().any(|c| !policy::is_read_only_command(c));
+    let mut answer = if route == Route::MultiExec {
         multi_exec(shared, cmds, access, reply_enc).await
     } else {
         pipeline(shared, cmds, access, reply_enc).await
-    }
+    };
+    answer.may_have_written = writes;
+    answer
 }
 
 async fn single(shared: &Shared, cmd: Cmd, access: Access, enc: Encoding) -> Answer {

@@ -327,6 +327,14 @@ fn malformed(what: &str, name: &[u8]) -> Refusal {
     ))
 }
 
+/// Whether `cmd` is on the read-only allow list (so cannot write). Everything else may.
+pub fn is_read_only_command(cmd: &Cmd) -> bool {
+    let name = &cmd.args()[0];
+    READ_ONLY
+        .iter()
+        .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
+}
+
 /// Whether `arg` is the keyword `kw` as Redis reads options: without case, and only up to
 /// a NUL byte (`strcasecmp`), so `"BLOCK\0x"` is `BLOCK`.
 pub fn is_keyword(arg: &[u8], kw: &[u8]) -> bool {

@@ -174,21 +174,55 @@ async fn double_and_trailing_slashes_are_tolerated() {
     assert!(body["error"].is_string());
 }
 
+/// The read-your-writes token the Upstash clients keep: on every answer (a client resets its
+/// token when one is missing), fresh after every request that may write — single commands,
+/// pipelines, transactions and scripts — and unchanged by reads.
 #[tokio::test]
-async fn the_sync_token_is_echoed_or_handed_out() {
+async fn the_sync_token_moves_after_every_write_and_only_then() {
     let s = Setup::start().await;
-    let resp = s
-        .http
-        .post(format!("{}/", s.gateway.url()))
-        .bearer_auth(crate::support::FULL)
-        .header("upstash-sync-token", "client-token-17")
-        .body(r#"["PING"]"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["upstash-sync-token"], "client-token-17");
-    let (_, sync, _) = s.post("/pipeline", r#"[["PING"]]"#, false).await;
-    assert!(sync.is_some_and(|t| !t.is_empty()));
+    let token = |body: &'static str, path: &'static str, sent: Option<String>| {
+        let req = s
+            .http
+            .post(format!("{}{path}", s.gateway.url()))
+            .bearer_auth(crate::support::FULL)
+            .header("upstash-sync-token", sent.unwrap_or_default())
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert!(resp.status().is_success() || resp.status() == 400);
+            resp.headers()["upstash-sync-token"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let t0 = token(r#"["GET","k"]"#, "/", None).await;
+    assert!(!t0.is_empty());
+    let t1 = token(r#"["SET","k","v"]"#, "/", Some(t0.clone())).await;
+    assert_ne!(t1, t0, "a write moves the token");
+    let t2 = token(r#"["GET","k"]"#, "/", Some(t1.clone())).await;
+    assert_eq!(t2, t1, "a read does not");
+    let t3 = token(
+        r#"[["GET","k"],["INCR","n"]]"#,
+        "/pipeline",
+        Some(t2.clone()),
+    )
+    .await;
+    assert_ne!(t3, t2, "a pipeline with a write moves it");
+    let t4 = token(
+        r#"[["GET","k"],["PTTL","k"]]"#,
+        "/pipeline",
+        Some(t3.clone()),
+    )
+    .await;
+    assert_eq!(t4, t3);
+    let t5 = token(r#"[["SET","k","w"]]"#, "/multi-exec", Some(t4.clone())).await;
+    assert_ne!(t5, t4, "a transaction moves it");
+    let t6 = token(r#"["EVAL","return 1","0"]"#, "/", Some(t5.clone())).await;
+    assert_ne!(t6, t5, "a script may write: it moves it");
+    // The client's token is never echoed: the answer carries the gateway's own.
+    let t7 = token(r#"["GET","k"]"#, "/", Some("client-token-17".into())).await;
+    assert_eq!(t7, t6);
 }
 
 #[tokio::test]

@@ -449,7 +449,7 @@ impl ResponseCacheBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a prefix with `{` or `}`.
+    /// [`Error::InvalidInput`] for a prefix with `{` or `}`.
     pub fn build(self) -> Result<ResponseCache> {
         let scheme = match (self.prefix, self.mode) {
             (Some(p), _) => p?,

@@ -577,6 +577,11 @@ fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<
     if let Some(refusal) = argument_over_cap(cmd) {
         return Err(Refusal::Denied(refusal));
     }
+    if access == Access::ReadOnly
+        && let Some(refusal) = repeats_a_key(cmd)
+    {
+        return Err(Refusal::Denied(refusal));
+    }
     let certain = certain_reply_len(cmd);
     if certain > 0 {
         let total = spent.saturating_add(certain);
@@ -626,8 +631,61 @@ const MAX_SCAN_HINT: u64 = 1000;
 /// set) for a reply of one.
 const MAX_LIMIT_OFFSET: u64 = 10_000;
 
+/// The longest glob a `MATCH` may give, and the most `*` and `[` in it: Redis matches the
+/// glob against every element it walks, re-reading a `[…]` class at every position a `*`
+/// lets it try (one 1 MB `*[aaa…]` kept Redis busy 12.6 s on a 1000-element page).
+const MAX_MATCH_LEN: usize = 256;
+const MAX_MATCH_WILDCARDS: usize = 4;
+
 /// The refusal for an argument whose cost to Redis grows with it rather than with the reply,
 /// past its cap (the same caps for every token). Keywords are read as Redis reads them.
+fn glob_too_costly(pattern: &[u8]) -> bool {
+    let wildcards = pattern.iter().filter(|&&c| c == b'*' || c == b'[').count();
+    pattern.len() > MAX_MATCH_LEN || wildcards > MAX_MATCH_WILDCARDS
+}
+
+fn glob_refusal() -> String {
+    format!(
+        "ERR a MATCH pattern may be at most {MAX_MATCH_LEN} bytes with at most \
+         {MAX_MATCH_WILDCARDS} '*' or '[' through this gateway (Redis matches it against \
+         every element it walks)"
+    )
+}
+
+/// For a read-only token: the refusal for a command that names the same key (or field) more
+/// than once where every mention adds its value to the reply — `MGET k k k …`, `HMGET h f f
+/// …`, `XREAD … STREAMS s s s …`. Repeating one large value is how a request of a few KB made
+/// Redis build gigabytes (24 GB and the OOM killer for 20 000 mentions of one stream); with
+/// every name once, a reply can be no larger than the data it names.
+fn repeats_a_key(cmd: &Cmd) -> Option<String> {
+    let args = cmd.args();
+    let name = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
+    let names: &[bytes::Bytes] = if name(b"MGET") {
+        &args[1..]
+    } else if name(b"HMGET") {
+        args.get(2..).unwrap_or(&[])
+    } else if name(b"XREAD") {
+        match args.iter().position(|a| policy::is_keyword(a, b"STREAMS")) {
+            Some(at) => {
+                let rest = &args[at + 1..];
+                &rest[..rest.len() / 2]
+            }
+            None => &[],
+        }
+    } else {
+        return None;
+    };
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    if names.iter().all(|n| seen.insert(n)) {
+        return None;
+    }
+    Some(
+        "NOPERM this token is read-only and cannot name the same key or field twice in one \
+         command (each mention would add the whole value to the reply)"
+            .to_owned(),
+    )
+}
+
 fn argument_over_cap(cmd: &Cmd) -> Option<String> {
     let args = cmd.args();
     let name = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
@@ -645,7 +703,17 @@ fn argument_over_cap(cmd: &Cmd) -> Option<String> {
         ));
     }
     let scan = name(b"SCAN") || name(b"SSCAN") || name(b"HSCAN") || name(b"ZSCAN");
+    let globs = scan || name(b"KEYS");
+    if name(b"KEYS") && args.get(1).is_some_and(|p| glob_too_costly(p)) {
+        return Some(glob_refusal());
+    }
     for i in 1..args.len() {
+        if globs
+            && policy::is_keyword(&args[i], b"MATCH")
+            && args.get(i + 1).is_some_and(|p| glob_too_costly(p))
+        {
+            return Some(glob_refusal());
+        }
         if scan
             && policy::is_keyword(&args[i], b"COUNT")
             && number(i + 1).is_some_and(|n| n.unsigned_abs() > MAX_SCAN_HINT)

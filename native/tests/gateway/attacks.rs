@@ -613,6 +613,55 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
         );
     }
 
+    // MATCH globs are bounded: a 1 MB `*[aaa…]` kept Redis busy 12.6 s on one page.
+    let glob = format!("*[{}]", "a".repeat(1000));
+    for (token, costly) in [
+        (
+            READ_ONLY,
+            json!(["SSCAN", "set", "0", "MATCH", glob, "COUNT", "1000"]),
+        ),
+        (READ_ONLY, json!(["HSCAN", "h", "0", "match", "*a*b*c*d*e"])),
+        (FULL, json!(["SCAN", "0", "MATCH", glob])),
+        (FULL, json!(["KEYS", glob])),
+    ] {
+        let (status, reply) = post(&s, token, "/", &costly).await;
+        assert_eq!(status, 400);
+        assert!(
+            reply["error"].as_str().unwrap().contains("MATCH pattern"),
+            "{reply}"
+        );
+    }
+    let (status, _) = post(
+        &s,
+        READ_ONLY,
+        "/",
+        &json!(["SSCAN", "set", "0", "MATCH", "a*"]),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A read-only command may not name one key twice: each mention adds the whole value
+    // (20 000 mentions of one stream in one XREAD had Redis OOM-killed at 24 GB).
+    admin(&s, &["XADD", "st", "*", "f", "v"]);
+    for repeated in [
+        json!(["MGET", "big", "victim:0", "big"]),
+        json!(["HMGET", "h", "f", "f"]),
+        json!(["XREAD", "COUNT", "10", "STREAMS", "st", "st", "0", "0"]),
+    ] {
+        let (status, reply) = post(&s, READ_ONLY, "/", &repeated).await;
+        assert_eq!(status, 400, "{repeated}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("twice"),
+            "{reply}"
+        );
+    }
+    let (status, _) = post(&s, READ_ONLY, "/", &json!(["XREAD", "STREAMS", "st", "0"])).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&s, READ_ONLY, "/", &json!(["MGET", "victim:0", "victim:1"])).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&s, FULL, "/", &json!(["MGET", "victim:0", "victim:0"])).await;
+    assert_eq!(status, 200, "full tokens may repeat keys");
+
     // Read-only transactions: Redis would run 40 000 queued reads whole.
     let infos: Vec<Json> = (0..40_000).map(|_| json!(["INFO"])).collect();
     let before = calls(&s, "info");

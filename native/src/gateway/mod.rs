@@ -634,21 +634,24 @@ const MAX_LIMIT_OFFSET: u64 = 10_000;
 /// The longest glob a `MATCH` may give, and the most `*` and `[` in it: Redis matches the
 /// glob against every element it walks, re-reading a `[…]` class at every position a `*`
 /// lets it try (one 1 MB `*[aaa…]` kept Redis busy 12.6 s on a 1000-element page).
-const MAX_MATCH_LEN: usize = 256;
+const MAX_MATCH_LEN: usize = 64;
 const MAX_MATCH_WILDCARDS: usize = 4;
 
 /// The refusal for an argument whose cost to Redis grows with it rather than with the reply,
 /// past its cap (the same caps for every token). Keywords are read as Redis reads them.
 fn glob_too_costly(pattern: &[u8]) -> bool {
-    let wildcards = pattern.iter().filter(|&&c| c == b'*' || c == b'[').count();
+    let wildcards = pattern
+        .iter()
+        .filter(|&&c| matches!(c, b'*' | b'?' | b'['))
+        .count();
     pattern.len() > MAX_MATCH_LEN || wildcards > MAX_MATCH_WILDCARDS
 }
 
 fn glob_refusal() -> String {
     format!(
         "ERR a MATCH pattern may be at most {MAX_MATCH_LEN} bytes with at most \
-         {MAX_MATCH_WILDCARDS} '*' or '[' through this gateway (Redis matches it against \
-         every element it walks)"
+         {MAX_MATCH_WILDCARDS} of '*', '?' and '[' through this gateway (Redis matches it \
+         against every element it walks)"
     )
 }
 
@@ -660,6 +663,29 @@ fn glob_refusal() -> String {
 fn repeats_a_key(cmd: &Cmd) -> Option<String> {
     let args = cmd.args();
     let name = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
+    // A negative count repeats members: the same multiplication as naming a key twice.
+    if (name(b"SRANDMEMBER") || name(b"HRANDFIELD") || name(b"ZRANDMEMBER"))
+        && args
+            .get(2)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .is_some_and(|c| c.trim_start().starts_with('-'))
+    {
+        return Some(
+            "NOPERM this token is read-only and cannot ask for repeated members (a negative \
+             count): each repeat adds the whole member to the reply"
+                .to_owned(),
+        );
+    }
+    // A glob is matched against every byte of every element walked: filter client-side.
+    if (name(b"SSCAN") || name(b"HSCAN") || name(b"ZSCAN"))
+        && args.iter().any(|a| policy::is_keyword(a, b"MATCH"))
+    {
+        return Some(
+            "NOPERM this token is read-only and cannot give SSCAN/HSCAN/ZSCAN a MATCH \
+             pattern: Redis matches it against every byte it walks; filter the page instead"
+                .to_owned(),
+        );
+    }
     let names: &[bytes::Bytes] = if name(b"MGET") {
         &args[1..]
     } else if name(b"HMGET") {

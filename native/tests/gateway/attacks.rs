@@ -378,9 +378,19 @@ async fn replies_over_the_limit_fail_only_their_own_request() {
         None,
         "SRANDMEMBER never ran"
     );
-    let (status, reply) = post(&s, READ_ONLY, "/", &json!(["SRANDMEMBER", "set", "-4"])).await;
+    let (status, reply) = post(&s, FULL, "/", &json!(["SRANDMEMBER", "set", "-4"])).await;
     assert_eq!(status, 200);
     assert_eq!(reply["result"].as_array().unwrap().len(), 4);
+    // A read-only token asks for no repeats at all: each repeat adds the whole member.
+    let (status, reply) = post(&s, READ_ONLY, "/", &json!(["SRANDMEMBER", "set", "-4"])).await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("repeated members"),
+        "{reply}"
+    );
 
     other_clients_read_their_own_data(&s).await;
     let refused = metric(
@@ -471,12 +481,12 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
         "{reply}"
     );
     assert_eq!(calls(&s, "hrandfield"), 0);
-    // 200 counts of 9 000 (27 KB each at least) in one pipeline: at most the 38 that fit the
-    // 1 MiB limit together may run.
+    // 200 counts of 9 000 (27 KB each at least) in one (full-token) pipeline: at most the 38
+    // that fit the 1 MiB limit together may run.
     let counts: Vec<Json> = (0..200)
         .map(|_| json!(["SRANDMEMBER", "set", "-9000"]))
         .collect();
-    let (status, reply) = post(&s, READ_ONLY, "/pipeline", &Json::from(counts)).await;
+    let (status, reply) = post(&s, FULL, "/pipeline", &Json::from(counts)).await;
     assert_eq!(status, 400, "{reply}");
     assert!(
         calls(&s, "srandmember") <= 38,
@@ -631,11 +641,27 @@ async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_l
             "{reply}"
         );
     }
-    let (status, _) = post(
+    let (status, _) = post(&s, FULL, "/", &json!(["SSCAN", "set", "0", "MATCH", "a*"])).await;
+    assert_eq!(status, 200);
+    // A read-only token filters pages itself: its MATCH would be matched against every byte
+    // of every member walked (64 members of 100 KB and `*???…x`: 1.5 s).
+    let (status, reply) = post(
         &s,
         READ_ONLY,
         "/",
         &json!(["SSCAN", "set", "0", "MATCH", "a*"]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("MATCH"),
+        "{reply}"
+    );
+    let (status, _) = post(
+        &s,
+        READ_ONLY,
+        "/",
+        &json!(["SSCAN", "set", "0", "COUNT", "100"]),
     )
     .await;
     assert_eq!(status, 200);

@@ -6,6 +6,8 @@
 #                                     examples/edge-worker/Cargo.lock>
 #   tests/edge/node_modules           npm ci: @upstash/redis, workerd, binaryen (wasm-opt),
 #                                     esbuild, at the versions of tests/edge/package-lock.json
+#   tests/edge/.venv                  a Python venv with the official upstash-redis client, at
+#                                     the versions of tests/edge/requirements.txt (PyPI)
 #   the wasm32-unknown-unknown target (rustup), if missing
 #
 # Idempotent: whatever is already installed at the right version is reused, so a second run
@@ -13,7 +15,8 @@
 # only that, for `eval "$(bash scripts/install-edge-tools.sh --print-env)"`).
 #
 #   bash scripts/install-edge-tools.sh          everything (the Worker build and workerd)
-#   bash scripts/install-edge-tools.sh npm      only the npm packages (the @upstash/redis test)
+#   bash scripts/install-edge-tools.sh npm      only the npm and PyPI packages (the official
+#                                               client tests)
 #
 # LARDER_TOOLS_DIR moves the cargo-installed tools elsewhere (for example a directory a CI
 # machine keeps between runs); the default is .larder-tools/ in the checkout (gitignored).
@@ -115,6 +118,20 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$LOCK_SUM" ]; then
   echo "$LOCK_SUM" >"$STAMP"
 else
   log "tests/edge/node_modules up to date"
+fi
+
+# 5. The Python client, in a venv, reinstalled only when requirements.txt changed.
+PY_DIR="$NODE_DIR/.venv"
+REQ_SUM="$(sha256sum "$NODE_DIR/requirements.txt" | awk '{print $1}')"
+PY_STAMP="$PY_DIR/.larder-requirements-sha256"
+if [ ! -f "$PY_STAMP" ] || [ "$(cat "$PY_STAMP")" != "$REQ_SUM" ]; then
+  log "python venv in tests/edge/.venv (upstash-redis)"
+  rm -rf "$PY_DIR"
+  python3 -m venv "$PY_DIR" >&2
+  "$PY_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$NODE_DIR/requirements.txt" >&2
+  echo "$REQ_SUM" >"$PY_STAMP"
+else
+  log "tests/edge/.venv up to date"
 fi
 
 eval "$(print_env)"

@@ -1,7 +1,9 @@
-//! The official `@upstash/redis` npm client against the gateway
-//! (`tests/edge/upstash-compat.test.mjs`, run with `node --test`).
+//! The official Upstash clients against the gateway: `@upstash/redis` from npm
+//! (`tests/edge/upstash-compat.test.mjs`, run with `node --test`) and `upstash-redis` from
+//! PyPI (`tests/edge/upstash_compat_test.py`, run with `unittest`).
 //!
-//! Needs Node.js and `tests/edge/node_modules` (`bash scripts/install-edge-tools.sh npm`).
+//! Needs Node.js, `tests/edge/node_modules` and `tests/edge/.venv`
+//! (`bash scripts/install-edge-tools.sh npm`).
 //! Without them the test is skipped, unless `LARDER_EDGE_TESTS=require`, which makes that a
 //! failure (the edge scripts and CI set it).
 
@@ -59,4 +61,39 @@ async fn official_upstash_client_passes_against_the_gateway() {
         "node --test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("fail 0"), "{stdout}");
+}
+
+/// The official `upstash-redis` Python client (PyPI) against the gateway
+/// (`tests/edge/upstash_compat_test.py`, run with `unittest` in `tests/edge/.venv`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_upstash_python_client_passes_against_the_gateway() {
+    let dir = edge_dir();
+    let python = dir.join(".venv/bin/python");
+    if !python.exists() {
+        return skip_or_fail(
+            "tests/edge/.venv is missing (bash scripts/install-edge-tools.sh npm)",
+        );
+    }
+    let s = Setup::start().await;
+    let url = s.gateway.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "unittest", "-v", "upstash_compat_test"])
+            .current_dir(&dir)
+            .env("UPSTASH_REDIS_REST_URL", &url)
+            .env("UPSTASH_REDIS_REST_TOKEN", FULL)
+            .env("LARDER_READONLY_TOKEN", READ_ONLY)
+            .output()
+    })
+    .await
+    .unwrap();
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => return skip_or_fail(&format!("cannot run python: {e}")),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stderr}");
+    assert!(output.status.success(), "unittest failed:\n{stderr}");
+    assert!(stderr.contains("OK"), "{stderr}");
+    assert!(stderr.contains("Ran 8 tests"), "{stderr}");
 }

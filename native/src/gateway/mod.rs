@@ -32,10 +32,14 @@
 //!   by default ([`policy::DEFAULT_DENIED`]: `FLUSHALL`, `CONFIG`, `ACL`, `SCRIPT KILL`, …),
 //!   configurable with [`GatewayBuilder::policy`]. A refused command answers `NOPERM …`, in
 //!   band like any Redis error, and is counted in `larder_gateway_denied_commands_total`.
-//! - Read-only tokens run no script of their own (`EVAL_RO` never; `EVALSHA_RO`/`FCALL_RO`
-//!   with [`Policy::allow_read_only_scripts`]).
+//! - Read-only tokens run only reads whose cost follows their reply: no script of their own
+//!   (`EVAL_RO` never; `EVALSHA_RO`/`FCALL_RO` with [`Policy::allow_read_only_scripts`]), no
+//!   transaction, no key named twice in one command (`MGET k k`), no repeated members
+//!   (negative random counts), no `MATCH` glob.
+//! - For every token, arguments whose cost to Redis grows with them are capped (random
+//!   counts, `SCAN` `COUNT`s, `LIMIT` offsets, globs).
 //! - An answer is never built past [`GatewayBuilder::max_reply_bytes`]; a longer reply fails
-//!   its request with a 400.
+//!   its request with a 400, and a pipeline stops once its replies pass the limit.
 //! - Tokens in the query string (`?_token=…`, which Upstash accepts) are refused with 401 by
 //!   default — URLs end up in proxy and access logs — unless
 //!   [`GatewayBuilder::allow_query_token`] opts in.
@@ -209,11 +213,13 @@ impl GatewayBuilder {
 
     /// The longest answer body the gateway builds, in bytes (default
     /// [`DEFAULT_MAX_REPLY_BYTES`], at least 1 KiB). A reply that would be longer fails its
-    /// request with HTTP 400 `ERR … reply …limit` (the commands of a pipeline or transaction
-    /// have run; only their answer is refused). The body is never built past the limit, and
-    /// `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` with a negative count too large for it are
-    /// refused before they run. The reply as Redis sent it is still read whole by the
-    /// transport; the limit bounds what the gateway adds on top.
+    /// request with HTTP 400 `ERR … reply …limit` (the commands of a transaction, and of a
+    /// pipeline up to the part that passed the limit, have run; only their answer is
+    /// refused). The body is never built past the limit; a pipeline goes to Redis in parts
+    /// and stops once its replies pass it (for a read-only token, each command whose reply
+    /// grows with the data in a part of its own); negative random counts that together pass
+    /// it are refused before they run. One command's reply as Redis sent it is still read
+    /// whole by the transport.
     pub fn max_reply_bytes(mut self, bytes: usize) -> Self {
         self.max_reply_bytes = bytes.max(1024);
         self

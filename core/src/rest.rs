@@ -378,12 +378,12 @@ fn json_kind(j: &Json) -> &'static str {
 
 /// The body answering one command: `{"result":…}` or `{"error":…}`.
 pub fn encode_reply(value: &Value, encoding: Encoding) -> Vec<u8> {
-    encode_reply_within(value, encoding, usize::MAX).expect("no limit")
+    serde_json::to_vec(&Item(value, encoding)).expect("a reply always serializes")
 }
 
 /// The body answering a pipeline: `[{"result":…},{"error":…},…]`.
 pub fn encode_pipeline_reply(values: &[Value], encoding: Encoding) -> Vec<u8> {
-    encode_pipeline_reply_within(values, encoding, usize::MAX).expect("no limit")
+    serde_json::to_vec(&Items(values, encoding)).expect("a reply always serializes")
 }
 
 /// A reply body would be longer than the limit it was encoded within.
@@ -406,7 +406,7 @@ pub fn encode_reply_within(
     encoding: Encoding,
     limit: usize,
 ) -> Result<Vec<u8>, ReplyTooLarge> {
-    let floor = encoded_len_floor(std::slice::from_ref(value), encoding, limit);
+    let floor = reply_len_floor(std::slice::from_ref(value), encoding, limit);
     write_within(&Item(value, encoding), floor, limit)
 }
 
@@ -420,7 +420,7 @@ pub fn encode_pipeline_reply_within(
     encoding: Encoding,
     limit: usize,
 ) -> Result<Vec<u8>, ReplyTooLarge> {
-    let floor = encoded_len_floor(values, encoding, limit);
+    let floor = reply_len_floor(values, encoding, limit);
     write_within(&Items(values, encoding), floor, limit)
 }
 
@@ -463,10 +463,6 @@ fn write_within(
 /// `limit`: a server that runs a long pipeline in parts can stop once the parts so far are
 /// already over its reply limit.
 pub fn reply_len_floor(values: &[Value], encoding: Encoding, limit: usize) -> usize {
-    encoded_len_floor(values, encoding, limit)
-}
-
-fn encoded_len_floor(values: &[Value], encoding: Encoding, limit: usize) -> usize {
     fn string(n: usize, encoding: Encoding) -> usize {
         2 + match encoding {
             Encoding::Base64 => n.div_ceil(3).saturating_mul(4),

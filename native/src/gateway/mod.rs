@@ -580,15 +580,12 @@ impl Answer {
 /// request's earlier commands are certain to return.
 fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<(), Refusal> {
     shared.policy.check(cmd, access)?;
-    if let Some(refusal) = argument_over_cap(cmd) {
-        return Err(Refusal::Denied(refusal));
-    }
-    if access == Access::ReadOnly
-        && let Some(refusal) = repeats_a_key(cmd)
-    {
-        return Err(Refusal::Denied(refusal));
-    }
-    let certain = certain_reply_len(cmd);
+    // SRANDMEMBER/HRANDFIELD/ZRANDMEMBER key -N return N members, repeats allowed, so N alone
+    // sets a least size: every member costs at least 3 bytes (`"",`) in the answer.
+    let certain = match policy::random_count(cmd) {
+        Some(n) if n < 0 => n.unsigned_abs().saturating_mul(3),
+        _ => 0,
+    };
     if certain > 0 {
         let total = spent.saturating_add(certain);
         if total > shared.max_reply_bytes as u64 {
@@ -603,221 +600,9 @@ fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<
     Ok(())
 }
 
-/// The least a reply is certain to take whatever the data: `SRANDMEMBER`/`HRANDFIELD`/
-/// `ZRANDMEMBER key -N` return N members, repeats allowed, and every member costs at least
-/// 3 bytes (`"",`) in the answer. 0 for every other command.
-fn certain_reply_len(cmd: &Cmd) -> u64 {
-    let args = cmd.args();
-    let random = [&b"SRANDMEMBER"[..], b"HRANDFIELD", b"ZRANDMEMBER"]
-        .iter()
-        .any(|n| args[0].eq_ignore_ascii_case(n));
-    if !random {
-        return 0;
-    }
-    let count = args
-        .get(2)
-        .and_then(|c| std::str::from_utf8(c).ok())
-        .and_then(|c| c.parse::<i64>().ok());
-    match count {
-        Some(n) if n < 0 => n.unsigned_abs().saturating_mul(3),
-        _ => 0,
-    }
-}
-
-/// The largest count `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` may ask for, either sign:
-/// Redis builds the whole reply before sending any of it, so one 1 KB member asked for
-/// 5 000 000 times costs Redis 5 GB, and 400 000 distinct members of a large set seconds.
-const MAX_RANDOM_COUNT: u64 = 10_000;
-
-/// The largest `COUNT` hint of `SCAN`/`SSCAN`/`HSCAN`/`ZSCAN`: with a `MATCH` that matches
-/// nothing, Redis walks that many entries for a reply of two elements (4.5 s for 10⁸).
-const MAX_SCAN_HINT: u64 = 1000;
-
-/// The largest `LIMIT offset`: Redis walks the skipped entries (67 ms for 10⁶ in a sorted
-/// set) for a reply of one.
-const MAX_LIMIT_OFFSET: u64 = 10_000;
-
-/// The longest glob a `MATCH` may give, and the most `*` and `[` in it: Redis matches the
-/// glob against every element it walks, re-reading a `[…]` class at every position a `*`
-/// lets it try (one 1 MB `*[aaa…]` kept Redis busy 12.6 s on a 1000-element page).
-const MAX_MATCH_LEN: usize = 64;
-const MAX_MATCH_WILDCARDS: usize = 4;
-
-/// The refusal for an argument whose cost to Redis grows with it rather than with the reply,
-/// past its cap (the same caps for every token). Keywords are read as Redis reads them.
-fn glob_too_costly(pattern: &[u8]) -> bool {
-    let wildcards = pattern
-        .iter()
-        .filter(|&&c| matches!(c, b'*' | b'?' | b'['))
-        .count();
-    pattern.len() > MAX_MATCH_LEN || wildcards > MAX_MATCH_WILDCARDS
-}
-
-fn glob_refusal() -> String {
-    format!(
-        "ERR a MATCH pattern may be at most {MAX_MATCH_LEN} bytes with at most \
-         {MAX_MATCH_WILDCARDS} of '*', '?' and '[' through this gateway (Redis matches it \
-         against every element it walks)"
-    )
-}
-
-/// For a read-only token: the refusal for a command that names the same key (or field) more
-/// than once where every mention adds its value to the reply — `MGET k k k …`, `HMGET h f f
-/// …`, `XREAD … STREAMS s s s …`. Repeating one large value is how a request of a few KB made
-/// Redis build gigabytes (24 GB and the OOM killer for 20 000 mentions of one stream); with
-/// every name once, a reply can be no larger than the data it names.
-fn repeats_a_key(cmd: &Cmd) -> Option<String> {
-    let args = cmd.args();
-    let name = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
-    // A negative count repeats members: the same multiplication as naming a key twice.
-    if (name(b"SRANDMEMBER") || name(b"HRANDFIELD") || name(b"ZRANDMEMBER"))
-        && args
-            .get(2)
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .is_some_and(|c| c.trim_start().starts_with('-'))
-    {
-        return Some(
-            "NOPERM this token is read-only and cannot ask for repeated members (a negative \
-             count): each repeat adds the whole member to the reply"
-                .to_owned(),
-        );
-    }
-    // A glob is matched against every byte of every element walked: filter client-side.
-    if (name(b"SSCAN") || name(b"HSCAN") || name(b"ZSCAN"))
-        && args.iter().any(|a| policy::is_keyword(a, b"MATCH"))
-    {
-        return Some(
-            "NOPERM this token is read-only and cannot give SSCAN/HSCAN/ZSCAN a MATCH \
-             pattern: Redis matches it against every byte it walks; filter the page instead"
-                .to_owned(),
-        );
-    }
-    let names: &[bytes::Bytes] = if name(b"MGET") {
-        &args[1..]
-    } else if name(b"HMGET") {
-        args.get(2..).unwrap_or(&[])
-    } else if name(b"XREAD") {
-        match args.iter().position(|a| policy::is_keyword(a, b"STREAMS")) {
-            Some(at) => {
-                let rest = &args[at + 1..];
-                &rest[..rest.len() / 2]
-            }
-            None => &[],
-        }
-    } else {
-        return None;
-    };
-    let mut seen = std::collections::HashSet::with_capacity(names.len());
-    if names.iter().all(|n| seen.insert(n)) {
-        return None;
-    }
-    Some(
-        "NOPERM this token is read-only and cannot name the same key or field twice in one \
-         command (each mention would add the whole value to the reply)"
-            .to_owned(),
-    )
-}
-
-fn argument_over_cap(cmd: &Cmd) -> Option<String> {
-    let args = cmd.args();
-    let name = |n: &[u8]| args[0].eq_ignore_ascii_case(n);
-    let number = |i: usize| {
-        args.get(i)
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .and_then(|c| c.parse::<i64>().ok())
-    };
-    if (name(b"SRANDMEMBER") || name(b"HRANDFIELD") || name(b"ZRANDMEMBER"))
-        && number(2).is_some_and(|n| n.unsigned_abs() > MAX_RANDOM_COUNT)
-    {
-        return Some(format!(
-            "ERR a count may ask for at most {MAX_RANDOM_COUNT} members through this gateway \
-             (Redis builds the whole reply at once)"
-        ));
-    }
-    let scan = name(b"SCAN") || name(b"SSCAN") || name(b"HSCAN") || name(b"ZSCAN");
-    let globs = scan || name(b"KEYS");
-    if name(b"KEYS") && args.get(1).is_some_and(|p| glob_too_costly(p)) {
-        return Some(glob_refusal());
-    }
-    for i in 1..args.len() {
-        if globs
-            && policy::is_keyword(&args[i], b"MATCH")
-            && args.get(i + 1).is_some_and(|p| glob_too_costly(p))
-        {
-            return Some(glob_refusal());
-        }
-        if scan
-            && policy::is_keyword(&args[i], b"COUNT")
-            && number(i + 1).is_some_and(|n| n.unsigned_abs() > MAX_SCAN_HINT)
-        {
-            return Some(format!(
-                "ERR a SCAN COUNT may be at most {MAX_SCAN_HINT} through this gateway: page \
-                 with the cursor instead"
-            ));
-        }
-        if policy::is_keyword(&args[i], b"LIMIT")
-            && number(i + 1).is_some_and(|n| n.unsigned_abs() > MAX_LIMIT_OFFSET)
-        {
-            return Some(format!(
-                "ERR a LIMIT offset may be at most {MAX_LIMIT_OFFSET} through this gateway \
-                 (Redis walks every skipped entry)"
-            ));
-        }
-    }
-    None
-}
-
 /// The most commands of a pipeline sent to Redis at once. After each part the gateway
 /// checks the replies so far against the reply limit and runs no more once they pass it.
 const PIPELINE_MAX_PART: usize = 256;
-
-/// Read-only commands whose reply is small whatever the data (a number, a type, a flag, or
-/// as long as the request itself). In a read-only pipeline every other command — one whose
-/// reply grows with the data (`GET`, `HGETALL`, `LRANGE`, …) — goes to Redis in a part of its
-/// own, so Redis builds at most one such reply past the reply limit, however the request
-/// orders its commands.
-const SMALL_REPLY: &[&str] = &[
-    "PING",
-    "ECHO",
-    "TIME",
-    "DBSIZE",
-    "LASTSAVE",
-    "EXISTS",
-    "TYPE",
-    "TTL",
-    "PTTL",
-    "EXPIRETIME",
-    "PEXPIRETIME",
-    "TOUCH",
-    "STRLEN",
-    "GETBIT",
-    "HEXISTS",
-    "HLEN",
-    "HSTRLEN",
-    "LLEN",
-    "SCARD",
-    "SISMEMBER",
-    "SMISMEMBER",
-    "ZCARD",
-    "ZCOUNT",
-    "ZLEXCOUNT",
-    "ZSCORE",
-    "ZMSCORE",
-    "ZRANK",
-    "ZREVRANK",
-    "XLEN",
-    "GEODIST",
-];
-
-fn reply_grows_with_data(cmd: &Cmd) -> bool {
-    let name = &cmd.args()[0];
-    !SMALL_REPLY
-        .iter()
-        .any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
-}
-
-/// The `COUNT` a `SCAN` is given at most (Redis's is only a hint; each page is one call).
-const MAX_SCAN_COUNT: usize = 1000;
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let started = Instant::now();
@@ -1127,12 +912,12 @@ async fn pipeline(shared: &Shared, cmds: Vec<Cmd>, access: Access, enc: Encoding
     while let Some((cmd, slot)) = pending.next() {
         let scan = scan_args(&cmd);
         if scan.is_none() {
-            large_in_batch |= one_large_reply_per_part && reply_grows_with_data(&cmd);
+            large_in_batch |= one_large_reply_per_part && policy::reply_grows_with_data(&cmd);
             batch.push((slot, cmd));
         }
-        let next_is_large = pending
-            .peek()
-            .is_some_and(|(next, _)| one_large_reply_per_part && reply_grows_with_data(next));
+        let next_is_large = pending.peek().is_some_and(|(next, _)| {
+            one_large_reply_per_part && policy::reply_grows_with_data(next)
+        });
         let flush = scan.is_some()
             || batch.len() >= PIPELINE_MAX_PART
             || pending.peek().is_none()
@@ -1218,11 +1003,8 @@ fn scan_args(cmd: &Cmd) -> Option<ScanArgs> {
         match pair {
             [opt, v] if opt.eq_ignore_ascii_case(b"MATCH") => scan.pattern = v.clone(),
             [opt, v] if opt.eq_ignore_ascii_case(b"COUNT") => {
-                scan.count = std::str::from_utf8(v)
-                    .ok()?
-                    .parse::<usize>()
-                    .ok()?
-                    .clamp(1, MAX_SCAN_COUNT);
+                // Over the policy's cap it was refused before it got here.
+                scan.count = std::str::from_utf8(v).ok()?.parse::<usize>().ok()?.max(1);
             }
             // TYPE, or anything malformed: let Redis run (and judge) the command as sent.
             _ => return None,

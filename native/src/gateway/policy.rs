@@ -18,6 +18,11 @@
 //!    [`Policy::allow_read_only_scripts`] also [`READ_ONLY_SCRIPTS`]. They never run
 //!    `EVAL_RO`: arbitrary Lua could loop (stalling Redis for every client: `SCRIPT KILL`
 //!    is denied), fill the script cache, or call commands they may not run directly.
+//! 6. **Argument caps**, for every token: random counts ([`MAX_RANDOM_COUNT`]), `SCAN`
+//!    counts ([`MAX_SCAN_COUNT`]), `LIMIT` offsets ([`MAX_LIMIT_OFFSET`]) and globs
+//!    ([`MAX_MATCH_LEN`]); for read-only tokens, nothing that multiplies a reply past the
+//!    data it names (a key named twice, a negative random count, a `MATCH` on a
+//!    collection scan).
 //!
 //! [`reference_table`] renders these lists as the Markdown table in docs/SECURITY.md; a test
 //! keeps the two identical.
@@ -337,9 +342,11 @@ pub fn is_read_only_command(cmd: &Cmd) -> bool {
 
 /// Whether `arg` is the keyword `kw` as Redis reads options: without case, and only up to
 /// a NUL byte (`strcasecmp`), so `"BLOCK\0x"` is `BLOCK`.
-pub fn is_keyword(arg: &[u8], kw: &[u8]) -> bool {
-    let end = arg.iter().position(|&b| b == 0).unwrap_or(arg.len());
-    arg[..end].eq_ignore_ascii_case(kw)
+pub(crate) fn is_keyword(arg: &[u8], kw: &[u8]) -> bool {
+    // Only the keyword's length is looked at: arguments can be megabytes of value.
+    arg.len() >= kw.len()
+        && arg[..kw.len()].eq_ignore_ascii_case(kw)
+        && arg.get(kw.len()).is_none_or(|&b| b == 0)
 }
 
 /// Whether `XREAD`/`XREADGROUP` carry a `BLOCK` option, read the way Redis reads their
@@ -367,6 +374,185 @@ fn stream_read_blocks(name: &str, args: &[bytes::Bytes]) -> bool {
     false
 }
 
+/// The largest count `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` may ask for, either sign:
+/// Redis builds the whole reply before sending any of it, so one 1 KB member asked for
+/// 5 000 000 times costs Redis 5 GB, and 400 000 distinct members of a large set seconds.
+pub const MAX_RANDOM_COUNT: u64 = 10_000;
+
+/// The largest `COUNT` hint of `SCAN`/`SSCAN`/`HSCAN`/`ZSCAN`: with a `MATCH` that matches
+/// nothing, Redis walks that many entries for a reply of two elements (4.5 s for 10⁸).
+pub const MAX_SCAN_COUNT: u64 = 1000;
+
+/// The largest `LIMIT offset`: Redis walks the skipped entries (67 ms for 10⁶ in a sorted
+/// set) for a reply of one.
+pub const MAX_LIMIT_OFFSET: u64 = 10_000;
+
+/// The longest glob a `MATCH` (or `KEYS`) may give, and the most of `*`, `?` and `[` in it:
+/// Redis matches the glob against every element it walks, re-reading a `[…]` class at every
+/// position a `*` lets it try (one 1 MB `*[aaa…]` kept Redis busy 12.6 s on one page).
+pub const MAX_MATCH_LEN: usize = 64;
+/// See [`MAX_MATCH_LEN`].
+pub const MAX_MATCH_WILDCARDS: usize = 4;
+
+/// Read-only commands whose reply is small whatever the data (a number, a type, a flag, or
+/// as long as the request itself). In a read-only pipeline every other command — one whose
+/// reply grows with the data (`GET`, `HGETALL`, `LRANGE`, …) — goes to Redis in a part of its
+/// own, so Redis builds at most one such reply past the reply limit, however the request
+/// orders its commands.
+pub const SMALL_REPLY: &[&str] = &[
+    "PING",
+    "ECHO",
+    "TIME",
+    "DBSIZE",
+    "LASTSAVE",
+    "EXISTS",
+    "TYPE",
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "TOUCH",
+    "STRLEN",
+    "GETBIT",
+    "HEXISTS",
+    "HLEN",
+    "HSTRLEN",
+    "LLEN",
+    "SCARD",
+    "SISMEMBER",
+    "SMISMEMBER",
+    "ZCARD",
+    "ZCOUNT",
+    "ZLEXCOUNT",
+    "ZSCORE",
+    "ZMSCORE",
+    "ZRANK",
+    "ZREVRANK",
+    "XLEN",
+    "GEODIST",
+];
+
+/// Whether `cmd`'s reply may grow with the data it reads (see [`SMALL_REPLY`]).
+pub(crate) fn reply_grows_with_data(cmd: &Cmd) -> bool {
+    !named(cmd, SMALL_REPLY)
+}
+
+fn named(cmd: &Cmd, list: &[&str]) -> bool {
+    let name = &cmd.args()[0];
+    list.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// The count of `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER key count`, when there is one that
+/// Redis would read as a number (a negative count asks for repeats).
+pub(crate) fn random_count(cmd: &Cmd) -> Option<i64> {
+    if !named(cmd, &["SRANDMEMBER", "HRANDFIELD", "ZRANDMEMBER"]) {
+        return None;
+    }
+    number(cmd.args().get(2)?)
+}
+
+fn number(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+fn glob_too_costly(pattern: &[u8]) -> bool {
+    let wildcards = pattern
+        .iter()
+        .filter(|&&c| matches!(c, b'*' | b'?' | b'['))
+        .count();
+    pattern.len() > MAX_MATCH_LEN || wildcards > MAX_MATCH_WILDCARDS
+}
+
+/// The refusal for an argument whose cost to Redis grows with it rather than with the reply,
+/// past its cap (the same caps for every token). Keywords are read as Redis reads them.
+fn argument_over_cap(cmd: &Cmd) -> Option<String> {
+    let args = cmd.args();
+    if random_count(cmd).is_some_and(|n| n.unsigned_abs() > MAX_RANDOM_COUNT) {
+        return Some(format!(
+            "ERR a count may ask for at most {MAX_RANDOM_COUNT} members through this gateway \
+             (Redis builds the whole reply at once)"
+        ));
+    }
+    let scan = named(cmd, &["SCAN", "SSCAN", "HSCAN", "ZSCAN"]);
+    let keys = named(cmd, &["KEYS"]);
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        let next = args.get(i + 1);
+        let pattern = if keys {
+            (i == 1).then_some(arg)
+        } else if scan && is_keyword(arg, b"MATCH") {
+            next
+        } else {
+            None
+        };
+        if pattern.is_some_and(|p| glob_too_costly(p)) {
+            return Some(format!(
+                "ERR a MATCH pattern may be at most {MAX_MATCH_LEN} bytes with at most \
+                 {MAX_MATCH_WILDCARDS} of '*', '?' and '[' through this gateway (Redis \
+                 matches it against every element it walks)"
+            ));
+        }
+        let value = next.and_then(|n| number(n)).map(i64::unsigned_abs);
+        if scan && is_keyword(arg, b"COUNT") && value.is_some_and(|n| n > MAX_SCAN_COUNT) {
+            return Some(format!(
+                "ERR a SCAN COUNT may be at most {MAX_SCAN_COUNT} through this gateway: page \
+                 with the cursor instead"
+            ));
+        }
+        if is_keyword(arg, b"LIMIT") && value.is_some_and(|n| n > MAX_LIMIT_OFFSET) {
+            return Some(format!(
+                "ERR a LIMIT offset may be at most {MAX_LIMIT_OFFSET} through this gateway \
+                 (Redis walks every skipped entry)"
+            ));
+        }
+    }
+    None
+}
+
+/// For a read-only token, the refusal for what multiplies a reply or the work behind it past
+/// the data named: a key (or field) named twice where every mention adds its value (`MGET k
+/// k`, `HMGET h f f`, `XREAD … STREAMS s s`: 20 000 mentions of one stream had Redis
+/// OOM-killed at 24 GB), repeated members (a negative random count: a 1 MB field asked for
+/// 3 000 times cost 3.35 GB), and a `MATCH` glob on `SSCAN`/`HSCAN`/`ZSCAN` (matched against
+/// every byte of every member walked: 1.5 s a page of 100 KB members).
+fn read_only_multiplier(cmd: &Cmd) -> Option<&'static str> {
+    let args = cmd.args();
+    if random_count(cmd).is_some_and(|n| n < 0) {
+        return Some(
+            "NOPERM this token is read-only and cannot ask for repeated members (a negative \
+             count): each repeat adds the whole member to the reply",
+        );
+    }
+    if named(cmd, &["SSCAN", "HSCAN", "ZSCAN"]) && args.iter().any(|a| is_keyword(a, b"MATCH")) {
+        return Some(
+            "NOPERM this token is read-only and cannot give SSCAN/HSCAN/ZSCAN a MATCH \
+             pattern: Redis matches it against every byte it walks; filter the page instead",
+        );
+    }
+    let names: &[bytes::Bytes] = if named(cmd, &["MGET"]) {
+        &args[1..]
+    } else if named(cmd, &["HMGET"]) {
+        args.get(2..).unwrap_or(&[])
+    } else if named(cmd, &["XREAD"]) {
+        match args.iter().position(|a| is_keyword(a, b"STREAMS")) {
+            Some(at) => {
+                let rest = &args[at + 1..];
+                &rest[..rest.len() / 2]
+            }
+            None => &[],
+        }
+    } else {
+        return None;
+    };
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    if names.iter().all(|n| seen.insert(n)) {
+        return None;
+    }
+    Some(
+        "NOPERM this token is read-only and cannot name the same key or field twice in one \
+         command (each mention would add the whole value to the reply)",
+    )
+}
+
 impl Policy {
     /// A policy that denies nothing beyond the rules that always apply.
     pub fn allow_all() -> Self {
@@ -376,7 +562,8 @@ impl Policy {
         }
     }
 
-    /// Also denies `entry` (`"COMMAND"` or `"COMMAND SUBCOMMAND"`, any case).
+    /// Also denies `entry` (`"COMMAND"`, or `"COMMAND SUBCOMMAND"` for a command of
+    /// [`CONTAINERS`]; any case).
     pub fn deny(&mut self, entry: &str) -> &mut Self {
         let e = normalize(entry);
         if !e.is_empty() {
@@ -427,9 +614,13 @@ impl Policy {
         {
             return Err(malformed("subcommand", sub));
         }
+        // `COMMAND SUBCOMMAND` entries name container commands only (the second argument of
+        // any other command is data, possibly megabytes of it).
         let full = match args.get(1) {
-            Some(s) => format!("{name} {}", String::from_utf8_lossy(s).to_ascii_uppercase()),
-            None => name.clone(),
+            Some(s) if container => {
+                format!("{name} {}", String::from_utf8_lossy(s).to_ascii_uppercase())
+            }
+            _ => name.clone(),
         };
         let listed = |list: &[&str]| list.iter().any(|e| *e == name || *e == full);
         let lower = |s: &str| s.to_ascii_lowercase();
@@ -478,6 +669,14 @@ impl Policy {
                 "NOPERM this token is read-only and cannot run '{}'{why}",
                 lower(&name)
             )));
+        }
+        if let Some(refusal) = argument_over_cap(cmd) {
+            return Err(Refusal::Denied(refusal));
+        }
+        if access == Access::ReadOnly
+            && let Some(refusal) = read_only_multiplier(cmd)
+        {
+            return Err(Refusal::Denied(refusal.to_owned()));
         }
         Ok(())
     }
@@ -535,6 +734,18 @@ pub fn reference_table() -> String {
         out,
         "| read-only transactions | read-only tokens | `/multi-exec` is refused whole: Redis runs \
          a transaction to its end, however long |"
+    );
+    let _ = writeln!(
+        out,
+        "| argument caps | every token | `SRANDMEMBER`/`HRANDFIELD`/`ZRANDMEMBER` count ≤ \
+         {MAX_RANDOM_COUNT} either sign; `SCAN`/`SSCAN`/`HSCAN`/`ZSCAN` `COUNT` ≤ \
+         {MAX_SCAN_COUNT}; `LIMIT` offset ≤ {MAX_LIMIT_OFFSET}; `MATCH`/`KEYS` glob ≤ \
+         {MAX_MATCH_LEN} bytes with ≤ {MAX_MATCH_WILDCARDS} of `*` `?` `[` |"
+    );
+    let _ = writeln!(
+        out,
+        "| read-only multipliers | read-only tokens | no key or field named twice in `MGET`, \
+         `HMGET`, `XREAD`; no negative random count; no `MATCH` on `SSCAN`/`HSCAN`/`ZSCAN` |"
     );
     row(
         &mut out,
@@ -800,6 +1011,17 @@ mod tests {
             "docs/SECURITY.md's policy table is out of date: run \
              LARDER_BLESS=1 cargo test -p larder-native --lib docs_security_md"
         );
+    }
+
+    #[test]
+    fn small_replies_are_read_only_commands_and_keywords_stop_at_a_nul() {
+        for name in SMALL_REPLY {
+            assert!(READ_ONLY.contains(name), "{name}");
+        }
+        assert!(is_keyword(b"count", b"COUNT"));
+        assert!(is_keyword(b"COUNT\0anything", b"COUNT"));
+        assert!(!is_keyword(b"COUNTS", b"COUNT"));
+        assert!(!is_keyword(b"COUN", b"COUNT"));
     }
 
     #[test]

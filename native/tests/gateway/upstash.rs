@@ -26,21 +26,19 @@ pub(crate) fn skip_or_fail(why: &str) {
     eprintln!("skipped: {why}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_upstash_client_passes_against_the_gateway() {
+/// Runs an official client's test script (`program args` in tests/edge) against a fresh
+/// gateway; its output, or `None` when the client cannot run here and that is allowed.
+async fn run_client(
+    program: PathBuf,
+    args: &'static [&'static str],
+) -> Option<std::process::Output> {
     let dir = edge_dir();
-    if !dir.join("node_modules/@upstash/redis").exists() {
-        return skip_or_fail(
-            "tests/edge/node_modules is missing (bash scripts/install-edge-tools.sh npm)",
-        );
-    }
     let s = Setup::start().await;
     let url = s.gateway.url();
+    let shown = program.display().to_string();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("--test")
-            .arg("--test-reporter=spec")
-            .arg("upstash-compat.test.mjs")
+        Command::new(program)
+            .args(args)
             .current_dir(&dir)
             .env("UPSTASH_REDIS_REST_URL", &url)
             .env("UPSTASH_REDIS_REST_TOKEN", FULL)
@@ -49,9 +47,25 @@ async fn official_upstash_client_passes_against_the_gateway() {
     })
     .await
     .unwrap();
-    let output = match output {
-        Ok(o) => o,
-        Err(e) => return skip_or_fail(&format!("cannot run node: {e}")),
+    match output {
+        Ok(o) => Some(o),
+        Err(e) => {
+            skip_or_fail(&format!("cannot run {shown}: {e}"));
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_upstash_client_passes_against_the_gateway() {
+    if !edge_dir().join("node_modules/@upstash/redis").exists() {
+        return skip_or_fail(
+            "tests/edge/node_modules is missing (bash scripts/install-edge-tools.sh npm)",
+        );
+    }
+    let args = &["--test", "--test-reporter=spec", "upstash-compat.test.mjs"];
+    let Some(output) = run_client(PathBuf::from("node"), args).await else {
+        return;
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -67,29 +81,15 @@ async fn official_upstash_client_passes_against_the_gateway() {
 /// (`tests/edge/upstash_compat_test.py`, run with `unittest` in `tests/edge/.venv`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_upstash_python_client_passes_against_the_gateway() {
-    let dir = edge_dir();
-    let python = dir.join(".venv/bin/python");
+    let python = edge_dir().join(".venv/bin/python");
     if !python.exists() {
         return skip_or_fail(
             "tests/edge/.venv is missing (bash scripts/install-edge-tools.sh npm)",
         );
     }
-    let s = Setup::start().await;
-    let url = s.gateway.url();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-m", "unittest", "-v", "upstash_compat_test"])
-            .current_dir(&dir)
-            .env("UPSTASH_REDIS_REST_URL", &url)
-            .env("UPSTASH_REDIS_REST_TOKEN", FULL)
-            .env("LARDER_READONLY_TOKEN", READ_ONLY)
-            .output()
-    })
-    .await
-    .unwrap();
-    let output = match output {
-        Ok(o) => o,
-        Err(e) => return skip_or_fail(&format!("cannot run python: {e}")),
+    let args = &["-m", "unittest", "-v", "upstash_compat_test"];
+    let Some(output) = run_client(python, args).await else {
+        return;
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stderr}");

@@ -207,22 +207,11 @@ pub(crate) fn transport_error(err: &RedisError, context: &str) -> TransportError
 /// or function returns: its text is the script's to choose (`redis.error_reply('BUSY x')`),
 /// and taking it for an outage would let a client open circuit breakers at will.
 pub(crate) fn unavailable_reply(cmd: &Cmd, v: &Value) -> Option<TransportError> {
-    const SCRIPTS: [&[u8]; 6] = [
-        b"EVAL",
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ];
-    if SCRIPTS
-        .iter()
-        .any(|s| cmd.args()[0].eq_ignore_ascii_case(s))
-    {
-        return None;
-    }
     match v {
-        Value::Error(text) if unavailable_code(text.split(' ').next().unwrap_or("")) => {
+        Value::Error(text)
+            if unavailable_code(text.split(' ').next().unwrap_or(""))
+                && !super::slots::is_script(cmd) =>
+        {
             Some(TransportError::new(
                 ErrorKind::Unavailable,
                 format!("Redis cannot serve the command now ({text}); retry later"),

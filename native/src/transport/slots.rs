@@ -69,6 +69,12 @@ fn layout(name: &str) -> Layout {
     }
 }
 
+/// Whether `cmd` runs a script or function (`EVAL`, `EVALSHA`, `FCALL` and their `_RO`
+/// forms), whose error replies are the script's to choose.
+pub(crate) fn is_script(cmd: &Cmd) -> bool {
+    layout(&cmd.name()) == Layout::Script
+}
+
 /// The slot a (non-split) command must run on, or `None` when it names no key.
 pub(crate) fn command_slot(cmd: &Cmd) -> Option<u16> {
     let args = cmd.args();

@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use larder::Status;
 use larder::fallback::{FallbackCache, LazyTransport};
 use larder::native::RedisTransport;
-use larder::response::{CacheControl, CacheStatus, LlmRequest, LlmResponse, ResponseCache};
+use larder::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache};
 use larder::tiered::TieredCache;
-use larder::{Cache, MemoryCache, RedisCache, SharedClock, SystemClock};
+use larder::{Cache, MemoryCache, RedisCache, SharedClock};
 use larder_native::testing::RedisServer;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -61,8 +62,7 @@ async fn workload(name: &str, cache: &dyn Cache) -> Result<(), Error> {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let clock: SharedClock = SystemClock::shared();
-    let memory = || MemoryCache::new(clock.clone(), 100_000, None);
+    let memory = || MemoryCache::builder().max_entries(100_000).build().unwrap();
 
     let mut server = None;
     let url = match std::env::var("REDIS_URL") {
@@ -91,8 +91,8 @@ async fn main() -> Result<(), Error> {
         .prefix("cmp-tiered")
         .build()?;
     let tiered = TieredCache::builder(memory(), l2.clone())
-        .l1_max_ttl(Some(Duration::from_secs(60)))
-        .build();
+        .l1_max_ttl(Duration::from_secs(60))
+        .build()?;
     workload("tiered (memory + redis)", &tiered).await?;
 
     // The response cache on top: a hit costs one lookup (one round trip on Redis).
@@ -101,11 +101,11 @@ async fn main() -> Result<(), Error> {
     for (name, cache) in [
         (
             "ResponseCache on memory",
-            ResponseCache::local(memory(), clock.clone()).build()?,
+            ResponseCache::local(memory()).build()?,
         ),
         (
             "ResponseCache on redis",
-            ResponseCache::redis(redis.clone(), clock.clone()).build()?,
+            ResponseCache::redis(redis.clone()).build()?,
         ),
     ] {
         cache
@@ -137,7 +137,7 @@ async fn main() -> Result<(), Error> {
 
     // 2. Fallback: start on memory, move to Redis as soon as it answers (no restart).
     let target = dead.clone();
-    let lazy = LazyTransport::new(clock.clone(), None, move || {
+    let lazy = LazyTransport::new(move || {
         let url = target.clone();
         async move { RedisTransport::connect(&url).await }
     });
@@ -167,10 +167,10 @@ async fn main() -> Result<(), Error> {
         );
 
         // 4. Response cache, fail-open: computes the answer anyway (MISS, not an error).
-        let cache = ResponseCache::redis(redis.clone(), clock.clone()).build()?;
+        let cache = ResponseCache::redis(redis.clone()).build()?;
         let a = cache
             .get_or_compute(&request, &control, || async {
-                Ok::<_, Error>(LlmResponse::new("computed while Redis is down"))
+                Ok::<_, std::io::Error>(LlmResponse::new("computed while Redis is down"))
             })
             .await?;
         println!(
@@ -189,20 +189,26 @@ async fn main() -> Result<(), Error> {
     // 5. Fail-safe: a stale answer beats an error when the model is down.
     let clock_now = larder::ManualClock::new(1_000_000);
     let manual: SharedClock = Arc::new(clock_now.clone());
-    let cache = ResponseCache::local(MemoryCache::new(manual.clone(), 100, None), manual)
-        .default_ttl(Duration::from_secs(60))
-        .stale_window(Duration::from_secs(3600))
-        .build()?;
+    let cache = ResponseCache::local(
+        MemoryCache::builder()
+            .clock(manual.clone())
+            .max_entries(100)
+            .build()
+            .unwrap(),
+    )
+    .default_ttl(Duration::from_secs(60))
+    .stale_window(Duration::from_secs(3600))
+    .build()?;
     cache
         .put(&request, &control, &LlmResponse::new("Paris."))
         .await?;
     clock_now.advance(Duration::from_secs(120)); // past fresh, inside the stale window
     let a = cache
         .get_or_compute(&request, &control, || async {
-            Err::<LlmResponse, Error>("model provider down".into())
+            Err::<LlmResponse, _>(std::io::Error::other("model provider down"))
         })
         .await?;
-    assert_eq!(a.status, CacheStatus::Stale);
+    assert_eq!(a.status, Status::Stale);
     println!(
         "stale window:      model down -> {} {:?}",
         a.status,

@@ -15,13 +15,13 @@ use larder::response::{
     CacheControl, LlmRequest, LlmResponse, ModelPrice, Prices, ResponseCache, Usage, WarmOptions,
     WarmProgress,
 };
-use larder::{Cache, RedisCache, SystemClock};
+use larder::{Cache, RedisCache};
 use larder_native::testing::{RedisCluster, RedisServer, SentinelSetup};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// A stand-in for the model: slow, deterministic, reports token usage.
-async fn fake_model(request: LlmRequest) -> Result<LlmResponse, Error> {
+async fn fake_model(request: LlmRequest) -> Result<LlmResponse, std::io::Error> {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let question = request.prompt_text().unwrap_or_default().to_owned();
     Ok(LlmResponse::new(format!("An answer to {question:?}"))
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Error> {
     };
     let redis = RedisCache::connect(&url).await?;
     let prices = Prices::new().price("gpt-4o-mini", ModelPrice::per_million(0.15, 0.60));
-    let cache = ResponseCache::redis(redis, SystemClock::shared())
+    let cache = ResponseCache::redis(redis)
         .default_ttl(Duration::from_secs(3600))
         .prices(prices)
         .build()?;
@@ -123,7 +123,6 @@ async fn main() -> Result<(), Error> {
     } else {
         let clustered = ResponseCache::redis(
             RedisCache::from_options(RedisCacheOptions::cluster(seeds)).await?,
-            SystemClock::shared(),
         )
         .build()?;
         for i in 0..30 {

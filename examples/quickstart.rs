@@ -1,66 +1,39 @@
-//! Quickstart: cache a slow "LLM" call in the embedded memory cache (no server needed).
+//! Quickstart: a slow model call wrapped in get-or-compute, on the embedded memory cache.
 //!
-//! Run with `cargo run --example quickstart`.
+//! Run with `cargo run --example quickstart` (no server needed).
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use larder::{Cache, MemoryCache, SystemClock, request_hash};
-use serde::Serialize;
-
-/// The request we send to the model. Any `Serialize` type works as a cache key: larder
-/// hashes its canonical JSON (see docs/KEY_FORMAT.md).
-#[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    prompt: &'a str,
-    temperature: f64,
-}
+use larder::MemoryCache;
+use larder::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache};
 
 /// A stand-in for a real model call: slow and deterministic.
-async fn slow_llm(request: &ChatRequest<'_>) -> String {
+async fn slow_model(request: &LlmRequest) -> Result<LlmResponse, Infallible> {
     tokio::time::sleep(Duration::from_millis(400)).await;
-    format!("[{}] The capital of France is Paris.", request.model)
+    Ok(LlmResponse::new("The capital of France is Paris.").with_model(request.model()))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cache = MemoryCache::builder(SystemClock::shared())
+    let memory = MemoryCache::builder()
         .max_entries(10_000)
-        .default_ttl(Some(Duration::from_secs(3600)))
-        .build();
+        .default_ttl(Duration::from_secs(3600))
+        .build()?;
+    let cache = ResponseCache::local(memory).build()?;
+    let request = LlmRequest::prompt("gpt-4o-mini", "What is the capital of France?");
 
-    let request = ChatRequest {
-        model: "gpt-4o-mini",
-        prompt: "What is the capital of France?",
-        temperature: 0.0,
-    };
-    let key = request_hash(&request)?;
-    println!("cache key: {key}");
-
-    for attempt in 1..=2 {
+    for call in 1..=2 {
         let started = Instant::now();
-        let (answer, source) = match cache.get(&key).await? {
-            Some(hit) => (String::from_utf8(hit.to_vec())?, "cache"),
-            None => {
-                let fresh = slow_llm(&request).await;
-                cache.set(&key, fresh.clone().into(), None).await?;
-                (fresh, "model")
-            }
-        };
+        let answer = cache
+            .get_or_compute(&request, &CacheControl::default(), || slow_model(&request))
+            .await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
         println!(
-            "call {attempt}: {answer:?} from {source} in {:.1} ms",
-            started.elapsed().as_secs_f64() * 1000.0
+            "call {call}: {} {:?} in {ms:.1} ms",
+            answer.status,
+            answer.text()
         );
     }
-
-    let stats = cache.stats().await?;
-    println!(
-        "stats: hits={} misses={} writes={} entries={} hit rate={:.0}%",
-        stats.hits,
-        stats.misses,
-        stats.writes,
-        stats.entries.unwrap_or(0),
-        stats.hit_rate() * 100.0
-    );
     Ok(())
 }

@@ -71,7 +71,7 @@ step "quickstart (README command 1)"
 cargo run --quiet --example quickstart
 
 step "examples: cache_redis, cache_comparison (servers started on free ports)"
-cargo run --quiet --example cache_redis
-cargo run --quiet --example cache_comparison
+cargo run --quiet -p larder-tests --example cache_redis
+cargo run --quiet -p larder-tests --example cache_comparison
 
 step "all checks passed"

@@ -143,10 +143,12 @@ fn contenders(capacity: usize) -> Vec<Box<dyn Contender>> {
     let clock = Arc::new(ManualClock::new(0));
     vec![
         Box::new(Larder(
-            MemoryCache::builder(clock)
+            MemoryCache::builder()
+                .clock(clock)
                 .max_entries(capacity)
                 .max_bytes(u64::MAX / 2)
-                .build(),
+                .build()
+                .unwrap(),
         )),
         Box::new(LarderLru(Mutex::new(Lru::new(capacity, u64::MAX / 2)))),
         Box::new(LruCrate(Mutex::new(lru::LruCache::new(

@@ -174,6 +174,13 @@ pub trait Cache: MaybeSend + MaybeSync + Debug {
     /// [`CacheStats::corrupt`]). Called by [`CacheExt::get_envelope`]; the default does
     /// nothing.
     fn record_corrupt(&self) {}
+
+    /// The clock this cache reads time from, when it reads any (the memory tier does: its
+    /// TTLs; Redis keeps time itself). Layers built over a cache — get-or-compute, the
+    /// response cache — use it unless given another, so a test's clock is given once.
+    fn clock(&self) -> Option<crate::SharedClock> {
+        None
+    }
 }
 
 /// Envelope-level helpers available on every [`Cache`].
@@ -259,6 +266,9 @@ impl<C: Cache + ?Sized> Cache for std::sync::Arc<C> {
     }
     fn record_corrupt(&self) {
         (**self).record_corrupt()
+    }
+    fn clock(&self) -> Option<crate::SharedClock> {
+        (**self).clock()
     }
 }
 

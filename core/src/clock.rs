@@ -1,8 +1,7 @@
-//! Injected time: [`Clock`] gives "now" in unix milliseconds and a way to sleep.
+//! Time: [`Clock`] gives "now" in unix milliseconds and a way to sleep.
 //!
-//! `std::time::SystemTime::now()` and `Instant::now()` panic on `wasm32-unknown-unknown`, so
-//! core never reads the system clock. Adapters implement [`Clock`] (tokio natively, the
-//! Workers runtime at the edge); tests use [`ManualClock`].
+//! Everything in larder that reads time uses the runtime's clock, [`SystemClock`], unless a
+//! builder is given another with `.clock(...)` — in tests, a [`ManualClock`].
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -32,6 +31,63 @@ pub trait Clock: MaybeSend + MaybeSync + Debug {
 
 /// A clock shared by many caches.
 pub type SharedClock = Arc<dyn Clock>;
+
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+    fn now_us(&self) -> u64 {
+        (**self).now_us()
+    }
+    async fn sleep(&self, duration: Duration) {
+        (**self).sleep(duration).await
+    }
+}
+
+/// The runtime's clock, the default of every builder: the system wall clock natively, the
+/// JavaScript host's (`Date.now()`, `setTimeout`) on `wasm32`. Sleeping needs no async
+/// runtime: it works under tokio, any other executor and on Workers.
+///
+/// # Examples
+///
+/// ```
+/// use larder_core::{Clock, SystemClock};
+///
+/// assert!(SystemClock.now_ms() > 1_600_000_000_000, "after 2020");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+// `web_time` is `std::time` natively and the JavaScript clock on wasm32, where `std::time`
+// panics; `futures_timer` sleeps without tokio (a timer thread natively, `setTimeout` on wasm32).
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        web_time::SystemTime::now()
+            .duration_since(web_time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn now_us(&self) -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(std::time::Instant::now);
+        u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        futures_timer::Delay::new(duration).await;
+    }
+}
+
+/// The default clock of every builder.
+pub(crate) fn system() -> SharedClock {
+    Arc::new(SystemClock)
+}
 
 /// A clock that only moves when told to: for deterministic tests.
 ///
@@ -94,6 +150,15 @@ pub fn duration_ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_clock_sleeps_without_a_runtime_and_time_moves() {
+        let c = SystemClock;
+        let (ms, us) = (c.now_ms(), c.now_us());
+        futures_executor::block_on(c.sleep(Duration::from_millis(20)));
+        assert!(c.now_ms() >= ms + 19, "wall clock moved");
+        assert!(c.now_us() >= us + 19_000, "monotonic reading moved");
+    }
 
     #[test]
     fn manual_clock_sleep_advances() {

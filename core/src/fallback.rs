@@ -18,15 +18,15 @@
 //! let reachable = Arc::new(std::sync::atomic::AtomicBool::new(false));
 //! let (r, up) = (redis.clone(), reachable.clone());
 //! // Natively: `move || RedisTransport::connect(url)`.
-//! let transport = LazyTransport::new(clock.clone(), None, move || {
+//! let transport = LazyTransport::new(move || {
 //!     let (r, up) = (r.clone(), up.load(std::sync::atomic::Ordering::SeqCst));
 //!     async move {
 //!         if up { Ok(r) } else { Err(Error::from(TransportError::new(ErrorKind::Io, "refused"))) }
 //!     }
-//! });
+//! }).clock(clock.clone());
 //! let cache = FallbackCache::new(
 //!     RedisCache::new(transport.clone()),
-//!     MemoryCache::new(clock.clone(), 1_000, None),
+//!     MemoryCache::builder().clock(clock.clone()).max_entries(1_000).build().unwrap(),
 //! );
 //!
 //! cache.set("k", "v".into(), None).await?; // Redis unreachable: stored in memory
@@ -114,18 +114,18 @@ impl<T: fmt::Debug> fmt::Debug for LazyTransport<T> {
 }
 
 impl<T: Transport + Clone + 'static> LazyTransport<T> {
-    /// A transport that will connect with `connect`, attempting at once (in the background
-    /// with a `runtime`, else on first use).
-    pub fn new<F, Fut>(clock: SharedClock, runtime: Option<SharedRuntime>, connect: F) -> Self
+    /// A transport that will connect with `connect` on first use (or, given a
+    /// [`runtime`](LazyTransport::runtime), in the background at once).
+    pub fn new<F, Fut>(connect: F) -> Self
     where
         F: Fn() -> Fut + MaybeSend + MaybeSync + 'static,
         Fut: Future<Output = Result<T>> + MaybeSend + 'static,
     {
-        let lazy = LazyTransport {
+        LazyTransport {
             inner: Arc::new(LazyInner {
                 connect: Box::new(move || Box::pin(connect())),
-                clock,
-                runtime,
+                clock: crate::clock::system(),
+                runtime: None,
                 retry_every: DEFAULT_RETRY_EVERY,
                 slot: Mutex::new(Slot {
                     transport: None,
@@ -135,11 +135,28 @@ impl<T: Transport + Clone + 'static> LazyTransport<T> {
                     last_error: None,
                 }),
             }),
-        };
-        if lazy.inner.runtime.is_some() {
-            lazy.start_attempt_if_due();
         }
-        lazy
+    }
+
+    /// The clock retries are paced with (default: [`SystemClock`](crate::SystemClock)).
+    /// Call before sharing the transport (it has no effect on clones made earlier).
+    #[must_use]
+    pub fn clock(mut self, clock: impl crate::Clock + 'static) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.clock = Arc::new(clock);
+        }
+        self
+    }
+
+    /// Runs connection attempts in the background on `runtime`, starting now. Call last,
+    /// before sharing the transport.
+    #[must_use]
+    pub fn runtime(mut self, runtime: SharedRuntime) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.runtime = Some(runtime);
+        }
+        self.start_attempt_if_due();
+        self
     }
 
     /// How long to wait between connection attempts (default 1 s). Call before sharing the
@@ -446,6 +463,9 @@ impl<P: Cache> Cache for FallbackCache<P> {
             self.inner.primary.record_corrupt();
         }
     }
+    fn clock(&self) -> Option<crate::SharedClock> {
+        self.inner.memory.clock()
+    }
 }
 
 #[cfg(test)]
@@ -466,17 +486,23 @@ mod tests {
         let redis = MemTransport::with_clock(clock.clone());
         let up = Arc::new(AtomicBool::new(false));
         let (r, u) = (redis.clone(), up.clone());
-        let lazy = LazyTransport::new(clock.clone(), Some(runtime()), move || {
+        let lazy = LazyTransport::new(move || {
             let (r, u) = (r.clone(), u.load(Ordering::SeqCst));
             async move { if u { Ok(r) } else { Err(refused()) } }
         })
+        .clock(clock.clone())
+        .runtime(runtime())
         .retry_every(Duration::from_millis(200));
         let cache = FallbackCache::new(
             RedisCache::builder(lazy.clone())
                 .prefix("p")
                 .build()
                 .unwrap(),
-            MemoryCache::new(clock.clone(), 100, None),
+            MemoryCache::builder()
+                .clock(clock.clone())
+                .max_entries(100)
+                .build()
+                .unwrap(),
         );
         cache.set("a", "1".into(), None).await.unwrap();
         assert!(cache.is_degraded());
@@ -501,10 +527,11 @@ mod tests {
             let clock = redis.clock();
             let calls = Arc::new(AtomicU64::new(0));
             let c = calls.clone();
-            let lazy = LazyTransport::new(Arc::new(clock.clone()), None, move || {
+            let lazy = LazyTransport::new(move || {
                 c.fetch_add(1, Ordering::SeqCst);
                 async { Err::<MemTransport, _>(refused()) }
-            });
+            })
+            .clock(clock.clone());
             for _ in 0..10 {
                 let e = lazy.exec(Cmd::new("PING")).await.unwrap_err();
                 assert_eq!(e.kind(), ErrorKind::Unavailable);

@@ -32,16 +32,14 @@ pub mod testing;
 
 pub use bytes::Bytes;
 pub use cache::{Cache, CacheExt, CacheStats, KeyTtl, SharedStats};
-pub use clock::{Clock, ManualClock, SharedClock};
-pub use compute::{ComputeCache, ComputeCacheBuilder, ComputeError, RedisLock};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use compute::{ComputeCache, ComputeCacheBuilder, ComputeError, Fetched, RedisLock, Status};
 pub use envelope::{Decoded, Envelope};
 pub use error::{Error, ErrorKind, Result, TransportError};
 pub use keys::{KeyScheme, Stat, canonical_json, go_deep_agent_key, request_hash};
 pub use memory::{MemoryCache, MemoryCacheBuilder};
 pub use redis::{RedisCache, RedisCacheBuilder};
-pub use response::{
-    Answer, CacheControl, CacheStatus, LlmRequest, LlmResponse, ResponseCache, ResponseError, Usage,
-};
+pub use response::{Answer, CacheControl, LlmRequest, LlmResponse, ResponseCache, Usage};
 pub use tiered::{Backplane, TieredCache, TieredCacheBuilder};
 pub use transport::{
     Commands, MaybeSend, MaybeSync, ScanCursor, Script, SetOptions, SharedTransport, Transport,

@@ -40,7 +40,7 @@ use crate::error::Result;
 /// use larder_core::{Cache, ManualClock, MemoryCache};
 ///
 /// let clock = Arc::new(ManualClock::new(0));
-/// let cache = Instrumented::new(MemoryCache::new(clock.clone(), 1000, None), clock).name("l1");
+/// let cache = Instrumented::new(MemoryCache::builder().clock(clock.clone()).max_entries(1000).build().unwrap()).clock(clock).name("l1");
 /// cache.set("k", "v".into(), None).await?;
 /// assert_eq!(cache.get("k").await?.as_deref(), Some(&b"v"[..]));
 /// # Ok::<(), larder_core::Error>(())
@@ -66,17 +66,23 @@ impl<C: fmt::Debug> fmt::Debug for Instrumented<C> {
 }
 
 impl<C> Instrumented<C> {
-    /// Wraps `inner`; `clock` times the operations (its [`Clock::now_us`](crate::Clock::now_us)).
-    /// Named `"cache"` until [`name`](Instrumented::name) says otherwise; tracing and
-    /// metrics both on.
-    pub fn new(inner: C, clock: SharedClock) -> Self {
+    /// Wraps `inner`. Named `"cache"` until [`name`](Instrumented::name) says otherwise;
+    /// tracing and metrics both on; operations timed with the runtime's clock.
+    pub fn new(inner: C) -> Self {
         Instrumented {
             inner,
-            clock,
+            clock: crate::clock::system(),
             name: SharedString::const_str("cache"),
             tracing: true,
             metrics: true,
         }
+    }
+
+    /// The clock that times operations (its [`Clock::now_us`](crate::Clock::now_us)).
+    #[must_use]
+    pub fn clock(mut self, clock: impl crate::Clock + 'static) -> Self {
+        self.clock = std::sync::Arc::new(clock);
+        self
     }
 
     /// The `cache` label and span field (for example `"l1"`, `"redis"`).
@@ -312,6 +318,9 @@ impl<C: Cache> Cache for Instrumented<C> {
         }
         self.inner.record_corrupt();
     }
+    fn clock(&self) -> Option<crate::SharedClock> {
+        self.inner.clock()
+    }
 }
 
 #[cfg(test)]
@@ -435,9 +444,16 @@ mod tests {
     fn every_operation_gets_a_span_with_op_key_label_hit_and_duration() {
         let spans = Arc::new(Spans::default());
         let clock = Arc::new(ManualClock::new(0));
-        let cache = Instrumented::new(MemoryCache::new(clock.clone(), 100, None), clock)
-            .name("l1")
-            .metrics(false);
+        let cache = Instrumented::new(
+            MemoryCache::builder()
+                .clock(clock.clone())
+                .max_entries(100)
+                .build()
+                .unwrap(),
+        )
+        .clock(clock)
+        .name("l1")
+        .metrics(false);
         let secret_key = "user:alice@example.com";
         tracing::subscriber::with_default(spans.clone(), || {
             block_on(async {
@@ -487,7 +503,8 @@ mod tests {
         let recorder = Recorder::default();
         let t = MemTransport::new();
         let clock = t.shared_clock();
-        let cache = Instrumented::new(RedisCache::new(t.clone()), clock)
+        let cache = Instrumented::new(RedisCache::new(t.clone()))
+            .clock(clock)
             .name("redis")
             .tracing(false);
         metrics::with_local_recorder(&recorder, || {

@@ -51,7 +51,7 @@ const DEFAULT_STATS_BATCH: u64 = 64;
 ///
 /// let cache = RedisCache::builder(MemTransport::new())
 ///     .prefix("myapp")
-///     .default_ttl(Some(Duration::from_secs(3600)))
+///     .default_ttl(Duration::from_secs(3600))
 ///     .build().unwrap();
 /// cache.set("greeting", "hello".into(), None).await?;
 /// assert_eq!(cache.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
@@ -165,9 +165,10 @@ impl<T: Transport> RedisCacheBuilder<T> {
         self
     }
 
-    /// The TTL used when a write passes `None` (default: `None`, never expire).
-    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.default_ttl = ttl.filter(|d| !d.is_zero());
+    /// The TTL used when a write passes `ttl: None`. Without this call such entries never
+    /// expire. A zero TTL is an error at [`build`](RedisCacheBuilder::build).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
         self
     }
 
@@ -189,8 +190,9 @@ impl<T: Transport> RedisCacheBuilder<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a prefix with `{` or `}`.
+    /// [`Error::InvalidInput`] for a prefix with `{` or `}`, or a zero default TTL.
     pub fn build(self) -> Result<RedisCache<T>> {
+        check_ttl(self.default_ttl)?;
         Ok(RedisCache {
             inner: Arc::new(Inner {
                 transport: self.transport,
@@ -663,7 +665,8 @@ mod tests {
             assert!(matches!(err, Error::InvalidInput(_)), "{err}");
             let redis = RedisCache::new(t.clone());
             let clock: crate::SharedClock = Arc::new(t.clock());
-            let err = crate::ResponseCache::redis(redis, clock)
+            let err = crate::ResponseCache::redis(redis)
+                .clock(clock)
                 .prefix(prefix)
                 .build()
                 .unwrap_err();
@@ -848,7 +851,7 @@ mod tests {
             let t = MemTransport::new();
             let c = RedisCache::builder(t.clone())
                 .prefix("p")
-                .default_ttl(Some(Duration::from_secs(60)))
+                .default_ttl(Duration::from_secs(60))
                 .build()
                 .unwrap();
             c.set("a", b("v"), None).await.unwrap();

@@ -5,7 +5,7 @@
 //! HTTP request per cache operation:
 //!
 //! - on `wasm32` with the `worker` feature (default) requests go through the Workers
-//!   runtime's `fetch` (`FetchClient`) and `WorkerClock` gives the time;
+//!   runtime's `fetch` (`FetchClient`);
 //! - with the `native-client` feature they go through reqwest (`ReqwestClient`): for
 //!   Upstash from servers and Lambda-style functions, and to test the edge logic natively;
 //! - any other client plugs in through [`HttpClient`].
@@ -51,4 +51,4 @@ pub use transport::{
 #[cfg(all(not(target_arch = "wasm32"), feature = "native-client"))]
 pub use native::ReqwestClient;
 #[cfg(all(target_arch = "wasm32", feature = "worker"))]
-pub use workers::{FetchClient, WaitUntil, WorkerClock};
+pub use workers::{FetchClient, WaitUntil};

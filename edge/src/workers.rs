@@ -1,13 +1,11 @@
-//! Cloudflare Workers (wasm32, feature `worker`): [`FetchClient`], [`WorkerClock`] and
+//! Cloudflare Workers (wasm32, feature `worker`): [`FetchClient`] and
 //! [`WaitUntil`].
-
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::{Either, select};
 use larder_core::rest::SYNC_TOKEN_HEADER;
-use larder_core::{Clock, ErrorKind, TransportError};
+use larder_core::{ErrorKind, TransportError};
 use worker::wasm_bindgen::JsValue;
 
 use crate::http::{HttpClient, HttpRequest, HttpResponse};
@@ -71,37 +69,6 @@ impl HttpClient for FetchClient {
     }
 }
 
-/// The Workers runtime's clock: `Date.now()` (which, on Workers, advances only across I/O)
-/// and `setTimeout` for sleeps.
-///
-/// `std::time::SystemTime::now()` panics on wasm32-unknown-unknown; give this to anything
-/// in larder that takes a [`Clock`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WorkerClock;
-
-impl WorkerClock {
-    /// The clock.
-    pub fn new() -> Self {
-        WorkerClock
-    }
-
-    /// The clock behind an `Arc`, as `SharedClock`.
-    pub fn shared() -> larder_core::SharedClock {
-        std::sync::Arc::new(WorkerClock)
-    }
-}
-
-#[async_trait(?Send)]
-impl Clock for WorkerClock {
-    fn now_ms(&self) -> u64 {
-        worker::Date::now().as_millis()
-    }
-
-    async fn sleep(&self, duration: Duration) {
-        worker::Delay::from(duration).await;
-    }
-}
-
 /// A larder [`Runtime`](larder_core::runtime::Runtime) for one Worker request: background
 /// work (a fail-safe refresh that outlives its caller, the release of a lease whose caller
 /// went away, a deferred statistics flush) runs under the request's
@@ -114,9 +81,9 @@ impl Clock for WorkerClock {
 /// #[event(fetch)]
 /// async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
 ///     let runtime = WaitUntil::shared(std::sync::Arc::new(ctx));
-///     let cache = ComputeCache::builder(redis_cache, WorkerClock::shared())
+///     let cache = ComputeCache::builder(redis_cache)
 ///         .runtime(runtime)
-///         .build();
+///         .build()?;
 ///     // …
 /// }
 /// ```

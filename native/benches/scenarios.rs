@@ -22,7 +22,7 @@ use larder_core::{Cache, MemoryCache, RedisCache, SharedClock, Transport};
 use larder_edge::RestTransport;
 use larder_native::gateway::{Gateway, Token};
 use larder_native::testing::RedisServer;
-use larder_native::{RedisCacheOptions, RedisTransport, SystemClock, TokioRuntime};
+use larder_native::{RedisCacheOptions, RedisTransport, TokioRuntime};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -44,7 +44,7 @@ fn emit(record: serde_json::Value) {
 }
 
 fn clock() -> SharedClock {
-    SystemClock::shared()
+    std::sync::Arc::new(larder_core::SystemClock)
 }
 
 /// p50, p99 and max of `samples` in microseconds.
@@ -87,10 +87,18 @@ async fn tiered(server: &RedisServer) {
         .prefix(PREFIX)
         .build()
         .unwrap();
-    let tiered = TieredCache::builder(MemoryCache::new(clock(), 100_000, None), l2.clone())
-        .l1_max_ttl(Some(Duration::from_secs(600)))
-        .runtime(TokioRuntime::shared())
-        .build();
+    let tiered = TieredCache::builder(
+        MemoryCache::builder()
+            .clock(clock())
+            .max_entries(100_000)
+            .build()
+            .unwrap(),
+        l2.clone(),
+    )
+    .l1_max_ttl(Duration::from_secs(600))
+    .runtime(TokioRuntime::shared())
+    .build()
+    .unwrap();
     let ttl = Some(Duration::from_secs(600));
 
     // L1 hit: one key, read again and again.
@@ -130,10 +138,12 @@ async fn tiered(server: &RedisServer) {
 
     // Miss + compute: get_or_compute with the Redis lease, an instant compute; the figure
     // is the cache's own cost of a miss (L1, L2, lease, write to both, release).
-    let compute = ComputeCache::builder(tiered.clone(), clock())
-        .lock(RedisLock::for_cache(&l2, clock()))
+    let compute = ComputeCache::builder(tiered.clone())
+        .clock(clock())
+        .lock(RedisLock::for_cache(&l2).clock(clock()))
         .runtime(TokioRuntime::shared())
-        .build();
+        .build()
+        .unwrap();
     let n = 2000;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
@@ -177,10 +187,12 @@ where
                 .prefix(PREFIX)
                 .build()
                 .unwrap();
-            ComputeCache::builder(cache.clone(), clock())
-                .lock(RedisLock::for_cache(&cache, clock()))
+            ComputeCache::builder(cache.clone())
+                .clock(clock())
+                .lock(RedisLock::for_cache(&cache).clock(clock()))
                 .runtime(TokioRuntime::shared())
                 .build()
+                .unwrap()
         })
         .collect();
     let computes = Arc::new(AtomicU64::new(0));
@@ -341,15 +353,25 @@ async fn outage() {
         .prefix(PREFIX)
         .build()
         .unwrap();
-    let breaker = CircuitBreakerLayer::new(clock()).layer(transport(&server).await);
+    let breaker = CircuitBreakerLayer::new()
+        .clock(clock())
+        .layer(transport(&server).await);
     let guarded = RedisCache::builder(breaker.clone())
         .prefix(PREFIX)
         .build()
         .unwrap();
-    let tiered = TieredCache::builder(MemoryCache::new(clock(), 10_000, None), guarded.clone())
-        .l1_max_ttl(Some(Duration::from_secs(600)))
-        .runtime(TokioRuntime::shared())
-        .build();
+    let tiered = TieredCache::builder(
+        MemoryCache::builder()
+            .clock(clock())
+            .max_entries(10_000)
+            .build()
+            .unwrap(),
+        guarded.clone(),
+    )
+    .l1_max_ttl(Duration::from_secs(600))
+    .runtime(TokioRuntime::shared())
+    .build()
+    .unwrap();
     tiered
         .set("warm", value_1k(), Some(Duration::from_secs(600)))
         .await

@@ -9,7 +9,6 @@ use larder_core::keys::KeyScheme;
 use larder_core::observe::Instrumented;
 use larder_core::{Cache, Error, MemoryCache, RedisCache, Result};
 
-use crate::SystemClock;
 use crate::options::{RedisCacheOptions, SentinelOptions};
 use crate::transport::RedisTransport;
 
@@ -101,19 +100,21 @@ impl RedisCacheExt for RedisCache<RedisTransport> {
     async fn from_options(opts: RedisCacheOptions) -> Result<Self> {
         let keys = KeyScheme::new(&opts.key_prefix)?;
         let transport = RedisTransport::from_options(&opts).await?;
-        Ok(RedisCache::builder(transport)
-            .key_scheme(keys)
-            .default_ttl(opts.default_ttl)
-            .build()?)
+        let mut cache = RedisCache::builder(transport).key_scheme(keys);
+        if let Some(ttl) = opts.default_ttl {
+            cache = cache.default_ttl(ttl);
+        }
+        cache.build()
     }
 
     async fn from_sentinel(opts: SentinelOptions) -> Result<Self> {
         let keys = KeyScheme::new(&opts.key_prefix)?;
         let transport = RedisTransport::from_sentinel(&opts).await?;
-        Ok(RedisCache::builder(transport)
-            .key_scheme(keys)
-            .default_ttl(opts.default_ttl)
-            .build()?)
+        let mut cache = RedisCache::builder(transport).key_scheme(keys);
+        if let Some(ttl) = opts.default_ttl {
+            cache = cache.default_ttl(ttl);
+        }
+        cache.build()
     }
 }
 
@@ -249,12 +250,11 @@ impl CacheBuilder {
                         "memory cache capacity must be at least 1 entry".into(),
                     ));
                 }
-                Arc::new(
-                    MemoryCache::builder(SystemClock::shared())
-                        .max_entries(capacity)
-                        .default_ttl(ttl_override.unwrap_or(ttl))
-                        .build(),
-                )
+                let mut memory = MemoryCache::builder().max_entries(capacity);
+                if let Some(ttl) = ttl_override.unwrap_or(ttl) {
+                    memory = memory.default_ttl(ttl);
+                }
+                Arc::new(memory.build()?)
             }
             Backend::Redis(mut opts) => {
                 if let Some(ttl) = ttl_override {
@@ -280,7 +280,7 @@ impl CacheBuilder {
 fn instrumented(cache: impl Cache + 'static, tracing: bool, metrics: bool) -> Arc<dyn Cache> {
     if tracing || metrics {
         Arc::new(
-            Instrumented::new(cache, SystemClock::shared())
+            Instrumented::new(cache)
                 .name("redis")
                 .tracing(tracing)
                 .metrics(metrics),
@@ -312,9 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn custom_cache_is_used_as_is_and_zero_capacity_is_refused() {
-        let mem = MemoryCache::builder(SystemClock::shared())
-            .max_entries(5)
-            .build();
+        let mem = MemoryCache::builder().max_entries(5).build().unwrap();
         let cache = CacheBuilder::new().cache(mem).build().await.unwrap();
         cache.set("k", "v".into(), None).await.unwrap();
         assert_eq!(cache.ttl("k").await.unwrap(), KeyTtl::NoExpiry);

@@ -8,7 +8,6 @@
 //! - [`RedisCacheExt`] (`RedisCache::connect(url)`, `new_redis`, `from_options`,
 //!   `from_sentinel`) with [`RedisCacheOptions`] / [`SentinelOptions`], and [`CacheBuilder`],
 //!   the seed's builder API returning an `Arc<dyn Cache>`.
-//! - [`SystemClock`], the wall clock and tokio timer that native caches use.
 //!
 //! ```no_run
 //! # async fn demo() -> larder_core::Result<()> {
@@ -27,7 +26,6 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
-mod clock;
 mod connect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -41,7 +39,6 @@ mod runtime;
 pub mod testing;
 pub mod transport;
 
-pub use clock::SystemClock;
 pub use connect::{CacheBuilder, DEFAULT_MEMORY_CAPACITY, RedisCacheExt};
 pub use larder_core as core;
 pub use options::{

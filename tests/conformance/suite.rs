@@ -153,7 +153,7 @@ pub(crate) async fn ttl_expires_entries(be: &impl Backend) {
 pub(crate) async fn default_ttl_applies(be: &impl Backend) {
     let c = RedisCache::builder(be.transport())
         .prefix(&unique_prefix("defttl"))
-        .default_ttl(Some(Duration::from_secs(10)))
+        .default_ttl(Duration::from_secs(10))
         .build()
         .unwrap();
     c.set("k", b("v"), None).await.unwrap();

@@ -18,7 +18,7 @@ use crate::transport::Transport;
 /// use larder_core::{RedisCache, testing::MemTransport};
 ///
 /// let redis = MemTransport::new();
-/// let layer = CircuitBreakerLayer::new(Arc::new(redis.clock()))
+/// let layer = CircuitBreakerLayer::new().clock(redis.clock())
 ///     .failure_threshold(5)
 ///     .cooldown(Duration::from_millis(500))
 ///     .call_timeout(Some(Duration::from_millis(200)));
@@ -37,12 +37,18 @@ pub struct CircuitBreakerLayer {
 const DEFAULT_FAILURES: u32 = 5;
 const DEFAULT_COOLDOWN: Duration = Duration::from_millis(250);
 
+impl Default for CircuitBreakerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CircuitBreakerLayer {
     /// The defaults: open after 5 consecutive failures, probe again after 250 ms with one
     /// call, close on its success; no call timeout of its own.
-    pub fn new(clock: SharedClock) -> Self {
+    pub fn new() -> Self {
         CircuitBreakerLayer {
-            clock,
+            clock: crate::clock::system(),
             thresholds: Thresholds {
                 failures_to_open: DEFAULT_FAILURES,
                 cooldown: DEFAULT_COOLDOWN,
@@ -51,6 +57,13 @@ impl CircuitBreakerLayer {
             },
             call_timeout: None,
         }
+    }
+
+    /// The clock cool-downs and call timeouts are measured with (default:
+    /// [`SystemClock`](crate::SystemClock)).
+    pub fn clock(mut self, clock: impl crate::Clock + 'static) -> Self {
+        self.clock = std::sync::Arc::new(clock);
+        self
     }
 
     /// Consecutive failures that open the breaker (at least 1).

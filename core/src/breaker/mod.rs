@@ -55,7 +55,7 @@ use state::{Admit, Machine};
 /// let redis = MemTransport::new();
 /// let clock = redis.clock();
 /// let cache = RedisCache::new(
-///     CircuitBreakerLayer::new(Arc::new(clock.clone())).failure_threshold(2).layer(redis.clone()),
+///     CircuitBreakerLayer::new().clock(clock.clone()).failure_threshold(2).layer(redis.clone()),
 /// );
 /// redis.set_down(true);
 /// for _ in 0..2 {
@@ -154,8 +154,8 @@ impl<T> Drop for Ticket<'_, T> {
 
 impl<T: Transport> CircuitBreaker<T> {
     /// Wraps `transport` with the [`CircuitBreakerLayer`] defaults.
-    pub fn new(transport: T, clock: SharedClock) -> Self {
-        CircuitBreakerLayer::new(clock).layer(transport)
+    pub fn new(transport: T) -> Self {
+        CircuitBreakerLayer::new().layer(transport)
     }
 
     pub(crate) fn from_layer(transport: T, layer: &CircuitBreakerLayer) -> Self {
@@ -319,7 +319,8 @@ mod tests {
     use futures_executor::block_on;
 
     fn breaker(t: &MemTransport, clock: &ManualClock) -> CircuitBreaker<MemTransport> {
-        CircuitBreakerLayer::new(Arc::new(clock.clone()))
+        CircuitBreakerLayer::new()
+            .clock(clock.clone())
             .failure_threshold(3)
             .cooldown(Duration::from_secs(5))
             .layer(t.clone())
@@ -397,7 +398,8 @@ mod tests {
         let clock = crate::compute::tests::support::TokioClock::shared();
         let t = MemTransport::with_clock(clock.clone());
         t.set_latency(Duration::from_secs(10));
-        let b = CircuitBreakerLayer::new(clock.clone())
+        let b = CircuitBreakerLayer::new()
+            .clock(clock.clone())
             .failure_threshold(2)
             .call_timeout(Some(Duration::from_millis(100)))
             .layer(t.clone());
@@ -414,7 +416,8 @@ mod tests {
     async fn dropped_probe_frees_the_half_open_slot() {
         let clock = crate::compute::tests::support::TokioClock::shared();
         let t = MemTransport::with_clock(clock.clone());
-        let b = CircuitBreakerLayer::new(clock.clone())
+        let b = CircuitBreakerLayer::new()
+            .clock(clock.clone())
             .cooldown(Duration::from_millis(10))
             .layer(t.clone());
         b.trip();

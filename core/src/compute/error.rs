@@ -49,6 +49,14 @@ impl<E> ComputeError<E> {
         }
     }
 
+    /// The cache's error, when the cache refused the call.
+    pub fn as_cache(&self) -> Option<&Error> {
+        match self {
+            ComputeError::Cache(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// True for [`ComputeError::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, ComputeError::Timeout { .. })

@@ -330,7 +330,7 @@ impl Notifier {
 ///
 /// let redis = MemTransport::new();
 /// let cache = RedisCache::builder(redis.clone()).prefix("app").build().unwrap();
-/// let lock = RedisLock::for_cache(&cache, std::sync::Arc::new(redis.clock()));
+/// let lock = RedisLock::for_cache(&cache).clock(redis.clock());
 /// let ttl = Duration::from_secs(10);
 /// assert!(lock.try_acquire("k", "token-a", ttl).await?);
 /// assert!(!lock.try_acquire("k", "token-b", ttl).await?);
@@ -381,8 +381,25 @@ pub(crate) fn event_channel(keys: &KeyScheme, name: &str) -> String {
 
 impl<T: Transport + Clone + 'static> RedisLock<T> {
     /// A lease under `keys` over `transport`. Waiters are woken by pub/sub when the
-    /// transport [supports it](Transport::supports_pubsub) (`clock` paces re-subscribing).
-    pub fn new(transport: T, keys: KeyScheme, clock: SharedClock) -> Self {
+    /// transport [supports it](Transport::supports_pubsub).
+    pub fn new(transport: T, keys: KeyScheme) -> Self {
+        Self::with_clock(transport, keys, crate::clock::system())
+    }
+
+    /// The clock that paces re-subscribing after a lost subscription (default:
+    /// [`SystemClock`](crate::SystemClock)).
+    #[must_use]
+    pub fn clock(self, clock: impl crate::Clock + 'static) -> Self {
+        let mut lock = Self::with_clock(
+            self.inner.transport.clone(),
+            self.inner.keys.clone(),
+            Arc::new(clock),
+        );
+        lock = lock.publish_releases(self.inner.publish);
+        lock
+    }
+
+    fn with_clock(transport: T, keys: KeyScheme, clock: SharedClock) -> Self {
         let channel = event_channel(&keys, "lock");
         let notifier = transport.supports_pubsub().then(|| {
             Arc::new(Notifier::new(
@@ -403,8 +420,8 @@ impl<T: Transport + Clone + 'static> RedisLock<T> {
     }
 
     /// The lease of a [`RedisCache`]: its transport and key prefix.
-    pub fn for_cache(cache: &RedisCache<T>, clock: SharedClock) -> Self {
-        RedisLock::new(cache.transport().clone(), cache.key_scheme().clone(), clock)
+    pub fn for_cache(cache: &RedisCache<T>) -> Self {
+        RedisLock::new(cache.transport().clone(), cache.key_scheme().clone())
     }
 
     /// Whether releases `PUBLISH` the key (default true; waiters in other processes are

@@ -60,14 +60,16 @@ pub(crate) use lock::{HeldLease, with_keep_alive};
 use flight::{AnyArc, Leader};
 use value::{Freshness, freshness};
 
-/// How a value was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a value was obtained: the one status of every get-or-compute in larder
+/// ([`ComputeCache`], the response cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 #[non_exhaustive]
 pub enum Status {
     /// Found fresh in the cache.
     Hit,
-    /// Computed by this call.
-    Computed,
+    /// Computed by this call (nothing usable was cached, or the call skipped the read).
+    Miss,
     /// Computed by another caller — in this process or, through the lease, in another —
     /// while this call waited.
     Coalesced,
@@ -77,11 +79,11 @@ pub enum Status {
 }
 
 impl Status {
-    /// `HIT`, `MISS` (computed), `COALESCED` or `STALE`: stable, for headers and logs.
+    /// `HIT`, `MISS`, `COALESCED` or `STALE`: stable, for headers (`x-cache`) and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Hit => "HIT",
-            Status::Computed => "MISS",
+            Status::Miss => "MISS",
             Status::Coalesced => "COALESCED",
             Status::Stale => "STALE",
         }
@@ -112,7 +114,7 @@ impl<V> Fetched<V> {
     /// The same value seen by a caller that waited for it.
     fn coalesced(self) -> Self {
         match self.status {
-            Status::Computed => Fetched::new(self.value, Status::Coalesced),
+            Status::Miss => Fetched::new(self.value, Status::Coalesced),
             _ => self,
         }
     }
@@ -196,11 +198,12 @@ fn bump(c: &AtomicU64) {
 }
 
 /// Defaults of [`ComputeCacheBuilder`].
-const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
-const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_POLLS: u32 = 20;
-const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(20);
-const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+// The lease defaults of every get-or-compute (this engine and the response cache's).
+pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_POLLS: u32 = 20;
+pub(crate) const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+pub(crate) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const DEFAULT_HARD_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
@@ -287,9 +290,9 @@ struct Inner<C> {
 /// let redis = MemTransport::new();
 /// let clock = Arc::new(redis.clock());
 /// let cache = RedisCache::builder(redis.clone()).prefix("app").build().unwrap();
-/// let cache = ComputeCache::builder(cache.clone(), clock.clone())
-///     .lock(RedisLock::for_cache(&cache, clock))
-///     .build();
+/// let cache = ComputeCache::builder(cache.clone()).clock(clock.clone())
+///     .lock(RedisLock::for_cache(&cache).clock(clock))
+///     .build()?;
 ///
 /// let answer = cache
 ///     .get_or_compute("q1", Some(Duration::from_secs(3600)), async { Bytes::from("42") })
@@ -329,7 +332,7 @@ impl<C: fmt::Debug> fmt::Debug for ComputeCache<C> {
 #[must_use = "a builder does nothing until `.build()` is called"]
 pub struct ComputeCacheBuilder<C> {
     cache: C,
-    clock: SharedClock,
+    clock: Option<SharedClock>,
     lock: Option<Arc<dyn LockBackend>>,
     runtime: Option<SharedRuntime>,
     settings: Settings,
@@ -361,10 +364,18 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
         self
     }
 
-    /// The fresh TTL of computed values when a call passes `ttl: None` (default `None`: the
-    /// cache's own default TTL, and no fail-safe windows).
-    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.settings.default_ttl = ttl.filter(|d| !d.is_zero());
+    /// The fresh TTL of computed values when a call passes `ttl: None`. Without this call:
+    /// the cache's own default TTL, and no fail-safe windows. A zero TTL is an error at
+    /// [`build`](ComputeCacheBuilder::build).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.default_ttl = Some(ttl);
+        self
+    }
+
+    /// The clock deadlines, fail-safe windows and poll pauses are measured with. Default:
+    /// the wrapped cache's clock ([`Cache::clock`]), else [`SystemClock`](crate::SystemClock).
+    pub fn clock(mut self, clock: impl crate::Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -430,12 +441,21 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
     }
 
     /// Builds the cache.
-    pub fn build(self) -> ComputeCache<C> {
-        let jitter = Jitter::new(&*self.clock);
-        ComputeCache {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a zero default TTL.
+    pub fn build(self) -> Result<ComputeCache<C>> {
+        check_ttl(self.settings.default_ttl)?;
+        let clock = self
+            .clock
+            .or_else(|| self.cache.clock())
+            .unwrap_or_else(crate::clock::system);
+        let jitter = Jitter::new(&*clock);
+        Ok(ComputeCache {
             inner: Arc::new(Inner {
                 cache: self.cache,
-                clock: self.clock,
+                clock,
                 lock: self.lock,
                 runtime: self.runtime,
                 flights: Arc::new(Flights::default()),
@@ -443,7 +463,7 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
                 jitter,
                 counters: Counters::default(),
             }),
-        }
+        })
     }
 }
 
@@ -476,11 +496,12 @@ fn min_deadline(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 impl<C: Cache + 'static> ComputeCache<C> {
-    /// Starts configuring a compute cache over `cache`, reading time from `clock`.
-    pub fn builder(cache: C, clock: SharedClock) -> ComputeCacheBuilder<C> {
+    /// Starts configuring a compute cache over `cache`: in-process coalescing only, no
+    /// fail-safe, a hard timeout of 60 s, the cache's clock.
+    pub fn builder(cache: C) -> ComputeCacheBuilder<C> {
         ComputeCacheBuilder {
             cache,
-            clock,
+            clock: None,
             lock: None,
             runtime: None,
             settings: Settings {
@@ -496,12 +517,6 @@ impl<C: Cache + 'static> ComputeCache<C> {
                 wait_policy: WaitPolicy::Compute,
             },
         }
-    }
-
-    /// A compute cache over `cache` with the defaults: in-process coalescing only, no
-    /// fail-safe, a hard timeout of 60 s.
-    pub fn new(cache: C, clock: SharedClock) -> Self {
-        Self::builder(cache, clock).build()
     }
 
     /// The wrapped cache.
@@ -596,7 +611,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
     /// use larder_core::{ManualClock, MemoryCache};
     ///
     /// let clock = Arc::new(ManualClock::new(0));
-    /// let cache = ComputeCache::new(MemoryCache::new(clock.clone(), 100, None), clock);
+    /// let cache = ComputeCache::builder(MemoryCache::builder().clock(clock.clone()).max_entries(100).build().unwrap()).build().unwrap();
     /// let n: Vec<u32> = cache.get_or_compute_json("primes", None, async { vec![2, 3, 5] }).await?;
     /// assert_eq!(n, [2, 3, 5]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -693,14 +708,14 @@ impl<C: Cache + 'static> ComputeCache<C> {
     ///
     /// let clock = ManualClock::new(1_000_000);
     /// let shared = Arc::new(clock.clone());
-    /// let cache = ComputeCache::builder(MemoryCache::new(shared.clone(), 100, None), shared)
+    /// let cache = ComputeCache::builder(MemoryCache::builder().clock(shared.clone()).max_entries(100).build().unwrap())
     ///     .fail_safe(Duration::from_secs(3600))
-    ///     .build();
+    ///     .build()?;
     /// let ttl = Some(Duration::from_secs(60));
     /// let first = cache
     ///     .fetch("q", ttl, async { Ok::<_, std::io::Error>(Envelope::new("Paris.", "m", 0)) })
     ///     .await?;
-    /// assert_eq!(first.status, Status::Computed);
+    /// assert_eq!(first.status, Status::Miss);
     ///
     /// clock.advance(Duration::from_secs(61)); // past fresh, inside the stale window
     /// let second = cache
@@ -793,7 +808,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
         match outcome {
             Ok(f) => bump(match f.status {
                 Status::Hit => &c.hits,
-                Status::Computed => &c.computed,
+                Status::Miss => &c.computed,
                 Status::Coalesced => &c.coalesced,
                 Status::Stale => &c.stale,
             }),
@@ -949,7 +964,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
                     }
                     Err(_) => bump(&c.cache_errors),
                 }
-                Ok(Fetched::new(value, Status::Computed))
+                Ok(Fetched::new(value, Status::Miss))
             }
             Err(e) => {
                 bump(&c.compute_errors);
@@ -1180,5 +1195,9 @@ impl<C: Cache + 'static> Cache for ComputeCache<C> {
     }
     fn record_corrupt(&self) {
         self.inner.cache.record_corrupt()
+    }
+
+    fn clock(&self) -> Option<SharedClock> {
+        Some(self.inner.clock.clone())
     }
 }

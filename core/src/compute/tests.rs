@@ -108,8 +108,9 @@ fn redis_compute(
     clock: &Arc<TokioClock>,
 ) -> ComputeCacheBuilder<RedisCache<MemTransport>> {
     let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-    ComputeCache::builder(cache.clone(), clock_of(clock))
-        .lock(RedisLock::for_cache(&cache, clock_of(clock)))
+    ComputeCache::builder(cache.clone())
+        .clock(clock_of(clock))
+        .lock(RedisLock::for_cache(&cache).clock(clock_of(clock)))
         .runtime(runtime())
 }
 
@@ -117,7 +118,15 @@ fn redis_compute(
 fn computes_once_then_hits_and_counts() {
     block_on(async {
         let clock = Arc::new(ManualClock::new(0));
-        let cache = ComputeCache::new(MemoryCache::new(clock.clone(), 10, None), clock);
+        let cache = ComputeCache::builder(
+            MemoryCache::builder()
+                .clock(clock.clone())
+                .max_entries(10)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
         let v = cache
             .get_or_compute("k", None, async { b("v1") })
             .await
@@ -137,7 +146,15 @@ fn computes_once_then_hits_and_counts() {
 fn zero_ttl_is_rejected_before_anything_runs() {
     block_on(async {
         let clock = Arc::new(ManualClock::new(0));
-        let cache = ComputeCache::new(MemoryCache::new(clock.clone(), 10, None), clock);
+        let cache = ComputeCache::builder(
+            MemoryCache::builder()
+                .clock(clock.clone())
+                .max_entries(10)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
         let err = cache
             .get_or_compute("k", Some(Duration::ZERO), async { unreachable!() })
             .await
@@ -152,10 +169,15 @@ fn zero_ttl_is_rejected_before_anything_runs() {
 #[tokio::test(start_paused = true)]
 async fn concurrent_callers_share_one_compute() {
     let clock = TokioClock::shared();
-    let cache = ComputeCache::new(
-        MemoryCache::new(clock_of(&clock), 10, None),
-        clock_of(&clock),
-    );
+    let cache = ComputeCache::builder(
+        MemoryCache::builder()
+            .clock(clock_of(&clock))
+            .max_entries(10)
+            .build()
+            .unwrap(),
+    )
+    .build()
+    .unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -179,10 +201,7 @@ async fn concurrent_callers_share_one_compute() {
         statuses.push(f.status);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        statuses.iter().filter(|s| **s == Status::Computed).count(),
-        1
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == Status::Miss).count(), 1);
     assert_eq!(
         statuses.iter().filter(|s| **s == Status::Coalesced).count(),
         49
@@ -193,10 +212,15 @@ async fn concurrent_callers_share_one_compute() {
 #[tokio::test(start_paused = true)]
 async fn leader_error_reaches_every_waiter_and_is_not_cached() {
     let clock = TokioClock::shared();
-    let cache = ComputeCache::new(
-        MemoryCache::new(clock_of(&clock), 10, None),
-        clock_of(&clock),
-    );
+    let cache = ComputeCache::builder(
+        MemoryCache::builder()
+            .clock(clock_of(&clock))
+            .max_entries(10)
+            .build()
+            .unwrap(),
+    )
+    .build()
+    .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let cache = cache.clone();
@@ -230,10 +254,15 @@ async fn leader_error_reaches_every_waiter_and_is_not_cached() {
 #[tokio::test(start_paused = true)]
 async fn dropped_leader_hands_the_work_to_a_waiter() {
     let clock = TokioClock::shared();
-    let cache = ComputeCache::new(
-        MemoryCache::new(clock_of(&clock), 10, None),
-        clock_of(&clock),
-    );
+    let cache = ComputeCache::builder(
+        MemoryCache::builder()
+            .clock(clock_of(&clock))
+            .max_entries(10)
+            .build()
+            .unwrap(),
+    )
+    .build()
+    .unwrap();
     let leader = {
         let cache = cache.clone();
         tokio::spawn(async move {
@@ -269,11 +298,15 @@ async fn dropped_leader_hands_the_work_to_a_waiter() {
 async fn hard_timeout_bounds_the_call_and_frees_the_key() {
     let clock = TokioClock::shared();
     let cache = ComputeCache::builder(
-        MemoryCache::new(clock_of(&clock), 10, None),
-        clock_of(&clock),
+        MemoryCache::builder()
+            .clock(clock_of(&clock))
+            .max_entries(10)
+            .build()
+            .unwrap(),
     )
     .hard_timeout(Some(Duration::from_secs(2)))
-    .build();
+    .build()
+    .unwrap();
     let started = tokio::time::Instant::now();
     let err = cache
         .get_or_compute("k", None, async {
@@ -296,8 +329,8 @@ async fn hard_timeout_bounds_the_call_and_frees_the_key() {
 async fn lease_makes_two_instances_compute_once() {
     let t = MemTransport::with_clock(TokioClock::shared());
     let clock = TokioClock::shared();
-    let a = redis_compute(&t, &clock).build();
-    let b_ = redis_compute(&t, &clock).build();
+    let a = redis_compute(&t, &clock).build().unwrap();
+    let b_ = redis_compute(&t, &clock).build().unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -341,8 +374,8 @@ async fn waiter_is_woken_by_the_release_publish_not_its_backoff() {
         c.poll_backoff(Duration::from_secs(20), Duration::from_secs(20))
             .max_wait(Duration::from_secs(50))
     };
-    let holder = slow_polls(redis_compute(&t, &clock)).build();
-    let waiter = slow_polls(redis_compute(&t, &clock)).build();
+    let holder = slow_polls(redis_compute(&t, &clock)).build().unwrap();
+    let waiter = slow_polls(redis_compute(&t, &clock)).build().unwrap();
     let h = tokio::spawn(async move {
         holder
             .get_or_compute("k", None, async {
@@ -448,16 +481,18 @@ async fn a_lost_release_is_made_up_for_when_the_subscription_resumes() {
         t: t.clone(),
         shared: Arc::default(),
     };
-    let holder = redis_compute(&t, &clock).build();
+    let holder = redis_compute(&t, &clock).build().unwrap();
     let cache = RedisCache::builder(resuming.clone())
         .prefix("p")
         .build()
         .unwrap();
-    let waiter = ComputeCache::builder(cache.clone(), clock_of(&clock))
-        .lock(RedisLock::for_cache(&cache, clock_of(&clock)))
+    let waiter = ComputeCache::builder(cache.clone())
+        .clock(clock_of(&clock))
+        .lock(RedisLock::for_cache(&cache).clock(clock_of(&clock)))
         .poll_backoff(Duration::from_secs(20), Duration::from_secs(20))
         .max_wait(Duration::from_secs(50))
-        .build();
+        .build()
+        .unwrap();
     let h = tokio::spawn(async move {
         holder
             .get_or_compute("k", None, async {
@@ -504,12 +539,14 @@ async fn without_pubsub_waiters_poll_with_backoff_within_the_budget() {
     .await
     .unwrap();
     let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-    let c = ComputeCache::builder(cache.clone(), clock_of(&clock))
-        .lock(RedisLock::for_cache(&cache, clock_of(&clock)))
+    let c = ComputeCache::builder(cache.clone())
+        .clock(clock_of(&clock))
+        .lock(RedisLock::for_cache(&cache).clock(clock_of(&clock)))
         .max_polls(4)
         .poll_backoff(Duration::from_millis(100), Duration::from_secs(1))
         .wait_policy(WaitPolicy::Error)
-        .build();
+        .build()
+        .unwrap();
     mem.reset_counters();
     let started = tokio::time::Instant::now();
     let err = c
@@ -544,12 +581,13 @@ async fn wait_policy_compute_anyway_computes_past_the_bound() {
     .unwrap();
     let c = redis_compute(&t, &clock)
         .max_wait(Duration::from_secs(1))
-        .build();
+        .build()
+        .unwrap();
     let got = c
         .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { Ok(b("mine")) })
         .await
         .unwrap();
-    assert_eq!((got.value, got.status), (b("mine"), Status::Computed));
+    assert_eq!((got.value, got.status), (b("mine"), Status::Miss));
     assert_eq!(
         t.get(b"p:lock:k").await.unwrap(),
         Some(b("theirs")),
@@ -569,13 +607,13 @@ async fn dead_holders_lease_expires_then_a_waiter_computes() {
     )
     .await
     .unwrap();
-    let c = redis_compute(&t, &clock).build();
+    let c = redis_compute(&t, &clock).build().unwrap();
     let started = tokio::time::Instant::now();
     let got = c
         .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { Ok(b("v")) })
         .await
         .unwrap();
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(1500) && waited < Duration::from_millis(5000),
@@ -589,7 +627,8 @@ async fn long_compute_extends_its_lease() {
     let t = MemTransport::with_clock(clock.clone());
     let c = redis_compute(&t, &clock)
         .lease_ttl(Duration::from_secs(3))
-        .build();
+        .build()
+        .unwrap();
     let t2 = t.clone();
     let probe = tokio::spawn(async move {
         // Well past one lease TTL, the lock is still held.
@@ -613,7 +652,7 @@ fn release_and_extend_only_act_on_our_token() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let lock = RedisLock::new(t.clone(), crate::KeyScheme::new("p").unwrap(), clock);
+        let lock = RedisLock::new(t.clone(), crate::KeyScheme::new("p").unwrap()).clock(clock);
         let ttl = Duration::from_secs(2);
         assert!(lock.try_acquire("k", "a", ttl).await.unwrap());
         t.clock().advance(Duration::from_secs(3)); // a's lease expired…
@@ -642,7 +681,7 @@ fn release_and_extend_only_act_on_our_token() {
 async fn promoted_waiter_inherits_the_dropped_leaders_lease() {
     let clock = TokioClock::shared();
     let t = MemTransport::with_clock(clock.clone());
-    let c = redis_compute(&t, &clock).build();
+    let c = redis_compute(&t, &clock).build().unwrap();
     let leader = {
         let c = c.clone();
         tokio::spawn(async move {
@@ -678,7 +717,7 @@ async fn promoted_waiter_inherits_the_dropped_leaders_lease() {
         "the lease passed to the new leader, not released and re-taken"
     );
     let got = waiter.await.unwrap().unwrap();
-    assert_eq!((got.value, got.status), (b("w"), Status::Computed));
+    assert_eq!((got.value, got.status), (b("w"), Status::Miss));
     assert_eq!(c.compute_stats().lock_acquired, 1);
     assert_eq!(t.get(b"p:lock:k").await.unwrap(), None);
 }
@@ -687,7 +726,7 @@ async fn promoted_waiter_inherits_the_dropped_leaders_lease() {
 async fn abandoned_lease_is_released_in_the_background() {
     let clock = TokioClock::shared();
     let t = MemTransport::with_clock(clock.clone());
-    let c = redis_compute(&t, &clock).build();
+    let c = redis_compute(&t, &clock).build().unwrap();
     let leader = {
         let c = c.clone();
         tokio::spawn(async move {
@@ -715,9 +754,11 @@ fn redis_down_computes_anyway_without_errors() {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
         let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-        let c = ComputeCache::builder(cache.clone(), clock.clone())
-            .lock(RedisLock::for_cache(&cache, clock))
-            .build();
+        let c = ComputeCache::builder(cache.clone())
+            .clock(clock.clone())
+            .lock(RedisLock::for_cache(&cache).clock(clock))
+            .build()
+            .unwrap();
         t.set_down(true);
         let v = c.get_or_compute("k", None, async { b("v") }).await.unwrap();
         assert_eq!(v, b("v"));
@@ -737,7 +778,10 @@ fn corrupt_bytes_are_a_counted_miss_and_recomputed() {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
         let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-        let c = ComputeCache::new(cache.clone(), clock);
+        let c = ComputeCache::builder(cache.clone())
+            .clock(clock)
+            .build()
+            .unwrap();
         t.set(
             b"p:cache:k",
             &Bytes::from_static(b"{\"v\":1,\"resp"),
@@ -753,7 +797,7 @@ fn corrupt_bytes_are_a_counted_miss_and_recomputed() {
             .unwrap();
         assert_eq!(
             (got.value.response.as_str(), got.status),
-            ("fresh", Status::Computed)
+            ("fresh", Status::Miss)
         );
         assert_eq!(c.compute_stats().corrupt, 1);
         let s = cache.stats().await.unwrap();
@@ -773,10 +817,10 @@ fn typed_values_round_trip_as_json() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let c = ComputeCache::new(
-            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
-            clock,
-        );
+        let c = ComputeCache::builder(RedisCache::builder(t.clone()).prefix("p").build().unwrap())
+            .clock(clock)
+            .build()
+            .unwrap();
         let a = Answer {
             text: "hi".into(),
             tokens: 3,
@@ -809,12 +853,11 @@ fn fail_safe_stamps_windows_and_stores_for_fresh_plus_stale() {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
         let now = t.clock().now_ms();
-        let c = ComputeCache::builder(
-            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
-            clock,
-        )
-        .fail_safe(Duration::from_secs(600))
-        .build();
+        let c = ComputeCache::builder(RedisCache::builder(t.clone()).prefix("p").build().unwrap())
+            .clock(clock)
+            .fail_safe(Duration::from_secs(600))
+            .build()
+            .unwrap();
         let got = c
             .fetch("k", Some(Duration::from_secs(60)), async {
                 Ok::<_, Boom>(envelope("a"))
@@ -832,12 +875,11 @@ fn stale_value_is_served_when_the_compute_fails_and_expires_after_its_window() {
     block_on(async {
         let t = MemTransport::new();
         let clock: SharedClock = Arc::new(t.clock());
-        let c = ComputeCache::builder(
-            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
-            clock,
-        )
-        .fail_safe(Duration::from_secs(600))
-        .build();
+        let c = ComputeCache::builder(RedisCache::builder(t.clone()).prefix("p").build().unwrap())
+            .clock(clock)
+            .fail_safe(Duration::from_secs(600))
+            .build()
+            .unwrap();
         let ttl = Some(Duration::from_secs(60));
         c.fetch("k", ttl, async { Ok::<_, Boom>(envelope("old")) })
             .await
@@ -873,7 +915,8 @@ async fn soft_timeout_serves_stale_and_the_refresh_finishes_in_the_background() 
     let c = redis_compute(&t, &clock)
         .fail_safe(Duration::from_secs(600))
         .soft_timeout(Some(Duration::from_millis(200)))
-        .build();
+        .build()
+        .unwrap();
     let ttl = Some(Duration::from_secs(60));
     c.fetch("k", ttl, async { Ok::<_, Boom>(envelope("old")) })
         .await
@@ -920,10 +963,12 @@ async fn stale_is_served_at_once_while_another_process_refreshes() {
     let t = MemTransport::with_clock(clock.clone());
     let a = redis_compute(&t, &clock)
         .fail_safe(Duration::from_secs(600))
-        .build();
+        .build()
+        .unwrap();
     let other = redis_compute(&t, &clock)
         .fail_safe(Duration::from_secs(600))
-        .build();
+        .build()
+        .unwrap();
     let ttl = Some(Duration::from_secs(60));
     a.fetch("k", ttl, async { Ok::<_, Boom>(envelope("old")) })
         .await
@@ -948,7 +993,7 @@ async fn stale_is_served_at_once_while_another_process_refreshes() {
         ("old", Status::Stale)
     );
     assert!(started.elapsed() < Duration::from_millis(50));
-    assert_eq!(refreshing.await.unwrap().unwrap().status, Status::Computed);
+    assert_eq!(refreshing.await.unwrap().unwrap().status, Status::Miss);
 }
 
 #[tokio::test(start_paused = true)]
@@ -957,7 +1002,8 @@ async fn hard_timeout_with_a_runtime_lets_the_compute_finish_and_store() {
     let t = MemTransport::with_clock(clock.clone());
     let c = redis_compute(&t, &clock)
         .hard_timeout(Some(Duration::from_secs(1)))
-        .build();
+        .build()
+        .unwrap();
     let err = c
         .fetch("k", None, async {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -995,10 +1041,12 @@ async fn many_threads_one_compute_and_no_partial_values() {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-        let c = ComputeCache::builder(cache.clone(), clock.clone())
-            .lock(RedisLock::for_cache(&cache, clock.clone()))
+        let c = ComputeCache::builder(cache.clone())
+            .clock(clock.clone())
+            .lock(RedisLock::for_cache(&cache).clock(clock.clone()))
             .runtime(runtime())
-            .build();
+            .build()
+            .unwrap();
         for _ in 0..25 {
             let c = c.clone();
             let runs = runs.clone();
@@ -1031,7 +1079,8 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
     use crate::tiered::{Backplane, TieredCache};
     let clock = TokioClock::shared();
     let t = MemTransport::with_clock(clock.clone());
-    let guarded = CircuitBreakerLayer::new(clock_of(&clock))
+    let guarded = CircuitBreakerLayer::new()
+        .clock(clock_of(&clock))
         .failure_threshold(2)
         .cooldown(Duration::from_millis(500))
         .layer(t.clone());
@@ -1039,18 +1088,24 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
         .prefix("p")
         .build()
         .unwrap();
-    let tiered = TieredCache::builder(MemoryCache::new(clock_of(&clock), 100, None), l2.clone())
-        .backplane(Backplane::new(
-            guarded.clone(),
-            l2.key_scheme(),
-            clock_of(&clock),
-        ))
+    let tiered = TieredCache::builder(
+        MemoryCache::builder()
+            .clock(clock_of(&clock))
+            .max_entries(100)
+            .build()
+            .unwrap(),
+        l2.clone(),
+    )
+    .backplane(Backplane::new(guarded.clone(), l2.key_scheme()).clock(clock_of(&clock)))
+    .runtime(runtime())
+    .build()
+    .unwrap();
+    let c = ComputeCache::builder(tiered.clone())
+        .clock(clock_of(&clock))
+        .lock(RedisLock::for_cache(&l2).clock(clock_of(&clock)))
         .runtime(runtime())
-        .build();
-    let c = ComputeCache::builder(tiered.clone(), clock_of(&clock))
-        .lock(RedisLock::for_cache(&l2, clock_of(&clock)))
-        .runtime(runtime())
-        .build();
+        .build()
+        .unwrap();
     let ttl = Some(Duration::from_secs(3600));
     assert_eq!(
         c.get_or_compute("warm", ttl, async { b("w") })
@@ -1098,8 +1153,8 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
 async fn the_release_subscription_ends_when_nobody_waits() {
     let clock = TokioClock::shared();
     let t = MemTransport::with_clock(clock.clone());
-    let holder = redis_compute(&t, &clock).build();
-    let waiter = redis_compute(&t, &clock).build();
+    let holder = redis_compute(&t, &clock).build().unwrap();
+    let waiter = redis_compute(&t, &clock).build().unwrap();
     let h = tokio::spawn(async move {
         holder
             .get_or_compute("k", None, async {
@@ -1158,13 +1213,15 @@ async fn a_value_stored_between_our_read_and_our_lease_is_served_not_recomputed(
     let t = MemTransport::with_clock(clock.clone());
     let cache = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
     let lock = RacingLock {
-        inner: RedisLock::for_cache(&cache, clock_of(&clock)),
+        inner: RedisLock::for_cache(&cache).clock(clock_of(&clock)),
         cache: cache.clone(),
         raced: Default::default(),
     };
-    let c = ComputeCache::builder(cache.clone(), clock_of(&clock))
+    let c = ComputeCache::builder(cache.clone())
+        .clock(clock_of(&clock))
         .lock(lock)
-        .build();
+        .build()
+        .unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let v = c

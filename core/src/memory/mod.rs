@@ -126,17 +126,18 @@ struct Inner {
 /// use larder_core::{Bytes, ManualClock, MemoryCache};
 ///
 /// let clock = ManualClock::new(1_000);
-/// let cache = MemoryCache::builder(Arc::new(clock.clone()))
+/// let cache = MemoryCache::builder().clock(clock.clone())
 ///     .max_entries(1_000)
 ///     .max_bytes(1 << 20)
-///     .default_ttl(Some(Duration::from_secs(60)))
-///     .build();
+///     .default_ttl(Duration::from_secs(60))
+///     .build()?;
 ///
 /// cache.insert("greeting", Bytes::from_static(b"hello"), None);
 /// assert_eq!(cache.lookup("greeting").as_deref(), Some(&b"hello"[..]));
 ///
 /// clock.advance(Duration::from_secs(60));
 /// assert_eq!(cache.lookup("greeting"), None); // the default TTL has passed
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// Through the async [`Cache`] trait:
@@ -147,7 +148,7 @@ struct Inner {
 /// use larder_core::{Bytes, Cache, KeyTtl, ManualClock, MemoryCache};
 ///
 /// # futures_executor::block_on(async {
-/// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 100, None);
+/// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(100).build().unwrap();
 /// cache.set("k", Bytes::from_static(b"v"), Some(Duration::from_secs(5))).await?;
 /// assert_eq!(cache.ttl("k").await?, KeyTtl::ExpiresIn(Duration::from_secs(5)));
 /// assert!(!cache.set_nx("k", Bytes::new(), None).await?);
@@ -181,12 +182,13 @@ impl fmt::Debug for MemoryCache {
 /// use std::sync::Arc;
 /// use larder_core::{ManualClock, MemoryCache};
 ///
-/// let cache = MemoryCache::builder(Arc::new(ManualClock::new(0)))
+/// let cache = MemoryCache::builder().clock(ManualClock::new(0))
 ///     .max_entries(100_000)
 ///     .max_bytes(64 * 1024 * 1024)
 ///     .shards(8)
-///     .build();
+///     .build()?;
 /// assert_eq!(cache.shard_count(), 8);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `.build()` is called"]
@@ -212,10 +214,17 @@ impl MemoryCacheBuilder {
         self
     }
 
-    /// The TTL of writes that pass `ttl: None` (default `None`: such entries never expire).
-    /// `Some(Duration::ZERO)` is treated as `None`.
-    pub fn default_ttl(mut self, default_ttl: Option<Duration>) -> Self {
-        self.default_ttl = default_ttl;
+    /// The TTL of writes that pass `ttl: None`. Without this call such entries never
+    /// expire. A zero TTL is an error at [`build`](MemoryCacheBuilder::build).
+    pub fn default_ttl(mut self, default_ttl: Duration) -> Self {
+        self.default_ttl = Some(default_ttl);
+        self
+    }
+
+    /// The clock TTLs are measured with (default: [`SystemClock`](crate::SystemClock)); a
+    /// [`ManualClock`](crate::ManualClock) in tests.
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -228,7 +237,12 @@ impl MemoryCacheBuilder {
     }
 
     /// Builds the cache.
-    pub fn build(self) -> MemoryCache {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a zero default TTL.
+    pub fn build(self) -> Result<MemoryCache> {
+        check_ttl(self.default_ttl)?;
         let n = shard_count(self.shards, self.max_entries, self.max_bytes);
         let hasher = DefaultHashBuilder::default();
         let shards = (0..n)
@@ -240,19 +254,19 @@ impl MemoryCacheBuilder {
                 )))
             })
             .collect();
-        MemoryCache {
+        Ok(MemoryCache {
             inner: Arc::new(Inner {
                 shards,
                 mask: n - 1,
                 hasher,
                 clock: self.clock,
-                default_ttl_ms: self.default_ttl.map(duration_ms).filter(|&ms| ms > 0),
+                default_ttl_ms: self.default_ttl.map(duration_ms),
                 max_entries: self.max_entries,
                 max_bytes: self.max_bytes,
                 corrupt: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
             }),
-        }
+        })
     }
 }
 
@@ -288,20 +302,25 @@ fn remaining(expires_at: u64, now: u64) -> Duration {
 }
 
 impl MemoryCache {
-    /// Starts configuring a cache that reads time from `clock`.
+    /// Starts configuring a cache: at most 10 000 entries and 256 MiB, no default TTL, the
+    /// runtime's clock.
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::sync::Arc;
-    /// use larder_core::{ManualClock, MemoryCache};
+    /// use std::time::Duration;
+    /// use larder_core::MemoryCache;
     ///
-    /// let cache = MemoryCache::builder(Arc::new(ManualClock::new(0))).max_entries(500).build();
+    /// let cache = MemoryCache::builder()
+    ///     .max_entries(500)
+    ///     .default_ttl(Duration::from_secs(300))
+    ///     .build()?;
     /// assert_eq!(cache.max_entries(), 500);
+    /// # Ok::<(), larder_core::Error>(())
     /// ```
-    pub fn builder(clock: SharedClock) -> MemoryCacheBuilder {
+    pub fn builder() -> MemoryCacheBuilder {
         MemoryCacheBuilder {
-            clock,
+            clock: crate::clock::system(),
             max_entries: DEFAULT_MAX_ENTRIES,
             max_bytes: DEFAULT_MAX_BYTES,
             default_ttl: None,
@@ -309,29 +328,9 @@ impl MemoryCache {
         }
     }
 
-    /// A cache of at most `max_entries` entries (and the default 256 MiB), whose writes
-    /// without a TTL use `default_ttl` (`None`: never expire).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use std::time::Duration;
-    /// use larder_core::{ManualClock, MemoryCache};
-    ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 1_000, Some(Duration::from_secs(300)));
-    /// assert_eq!(cache.default_ttl(), Some(Duration::from_secs(300)));
-    /// ```
-    pub fn new(clock: SharedClock, max_entries: usize, default_ttl: Option<Duration>) -> Self {
-        Self::builder(clock)
-            .max_entries(max_entries)
-            .default_ttl(default_ttl)
-            .build()
-    }
-
     /// Stores `value` under `key` with `ttl` (`None`: the default TTL), evicting as needed.
     /// Returns `false` if the value was not stored: too large for a shard, or the cache is
-    /// closed. A zero `ttl` stores an entry that is already expired.
+    /// closed, or `ttl` is zero (which [`Cache::set`] rejects as an error).
     ///
     /// # Examples
     ///
@@ -339,12 +338,16 @@ impl MemoryCache {
     /// use std::sync::Arc;
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::builder(Arc::new(ManualClock::new(0))).max_bytes(100).build();
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_bytes(100).build()?;
     /// assert!(cache.insert("small", Bytes::from(vec![0; 50]), None));
     /// assert!(!cache.insert("large", Bytes::from(vec![0; 200]), None)); // larger than max_bytes
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn insert(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> bool {
         let inner = &*self.inner;
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return false;
+        }
         let ttl_ms = ttl.map(duration_ms).or(inner.default_ttl_ms);
         let mut now = LazyNow::new(&*inner.clock);
         let expires_at = ttl_ms.map_or(NEVER, |ms| now.now_ms().saturating_add(ms));
@@ -366,7 +369,7 @@ impl MemoryCache {
     /// use std::sync::Arc;
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 10, None);
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(10).build().unwrap();
     /// cache.insert("k", Bytes::from_static(b"v"), None);
     /// assert_eq!(cache.lookup("k"), Some(Bytes::from_static(b"v")));
     /// assert_eq!(cache.lookup("other"), None);
@@ -393,7 +396,7 @@ impl MemoryCache {
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
     /// let clock = ManualClock::new(0);
-    /// let cache = MemoryCache::new(Arc::new(clock.clone()), 10, None);
+    /// let cache = MemoryCache::builder().clock(clock.clone()).max_entries(10).build().unwrap();
     /// cache.insert("k", Bytes::from_static(b"v"), Some(Duration::from_secs(10)));
     /// clock.advance(Duration::from_secs(4));
     /// let (_, ttl) = cache.lookup_with_ttl("k").unwrap();
@@ -420,7 +423,7 @@ impl MemoryCache {
     /// use std::sync::Arc;
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 10, None);
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(10).build().unwrap();
     /// cache.insert("k", Bytes::new(), None);
     /// assert!(cache.remove("k"));
     /// assert!(!cache.remove("k"));
@@ -441,7 +444,7 @@ impl MemoryCache {
     /// use std::sync::Arc;
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 10, None);
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(10).build().unwrap();
     /// cache.insert("k", Bytes::new(), None);
     /// assert!(cache.contains("k"));
     /// assert!(!cache.contains("x"));
@@ -462,7 +465,7 @@ impl MemoryCache {
     /// use std::time::Duration;
     /// use larder_core::{Bytes, KeyTtl, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 10, None);
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(10).build().unwrap();
     /// cache.insert("k", Bytes::new(), None);
     /// assert_eq!(cache.key_ttl("k"), KeyTtl::NoExpiry);
     /// assert_eq!(cache.key_ttl("x"), KeyTtl::Missing);
@@ -487,7 +490,7 @@ impl MemoryCache {
     /// use std::sync::Arc;
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 10, None);
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(10).build().unwrap();
     /// cache.insert("a", Bytes::new(), None);
     /// cache.insert("b", Bytes::new(), None);
     /// assert_eq!(cache.len(), 2);
@@ -509,7 +512,7 @@ impl MemoryCache {
     /// use std::sync::Arc;
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
-    /// let cache = MemoryCache::new(Arc::new(ManualClock::new(0)), 10, None);
+    /// let cache = MemoryCache::builder().clock(ManualClock::new(0)).max_entries(10).build().unwrap();
     /// cache.insert("key", Bytes::from_static(b"value"), None);
     /// assert_eq!(cache.size_bytes(), 8);
     /// ```
@@ -542,7 +545,7 @@ impl MemoryCache {
     /// use larder_core::{Bytes, ManualClock, MemoryCache};
     ///
     /// let clock = ManualClock::new(0);
-    /// let cache = MemoryCache::new(Arc::new(clock.clone()), 10, Some(Duration::from_secs(1)));
+    /// let cache = MemoryCache::builder().clock(clock.clone()).max_entries(10).default_ttl(Duration::from_secs(1)).build().unwrap();
     /// cache.insert("k", Bytes::new(), None);
     /// clock.advance(Duration::from_secs(2));
     /// assert_eq!(cache.len(), 1); // still held until something drops it
@@ -756,5 +759,9 @@ impl Cache for MemoryCache {
 
     fn record_corrupt(&self) {
         self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn clock(&self) -> Option<SharedClock> {
+        Some(self.inner.clock.clone())
     }
 }

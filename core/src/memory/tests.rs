@@ -17,11 +17,13 @@ const START: u64 = 1_700_000_000_000;
 /// A single-shard cache (exact LRU) on a manual clock.
 fn cache(max_entries: usize, max_bytes: u64) -> (ManualClock, MemoryCache) {
     let clock = ManualClock::new(START);
-    let cache = MemoryCache::builder(Arc::new(clock.clone()))
+    let cache = MemoryCache::builder()
+        .clock(clock.clone())
         .max_entries(max_entries)
         .max_bytes(max_bytes)
         .shards(1)
-        .build();
+        .build()
+        .unwrap();
     (clock, cache)
 }
 
@@ -159,9 +161,11 @@ fn ttl_expires_at_exactly_the_deadline() {
 #[test]
 fn default_ttl_applies_only_without_explicit_ttl() {
     let clock = ManualClock::new(START);
-    let c = MemoryCache::builder(Arc::new(clock.clone()))
-        .default_ttl(Some(Duration::from_secs(10)))
-        .build();
+    let c = MemoryCache::builder()
+        .clock(clock.clone())
+        .default_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
     c.insert("default", val("1"), None);
     c.insert("explicit", val("2"), Some(Duration::from_secs(60)));
     assert_eq!(
@@ -171,13 +175,16 @@ fn default_ttl_applies_only_without_explicit_ttl() {
     clock.advance(Duration::from_secs(30));
     assert!(!c.contains("default"));
     assert!(c.contains("explicit"));
-    // A zero default means "no default".
-    let c = MemoryCache::builder(Arc::new(clock))
-        .default_ttl(Some(Duration::ZERO))
-        .build();
-    assert_eq!(c.default_ttl(), None);
-    c.insert("k", val("v"), None);
-    assert_eq!(c.key_ttl("k"), KeyTtl::NoExpiry);
+    // A zero default TTL is refused, like a zero TTL anywhere else.
+    let err = MemoryCache::builder()
+        .clock(clock.clone())
+        .default_ttl(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, crate::Error::InvalidInput(_)), "{err}");
+    // And a zero TTL on one write stores nothing (the async `set` returns the error).
+    assert!(!c.insert("zero", val("z"), Some(Duration::ZERO)));
+    assert!(!c.contains("zero"));
 }
 
 #[test]
@@ -300,10 +307,12 @@ fn mget_keeps_order_and_tells_empty_from_missing() {
 #[test]
 fn delete_pattern_removes_only_matching_keys() {
     let clock = ManualClock::new(START);
-    let c = MemoryCache::builder(Arc::new(clock.clone()))
+    let c = MemoryCache::builder()
+        .clock(clock.clone())
         .shards(4)
         .max_entries(1_000)
-        .build();
+        .build()
+        .unwrap();
     block_on(async {
         for i in 0..50 {
             c.set(&format!("user:{i}"), val("u"), None).await.unwrap();
@@ -518,8 +527,8 @@ fn purge_expired_drops_only_expired_entries() {
 #[test]
 fn shard_count_follows_the_documented_rules() {
     let clock: crate::SharedClock = Arc::new(ManualClock::new(0));
-    let shards = |b: super::MemoryCacheBuilder| b.build().shard_count();
-    let b = || MemoryCache::builder(clock.clone());
+    let shards = |b: super::MemoryCacheBuilder| b.build().unwrap().shard_count();
+    let b = || MemoryCache::builder().clock(clock.clone());
     let native = !cfg!(target_arch = "wasm32");
     assert_eq!(shards(b()), if native { 16 } else { 1 }); // 10_000 entries, 256 MiB
     assert_eq!(shards(b().max_entries(100)), if native { 2 } else { 1 }); // >= 32 per shard
@@ -537,11 +546,13 @@ fn shard_count_follows_the_documented_rules() {
 
 #[test]
 fn bounds_are_split_exactly_across_shards() {
-    let c = MemoryCache::builder(Arc::new(ManualClock::new(0)))
+    let c = MemoryCache::builder()
+        .clock(ManualClock::new(0))
         .shards(4)
         .max_entries(10)
         .max_bytes(1_003)
-        .build();
+        .build()
+        .unwrap();
     let lrus: Vec<_> = c
         .inner
         .shards
@@ -583,9 +594,11 @@ impl Clock for NoClock {
 
 #[test]
 fn entries_without_ttl_never_read_the_clock() {
-    let c = MemoryCache::builder(Arc::new(NoClock))
+    let c = MemoryCache::builder()
+        .clock(NoClock)
         .max_entries(2)
-        .build();
+        .build()
+        .unwrap();
     for k in ["a", "b", "c", "a"] {
         c.insert(k, val(k), None);
     }
@@ -604,11 +617,13 @@ fn concurrent_use_keeps_bounds_on_16_shards() {
     const MAX_ENTRIES: usize = 512;
     const MAX_BYTES: u64 = 64 * 1024;
     let clock = ManualClock::new(START);
-    let c = MemoryCache::builder(Arc::new(clock.clone()))
+    let c = MemoryCache::builder()
+        .clock(clock.clone())
         .shards(16)
         .max_entries(MAX_ENTRIES)
         .max_bytes(MAX_BYTES)
-        .build();
+        .build()
+        .unwrap();
     assert_eq!(c.shard_count(), 16);
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -750,6 +765,9 @@ impl Model {
     }
 
     fn insert(&mut self, key: &str, value: Vec<u8>, ttl: Option<u64>) -> bool {
+        if ttl == Some(0) {
+            return false; // a zero TTL is refused: nothing written, nothing replaced
+        }
         self.stats.writes += 1;
         let expires = ttl.or(self.default_ttl).map(|t| self.now + t);
         if let Some(i) = self.entries.iter().position(|e| e.0 == key) {
@@ -817,12 +835,14 @@ proptest! {
         ops in prop::collection::vec(op(), 1..150),
     ) {
         let clock = ManualClock::new(START);
-        let c = MemoryCache::builder(Arc::new(clock.clone()))
+        let mut b = MemoryCache::builder().clock(clock.clone())
             .shards(1)
             .max_entries(max_entries)
-            .max_bytes(max_bytes)
-            .default_ttl(default_ttl.map(Duration::from_millis))
-            .build();
+            .max_bytes(max_bytes);
+        if let Some(ms) = default_ttl {
+            b = b.default_ttl(Duration::from_millis(ms));
+        }
+        let c = b.build().unwrap();
         let mut m = Model { max_entries, max_bytes, default_ttl, now: START, ..Model::default() };
         for op in ops {
             match op {

@@ -1,44 +1,11 @@
-//! What a [`ResponseCache`](super::ResponseCache) returns: [`Answer`], [`CacheStatus`],
-//! [`LlmResponse`], [`Usage`] and [`ResponseError`].
-
-use std::fmt;
-use std::sync::Arc;
+//! What a [`ResponseCache`](super::ResponseCache) returns: [`Answer`], [`LlmResponse`] and
+//! [`Usage`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use crate::compute::Status;
 use crate::envelope::Envelope;
-use crate::error::Error;
-
-/// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-#[non_exhaustive]
-pub enum CacheStatus {
-    /// A fresh cached answer.
-    Hit,
-    /// Computed now (nothing usable was cached, or the request skipped the read).
-    Miss,
-    /// A cached answer past its freshness, served because computing a new one failed.
-    Stale,
-}
-
-impl CacheStatus {
-    /// `"HIT"`, `"MISS"` or `"STALE"` (for headers such as `x-cache` and for logs).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Stale => "STALE",
-        }
-    }
-}
-
-impl fmt::Display for CacheStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Token counts of a response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,7 +130,7 @@ pub struct Answer {
     /// The response.
     pub response: LlmResponse,
     /// HIT, MISS or STALE.
-    pub status: CacheStatus,
+    pub status: Status,
     /// The key the answer is cached under (the full Redis key for a Redis cache).
     pub key: String,
     /// When the served entry was written (unix ms), for hits and stale answers whose
@@ -177,59 +144,8 @@ impl Answer {
         &self.response.text
     }
 
-    /// True for [`CacheStatus::Hit`].
+    /// True for [`Status::Hit`].
     pub fn is_hit(&self) -> bool {
-        self.status == CacheStatus::Hit
-    }
-}
-
-/// The error of [`ResponseCache::get_or_compute`](super::ResponseCache::get_or_compute):
-/// the cache failed (only when it is not fail-open, or the request was invalid), or the
-/// compute function failed and there was no stale answer to fall back to.
-///
-/// The compute error is behind an [`Arc`] so that callers coalesced onto one computation can
-/// all receive it (as in moka's `try_get_with`).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ResponseError<E> {
-    /// The request or its controls were invalid, or the cache failed and the cache is not
-    /// [fail-open](super::ResponseCacheBuilder::fail_open).
-    #[error(transparent)]
-    Cache(Error),
-    /// The compute function failed.
-    #[error("computing the response failed: {0}")]
-    Compute(Arc<E>),
-}
-
-impl<E> ResponseError<E> {
-    /// The cache error, if that is what this is.
-    pub fn as_cache(&self) -> Option<&Error> {
-        match self {
-            ResponseError::Cache(e) => Some(e),
-            ResponseError::Compute(_) => None,
-        }
-    }
-
-    /// The compute function's error, if that is what this is.
-    pub fn compute_error(&self) -> Option<&E> {
-        match self {
-            ResponseError::Compute(e) => Some(e),
-            ResponseError::Cache(_) => None,
-        }
-    }
-}
-
-impl<E> Clone for ResponseError<E> {
-    fn clone(&self) -> Self {
-        match self {
-            ResponseError::Cache(e) => ResponseError::Cache(e.clone()),
-            ResponseError::Compute(e) => ResponseError::Compute(e.clone()),
-        }
-    }
-}
-
-impl<E> From<Error> for ResponseError<E> {
-    fn from(e: Error) -> Self {
-        ResponseError::Cache(e)
+        self.status == Status::Hit
     }
 }

@@ -4,7 +4,7 @@
 //! system, temperature and every other generation parameter, minus the
 //! [`EXCLUDED_FIELDS`]) and stores an [`Envelope`] holding the response, the model, the time
 //! and metadata (temperature, token counts). Every answer says whether it was a
-//! [HIT, MISS or STALE](CacheStatus).
+//! [HIT, MISS or STALE](Status).
 //!
 //! - **Per-request controls** ([`CacheControl`]): TTL, no-cache, no-store, force-refresh,
 //!   namespace and tags.
@@ -38,12 +38,13 @@
 //!
 //! ```
 //! # futures_executor::block_on(async {
-//! use larder_core::response::{CacheControl, CacheStatus, LlmRequest, LlmResponse, ResponseCache, Usage};
+//! use larder_core::Status;
+//! use larder_core::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache, Usage};
 //! use larder_core::{RedisCache, testing::MemTransport};
 //! use std::time::Duration;
 //!
 //! let redis = MemTransport::new();
-//! let cache = ResponseCache::redis(RedisCache::new(redis.clone()), redis.shared_clock())
+//! let cache = ResponseCache::redis(RedisCache::new(redis.clone())).clock(redis.shared_clock())
 //!     .default_ttl(Duration::from_secs(3600))
 //!     .build().unwrap();
 //! let request = LlmRequest::chat("gpt-4o-mini").user("What is the capital of France?");
@@ -53,9 +54,9 @@
 //! };
 //!
 //! let first = cache.get_or_compute(&request, &CacheControl::default(), ask).await?;
-//! assert_eq!((first.text(), first.status), ("Paris.", CacheStatus::Miss));
+//! assert_eq!((first.text(), first.status), ("Paris.", Status::Miss));
 //! let second = cache.get_or_compute(&request, &CacheControl::default(), ask).await?;
-//! assert_eq!(second.status, CacheStatus::Hit);
+//! assert_eq!(second.status, Status::Hit);
 //!
 //! cache.flush().await?; // analytics reach Redis (normally with the next write)
 //! let report = cache.analytics().await?;
@@ -88,7 +89,7 @@ use serde_json::Value as Json;
 
 use crate::cache::Cache;
 use crate::clock::{SharedClock, duration_ms};
-use crate::compute::{Jitter, RedisLock};
+use crate::compute::{ComputeError, Jitter, RedisLock, Status};
 use crate::envelope::{Decoded, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GO_DEEP_AGENT_PREFIX, KeyScheme};
@@ -102,7 +103,7 @@ use crate::value::{Cmd, Value};
 pub use analytics::{
     AlertHook, AnalyticsReport, HitRateAlert, ModelAnalytics, ModelPrice, Prices, StatsTotals,
 };
-pub use answer::{Answer, CacheStatus, LlmResponse, ResponseError, Usage};
+pub use answer::{Answer, LlmResponse, Usage};
 pub use control::{CacheControl, DEFAULT_NAMESPACE};
 pub use request::{EXCLUDED_FIELDS, LlmRequest};
 pub use warm::{ProgressHook, WarmOptions, WarmProgress, WarmReport};
@@ -321,6 +322,13 @@ impl ResponseCacheBuilder {
         }
     }
 
+    /// The clock that stamps entries and decides freshness. Default: the local cache's clock
+    /// ([`Cache::clock`]), else [`SystemClock`](crate::SystemClock).
+    pub fn clock(mut self, clock: impl crate::Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// The key and value format (default [`Mode::Larder`]).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
@@ -349,7 +357,7 @@ impl ResponseCacheBuilder {
     }
 
     /// Keeps answers this long past their freshness, to serve them as
-    /// [STALE](CacheStatus::Stale) when computing a new one fails (fail-safe). Default: none.
+    /// [STALE](Status::Stale) when computing a new one fails (fail-safe). Default: none.
     pub fn stale_window(mut self, window: Duration) -> Self {
         self.stale_window = Some(window).filter(|d| !d.is_zero());
         self
@@ -377,7 +385,7 @@ impl ResponseCacheBuilder {
 
     /// When true (the default), a cache failure during
     /// [`get_or_compute`](ResponseCache::get_or_compute) is logged and counted and the
-    /// answer computed anyway; when false it is returned as [`ResponseError::Cache`].
+    /// answer computed anyway; when false it is returned as [`ComputeError::Cache`].
     pub fn fail_open(mut self, on: bool) -> Self {
         self.fail_open = on;
         self
@@ -396,7 +404,7 @@ impl ResponseCacheBuilder {
     /// use std::sync::Arc;
     ///
     /// let clock = Arc::new(ManualClock::new(0));
-    /// let cache = ResponseCache::local(MemoryCache::new(clock.clone(), 1000, None), clock)
+    /// let cache = ResponseCache::local(MemoryCache::builder().clock(clock.clone()).max_entries(1000).build().unwrap())
     ///     .on_low_hit_rate(0.5, 100, |alert| {
     ///         eprintln!("hit rate {:.0}% < {:.0}%", alert.hit_rate * 100.0, alert.threshold * 100.0)
     ///     })
@@ -462,11 +470,9 @@ impl ResponseCacheBuilder {
         });
         let lease = match (&self.backend, self.lease) {
             (Backend::Redis { transport }, true) => Some(Lease {
-                lock: Arc::new(RedisLock::new(
-                    transport.clone(),
-                    scheme.clone(),
-                    self.clock.clone(),
-                )),
+                lock: Arc::new(
+                    RedisLock::new(transport.clone(), scheme.clone()).clock(self.clock.clone()),
+                ),
                 ttl: self.lease_ttl,
                 max_wait: self.max_wait,
                 max_polls: self.max_polls,
@@ -538,24 +544,24 @@ struct Lookup {
 impl ResponseCache {
     /// A response cache over a [`RedisCache`] (any transport: redis-rs, HTTP, in-memory),
     /// using its prefix and default TTL unless the builder says otherwise.
-    ///
-    /// `clock` stamps entries and decides freshness (`SystemClock::shared()` natively, the
-    /// Workers clock at the edge, a [`ManualClock`](crate::ManualClock) in tests).
-    pub fn redis<T: Transport + 'static>(
-        cache: RedisCache<T>,
-        clock: SharedClock,
-    ) -> ResponseCacheBuilder {
+    pub fn redis<T: Transport + 'static>(cache: RedisCache<T>) -> ResponseCacheBuilder {
         let scheme = cache.key_scheme().clone();
         let ttl = cache.default_ttl();
         let transport: SharedTransport = Arc::new(ViaCache(cache));
-        ResponseCacheBuilder::new(Backend::Redis { transport }, scheme, ttl, clock)
+        ResponseCacheBuilder::new(
+            Backend::Redis { transport },
+            scheme,
+            ttl,
+            crate::clock::system(),
+        )
     }
 
     /// A response cache over a local [`Cache`] such as a [`MemoryCache`](crate::MemoryCache).
     ///
     /// Namespace generations and tag invalidation times are kept in this process (there is
     /// no Redis to share them through), and analytics are this instance's own.
-    pub fn local(cache: impl Cache + 'static, clock: SharedClock) -> ResponseCacheBuilder {
+    pub fn local(cache: impl Cache + 'static) -> ResponseCacheBuilder {
+        let clock = cache.clock().unwrap_or_else(crate::clock::system);
         ResponseCacheBuilder::new(
             Backend::Local {
                 cache: Arc::new(cache),
@@ -610,7 +616,7 @@ impl ResponseCache {
     /// use larder_core::{RedisCache, testing::MemTransport};
     ///
     /// let t = MemTransport::new();
-    /// let go = ResponseCache::redis(RedisCache::new(t.clone()), t.shared_clock())
+    /// let go = ResponseCache::redis(RedisCache::new(t.clone())).clock(t.shared_clock())
     ///     .go_deep_agent_compat()
     ///     .build().unwrap();
     /// let request = LlmRequest::prompt("gpt-4o-mini", "What is the capital of France?")
@@ -667,7 +673,7 @@ impl ResponseCache {
     }
 
     /// Looks a request up without computing. Returns a fresh answer
-    /// ([`CacheStatus::Hit`]) or `None`; the lookup counts as a hit or a miss.
+    /// ([`Status::Hit`]) or `None`; the lookup counts as a hit or a miss.
     ///
     /// # Errors
     ///
@@ -686,7 +692,7 @@ impl ResponseCache {
         let answer = match lookup.entry {
             Some(Entry::Fresh(e)) => {
                 self.record_hit(&t, &e);
-                Some(answer_of(e, CacheStatus::Hit, &t))
+                Some(answer_of(e, Status::Hit, &t))
             }
             _ => {
                 self.record_miss(&t);
@@ -698,8 +704,8 @@ impl ResponseCache {
     }
 
     /// Reads a request's entry without counting it: a fresh answer as
-    /// [`CacheStatus::Hit`], one past its freshness but inside the stale window as
-    /// [`CacheStatus::Stale`], or `None` (absent, invalidated, expired or corrupt). For
+    /// [`Status::Hit`], one past its freshness but inside the stale window as
+    /// [`Status::Stale`], or `None` (absent, invalidated, expired or corrupt). For
     /// tools and admin commands (`larder get`).
     ///
     /// # Errors
@@ -713,8 +719,8 @@ impl ResponseCache {
         let t = self.target(request, control)?;
         let lookup = self.lookup(&t, true).await?;
         Ok(match lookup.entry {
-            Some(Entry::Fresh(e)) => Some(answer_of(e, CacheStatus::Hit, &t)),
-            Some(Entry::Stale(e)) => Some(answer_of(e, CacheStatus::Stale, &t)),
+            Some(Entry::Fresh(e)) => Some(answer_of(e, Status::Hit, &t)),
+            Some(Entry::Stale(e)) => Some(answer_of(e, Status::Stale, &t)),
             None => None,
         })
     }
@@ -762,31 +768,32 @@ impl ResponseCache {
 
     /// Answers a request from the cache, or computes, stores and returns the answer.
     ///
-    /// - A fresh entry is a [HIT](CacheStatus::Hit) and `compute` is not called.
-    /// - Otherwise `compute` runs; its answer is a [MISS](CacheStatus::Miss) and is stored
+    /// - A fresh entry is a [HIT](Status::Hit) and `compute` is not called.
+    /// - Otherwise `compute` runs; its answer is a [MISS](Status::Miss) and is stored
     ///   (unless [`no_store`](CacheControl::no_store)).
     /// - If `compute` fails while an entry past its freshness is still inside the
     ///   [stale window](ResponseCacheBuilder::stale_window) (or, with
     ///   [`force_refresh`](CacheControl::force_refresh), a fresh one exists), that entry is
-    ///   served as [STALE](CacheStatus::Stale).
+    ///   served as [STALE](Status::Stale).
     ///
     /// # Concurrent calls on the same key
     ///
     /// See [`ResponseCache`](ResponseCache#concurrent-calls-on-the-same-key): one model
     /// call per missing answer, in this process and, through the lease, across processes.
-    /// Callers that waited for another's computation get its answer as a MISS.
+    /// Callers that waited for another's computation get its answer as
+    /// [COALESCED](Status::Coalesced).
     ///
     /// # Errors
     ///
-    /// [`ResponseError::Compute`] when `compute` failed with nothing to fall back to;
-    /// [`ResponseError::Cache`] for invalid controls, and for cache failures when the cache
+    /// [`ComputeError::Compute`] when `compute` failed with nothing to fall back to;
+    /// [`ComputeError::Cache`] for invalid controls, and for cache failures when the cache
     /// is not [fail-open](ResponseCacheBuilder::fail_open).
     pub async fn get_or_compute<F, Fut, E>(
         &self,
         request: &LlmRequest,
         control: &CacheControl,
         compute: F,
-    ) -> std::result::Result<Answer, ResponseError<E>>
+    ) -> std::result::Result<Answer, ComputeError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<LlmResponse, E>>,
@@ -805,7 +812,7 @@ impl ResponseCache {
                 Err(e) => {
                     self.failed("lookup", &e);
                     if !self.inner.fail_open {
-                        return Err(ResponseError::Cache(e));
+                        return Err(ComputeError::Cache(e));
                     }
                     (Lookup::default(), false)
                 }
@@ -816,8 +823,8 @@ impl ResponseCache {
         match lookup.entry {
             Some(Entry::Fresh(e)) if !control.skips_read() => {
                 self.record_hit(&t, &e);
-                self.observe("get_or_compute", &t, Some(CacheStatus::Hit), started);
-                return Ok(answer_of(e, CacheStatus::Hit, &t));
+                self.observe("get_or_compute", &t, Some(Status::Hit), started);
+                return Ok(answer_of(e, Status::Hit, &t));
             }
             Some(Entry::Fresh(e)) if control.force_refresh => fallback = Some(e),
             Some(Entry::Stale(e)) => {
@@ -848,34 +855,38 @@ impl ResponseCache {
             )
             .await;
         match computed {
-            Ok(Got::Computed(mut response)) => {
-                self.observe("get_or_compute", &t, Some(CacheStatus::Miss), started);
-                if response.model.is_empty() {
-                    response.model = t.model.clone();
-                }
-                Ok(Answer {
-                    response,
-                    status: CacheStatus::Miss,
-                    key: t.key,
-                    stored_at_ms: None,
-                })
-            }
+            Ok(Got::Computed(response)) => Ok(self.fresh(response, Status::Miss, t, started)),
+            Ok(Got::Joined(response)) => Ok(self.fresh(response, Status::Coalesced, t, started)),
             Ok(Got::Found(e)) => {
-                self.observe("get_or_compute", &t, Some(CacheStatus::Miss), started);
-                Ok(answer_of(e, CacheStatus::Miss, &t))
+                self.observe("get_or_compute", &t, Some(Status::Coalesced), started);
+                Ok(answer_of(e, Status::Coalesced, &t))
             }
-            Err(ResponseError::Compute(err)) => match fallback {
+            Err(ComputeError::Compute(err)) => match fallback {
                 Some(e) => {
                     tracing::warn!(
                         key = %short(&t.key),
                         "computing the response failed; serving the stale answer"
                     );
-                    self.observe("get_or_compute", &t, Some(CacheStatus::Stale), started);
-                    Ok(answer_of(e, CacheStatus::Stale, &t))
+                    self.observe("get_or_compute", &t, Some(Status::Stale), started);
+                    Ok(answer_of(e, Status::Stale, &t))
                 }
-                None => Err(ResponseError::Compute(err)),
+                None => Err(ComputeError::Compute(err)),
             },
             Err(e) => Err(e),
+        }
+    }
+
+    /// The answer of a computation, by this caller (MISS) or one it joined (COALESCED).
+    fn fresh(&self, mut response: LlmResponse, status: Status, t: Target, started: u64) -> Answer {
+        self.observe("get_or_compute", &t, Some(status), started);
+        if response.model.is_empty() {
+            response.model = t.model.clone();
+        }
+        Answer {
+            response,
+            status,
+            key: t.key,
+            stored_at_ms: None,
         }
     }
 
@@ -889,7 +900,7 @@ impl ResponseCache {
         control: &CacheControl,
         miss: Miss,
         compute: F,
-    ) -> std::result::Result<Got, ResponseError<E>>
+    ) -> std::result::Result<Got, ComputeError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<LlmResponse, E>>,
@@ -944,13 +955,13 @@ impl ResponseCache {
                                 if fail_open {
                                     Ok(Got::Computed(response))
                                 } else {
-                                    Err(ResponseError::Cache(e))
+                                    Err(ComputeError::Cache(e))
                                 }
                             }
                             Ok(()) => Ok(Got::Computed(response)),
                         }
                     }
-                    Err(e) => Err(ResponseError::Compute(Arc::new(e))),
+                    Err(e) => Err(ComputeError::Compute(Arc::new(e))),
                 };
                 if let Some(h) = held
                     && let Err(e) = h.release().await
@@ -1228,9 +1239,9 @@ impl ResponseCache {
         tracing::warn!(op, error = %e, "response cache operation failed");
     }
 
-    fn observe(&self, op: &'static str, t: &Target, status: Option<CacheStatus>, started_ms: u64) {
+    fn observe(&self, op: &'static str, t: &Target, status: Option<Status>, started_ms: u64) {
         let elapsed_ms = self.inner.clock.now_ms().saturating_sub(started_ms);
-        let status = status.map_or("MISS", CacheStatus::as_str);
+        let status = status.map_or("MISS", Status::as_str);
         metrics::counter!("larder_response_lookups_total", "op" => op, "status" => status)
             .increment(1);
         metrics::histogram!("larder_response_duration_seconds", "op" => op)
@@ -1555,7 +1566,7 @@ fn classify(
     }
 }
 
-fn answer_of(e: Envelope, status: CacheStatus, t: &Target) -> Answer {
+fn answer_of(e: Envelope, status: Status, t: &Target) -> Answer {
     let stored_at_ms = e
         .metadata
         .get(meta::CREATED_MS)

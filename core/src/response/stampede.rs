@@ -28,28 +28,37 @@ use crate::compute::{
 use crate::envelope::Envelope;
 use crate::transport::{MaybeSend, MaybeSync};
 
-use super::answer::{LlmResponse, ResponseError};
+use super::answer::LlmResponse;
+use crate::compute::ComputeError;
 
-/// Default lease TTL: a dead holder blocks others at most this long.
-pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
-/// Default bound on waiting for another process's computation.
-pub(crate) const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
-/// Default bound on polls while waiting (each is up to two requests over HTTP).
-pub(crate) const DEFAULT_MAX_POLLS: u32 = 20;
-const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub(crate) use crate::compute::{
+    DEFAULT_BACKOFF_MAX as BACKOFF_MAX, DEFAULT_BACKOFF_MIN as BACKOFF_MIN, DEFAULT_LEASE_TTL,
+    DEFAULT_MAX_POLLS, DEFAULT_MAX_WAIT,
+};
 
 /// What a miss ended with.
 #[derive(Debug, Clone)]
 pub(crate) enum Got {
     /// Computed (by this caller or the flight's leader in this process).
     Computed(LlmResponse),
+    /// Computed by the flight's leader in this process while this caller waited.
+    Joined(LlmResponse),
     /// Written by another process while this one waited for its lease.
     Found(Envelope),
 }
 
+impl Got {
+    /// The leader's result as a caller that waited for it sees it.
+    fn joined(self) -> Self {
+        match self {
+            Got::Computed(r) => Got::Joined(r),
+            other => other,
+        }
+    }
+}
+
 /// The leader's result, shared with the flight's waiters.
-pub(crate) type Shared<E> = std::result::Result<Got, ResponseError<E>>;
+pub(crate) type Shared<E> = std::result::Result<Got, ComputeError<E>>;
 
 /// The stampede settings and state of one response cache.
 pub(crate) struct Stampede {
@@ -136,7 +145,8 @@ impl Stampede {
                         return shared
                             .downcast_ref::<Shared<E>>()
                             .expect("flights are keyed by outcome type")
-                            .clone();
+                            .clone()
+                            .map(Got::joined);
                     }
                     Waited::Promoted(leader) => joined = Join::Leader(leader),
                 },
@@ -222,11 +232,9 @@ mod tests {
     fn stampede(t: &MemTransport) -> Stampede {
         let clock = t.shared_clock();
         Stampede::new(Some(Lease {
-            lock: Arc::new(RedisLock::new(
-                t.clone(),
-                KeyScheme::new("p").unwrap(),
-                clock.clone(),
-            )),
+            lock: Arc::new(
+                RedisLock::new(t.clone(), KeyScheme::new("p").unwrap()).clock(clock.clone()),
+            ),
             ttl: DEFAULT_LEASE_TTL,
             max_wait: DEFAULT_MAX_WAIT,
             max_polls: DEFAULT_MAX_POLLS,

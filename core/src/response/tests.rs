@@ -22,10 +22,8 @@ fn b(s: &str) -> Bytes {
 }
 
 fn redis_cache(t: &MemTransport) -> ResponseCacheBuilder {
-    ResponseCache::redis(
-        RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
-        t.shared_clock(),
-    )
+    ResponseCache::redis(RedisCache::builder(t.clone()).prefix("p").build().unwrap())
+        .clock(t.shared_clock())
 }
 
 fn question() -> LlmRequest {
@@ -70,7 +68,7 @@ fn ask(
     cache: &ResponseCache,
     control: &CacheControl,
     f: impl FnOnce() -> std::future::Ready<TestResult>,
-) -> std::result::Result<Answer, ResponseError<String>> {
+) -> std::result::Result<Answer, ComputeError<String>> {
     block_on(cache.get_or_compute(&question(), control, f))
 }
 
@@ -84,11 +82,11 @@ fn miss_then_hit_reports_status_and_computes_once() {
     let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let first = ask(&cache, &none(), model.answer("Paris.")).unwrap();
-    assert_eq!(first.status, CacheStatus::Miss);
+    assert_eq!(first.status, Status::Miss);
     assert_eq!(first.text(), "Paris.");
     assert_eq!(first.response.model, "gpt-4o-mini");
     let second = ask(&cache, &none(), model.answer("other")).unwrap();
-    assert_eq!(second.status, CacheStatus::Hit);
+    assert_eq!(second.status, Status::Hit);
     assert_eq!(second.text(), "Paris.");
     assert_eq!(second.response.usage, Some(Usage::new(100, 20)));
     assert_eq!(second.stored_at_ms, Some(t.clock().now_ms()));
@@ -131,12 +129,12 @@ fn ttl_control_sets_px_and_expires_the_answer() {
     t.clock().advance(Duration::from_secs(9));
     assert_eq!(
         ask(&cache, &ctl, model.answer("x")).unwrap().status,
-        CacheStatus::Hit
+        Status::Hit
     );
     t.clock().advance(Duration::from_secs(1));
     assert_eq!(
         ask(&cache, &ctl, model.answer("x")).unwrap().status,
-        CacheStatus::Miss
+        Status::Miss
     );
     // Without a per-request TTL the builder's default applies.
     let a =
@@ -152,12 +150,12 @@ fn no_cache_skips_the_read_but_stores_and_is_not_counted() {
     let model = Model::default();
     ask(&cache, &none(), model.answer("old")).unwrap();
     let a = ask(&cache, &none().no_cache(), model.answer("new")).unwrap();
-    assert_eq!((a.status, a.text()), (CacheStatus::Miss, "new"));
+    assert_eq!((a.status, a.text()), (Status::Miss, "new"));
     assert_eq!(model.calls(), 2);
     let hit = ask(&cache, &none(), model.answer("x")).unwrap();
     assert_eq!(
         (hit.status, hit.text()),
-        (CacheStatus::Hit, "new"),
+        (Status::Hit, "new"),
         "the result was stored"
     );
     let local = cache.local_analytics().total();
@@ -174,11 +172,11 @@ fn no_store_does_not_write() {
     let cache = redis_cache(&t).build().unwrap();
     let model = Model::default();
     let a = ask(&cache, &none().no_store(), model.answer("Paris.")).unwrap();
-    assert_eq!(a.status, CacheStatus::Miss);
+    assert_eq!(a.status, Status::Miss);
     assert_eq!(block_on(t.get(a.key.as_bytes())).unwrap(), None);
     assert_eq!(
         ask(&cache, &none(), model.answer("Paris.")).unwrap().status,
-        CacheStatus::Miss
+        Status::Miss
     );
     assert_eq!(model.calls(), 2);
 }
@@ -190,13 +188,13 @@ fn force_refresh_replaces_a_fresh_entry_and_falls_back_to_it_on_failure() {
     let model = Model::default();
     ask(&cache, &none(), model.answer("v1")).unwrap();
     let a = ask(&cache, &none().force_refresh(), model.answer("v2")).unwrap();
-    assert_eq!((a.status, a.text()), (CacheStatus::Miss, "v2"));
+    assert_eq!((a.status, a.text()), (Status::Miss, "v2"));
     assert_eq!(
         ask(&cache, &none(), model.answer("x")).unwrap().text(),
         "v2"
     );
     let a = ask(&cache, &none().force_refresh(), model.fail()).unwrap();
-    assert_eq!((a.status, a.text()), (CacheStatus::Stale, "v2"));
+    assert_eq!((a.status, a.text()), (Status::Stale, "v2"));
     // Without an entry, the failure is the caller's.
     let err = block_on(cache.get_or_compute(
         &LlmRequest::prompt("m", "new"),
@@ -227,22 +225,22 @@ fn stale_answer_is_served_only_when_computing_fails_inside_the_window() {
     );
     t.clock().advance(Duration::from_secs(61));
     let stale = ask(&cache, &none(), model.fail()).unwrap();
-    assert_eq!((stale.status, stale.text()), (CacheStatus::Stale, "v1"));
+    assert_eq!((stale.status, stale.text()), (Status::Stale, "v1"));
     let fresh = ask(&cache, &none(), model.answer("v2")).unwrap();
     assert_eq!(
         (fresh.status, fresh.text()),
-        (CacheStatus::Miss, "v2"),
+        (Status::Miss, "v2"),
         "a stale entry is recomputed"
     );
     t.clock().advance(Duration::from_secs(61 + 600));
     let err = ask(&cache, &none(), model.fail()).unwrap_err();
-    assert!(matches!(err, ResponseError::Compute(_)), "{err:?}");
+    assert!(matches!(err, ComputeError::Compute(_)), "{err:?}");
     // A plain get never returns stale answers; peek shows them.
     ask(&cache, &none(), model.answer("v3")).unwrap();
     t.clock().advance(Duration::from_secs(61));
     assert_eq!(block_on(cache.get(&question(), &none())).unwrap(), None);
     let peeked = block_on(cache.peek(&question(), &none())).unwrap().unwrap();
-    assert_eq!(peeked.status, CacheStatus::Stale);
+    assert_eq!(peeked.status, Status::Stale);
 }
 
 #[test]
@@ -480,7 +478,8 @@ fn invalid_controls_are_rejected_before_any_io() {
 #[test]
 fn go_compat_uses_the_agents_key_raw_text_and_five_minute_ttl() {
     let t = MemTransport::new();
-    let go = ResponseCache::redis(RedisCache::new(t.clone()), t.shared_clock())
+    let go = ResponseCache::redis(RedisCache::new(t.clone()))
+        .clock(t.shared_clock())
         .go_deep_agent_compat()
         .build()
         .unwrap();
@@ -506,7 +505,7 @@ fn go_compat_uses_the_agents_key_raw_text_and_five_minute_ttl() {
     );
     assert_eq!(block_on(t.pttl(key.as_bytes())).unwrap(), 300_000);
     let hit = block_on(go.get_or_compute(&request, &none(), Model::default().fail())).unwrap();
-    assert_eq!((hit.status, hit.text()), (CacheStatus::Hit, "Paris."));
+    assert_eq!((hit.status, hit.text()), (Status::Hit, "Paris."));
 }
 
 #[test]
@@ -526,14 +525,15 @@ fn go_compat_reads_what_the_go_agent_wrote_and_counts_into_its_stats_keys() {
             block_on(t.exec(Cmd::new("INCR").arg(format!("go-deep-agent:stats:{stat}")))).unwrap();
         }
     }
-    let rust = ResponseCache::redis(RedisCache::new(t.clone()), t.shared_clock())
+    let rust = ResponseCache::redis(RedisCache::new(t.clone()))
+        .clock(t.shared_clock())
         .go_deep_agent_compat()
         .build()
         .unwrap();
     // temperature unset = 0, as the Go agent keys it.
     let hi = LlmRequest::prompt("gpt-4o-mini", "Hi");
     let a = block_on(rust.get_or_compute(&hi, &none(), Model::default().fail())).unwrap();
-    assert_eq!((a.status, a.text()), (CacheStatus::Hit, "Hello from Go"));
+    assert_eq!((a.status, a.text()), (Status::Hit, "Hello from Go"));
     let miss = LlmRequest::prompt("gpt-4o-mini", "Bye");
     block_on(rust.get_or_compute(&miss, &none(), Model::default().answer("Bye!"))).unwrap();
     block_on(rust.flush()).unwrap();
@@ -746,7 +746,7 @@ fn corrupt_values_are_misses_not_errors() {
     ))
     .unwrap();
     let a = ask(&cache, &none(), Model::default().answer("fresh")).unwrap();
-    assert_eq!(a.status, CacheStatus::Miss);
+    assert_eq!(a.status, Status::Miss);
     assert_eq!(cache.corrupt(), 1);
     assert!(
         ask(&cache, &none(), Model::default().fail())
@@ -762,7 +762,7 @@ fn fail_open_computes_while_redis_is_down_and_fail_closed_reports_it() {
     let closed = redis_cache(&t).fail_open(false).build().unwrap();
     t.set_down(true);
     let a = ask(&open, &none(), Model::default().answer("computed")).unwrap();
-    assert_eq!((a.status, a.text()), (CacheStatus::Miss, "computed"));
+    assert_eq!((a.status, a.text()), (Status::Miss, "computed"));
     assert_eq!(open.errors(), 1, "the failed lookup; no write attempted");
     let err = ask(&closed, &none(), Model::default().answer("x")).unwrap_err();
     assert!(err.as_cache().is_some_and(Error::is_retryable), "{err:?}");
@@ -772,7 +772,7 @@ fn fail_open_computes_while_redis_is_down_and_fail_closed_reports_it() {
         ask(&open, &none(), Model::default().answer("y"))
             .unwrap()
             .status,
-        CacheStatus::Miss
+        Status::Miss
     );
 }
 
@@ -828,8 +828,12 @@ fn purge_pattern_deletes_matching_keys_only() {
 fn local_backend_keeps_generations_and_tags_in_memory() {
     let clock = ManualClock::new(1_000);
     let shared: crate::SharedClock = Arc::new(clock.clone());
-    let memory = MemoryCache::new(shared.clone(), 100, None);
-    let cache = ResponseCache::local(memory, shared).build().unwrap();
+    let memory = MemoryCache::builder()
+        .clock(shared.clone())
+        .max_entries(100)
+        .build()
+        .unwrap();
+    let cache = ResponseCache::local(memory).clock(shared).build().unwrap();
     let model = Model::default();
     let ns = none().namespace("t").tag("x");
     ask(&cache, &ns, model.answer("v")).unwrap();
@@ -837,7 +841,7 @@ fn local_backend_keeps_generations_and_tags_in_memory() {
     assert_eq!(block_on(cache.invalidate_namespace("t")).unwrap(), 1);
     assert_eq!(
         ask(&cache, &ns, model.answer("v2")).unwrap().status,
-        CacheStatus::Miss
+        Status::Miss
     );
     assert!(ask(&cache, &ns, model.fail()).unwrap().is_hit());
     clock.advance(Duration::from_millis(1));
@@ -845,7 +849,7 @@ fn local_backend_keeps_generations_and_tags_in_memory() {
     clock.advance(Duration::from_millis(1));
     assert_eq!(
         ask(&cache, &ns, model.answer("v3")).unwrap().status,
-        CacheStatus::Miss
+        Status::Miss
     );
     let report = block_on(cache.analytics()).unwrap();
     assert_eq!(report.models["gpt-4o-mini"].hits, 2);
@@ -985,10 +989,8 @@ mod stampede {
     }
 
     fn redis_cache_on(t: &MemTransport, clock: &Arc<TokioClock>) -> ResponseCacheBuilder {
-        ResponseCache::redis(
-            RedisCache::builder(t.clone()).prefix("p").build().unwrap(),
-            clock.clone(),
-        )
+        ResponseCache::redis(RedisCache::builder(t.clone()).prefix("p").build().unwrap())
+            .clock(clock.clone())
     }
 
     /// Takes the lease of `question()` as another process would, for `ttl`.
@@ -1032,15 +1034,22 @@ mod stampede {
                 cache.get_or_compute(&question(), &none(), f).await
             }));
         }
+        let mut statuses = Vec::new();
         for task in tasks {
             let answer = task.await.unwrap().unwrap();
             assert_eq!(answer.text(), "Paris.");
-            assert_eq!(answer.status, CacheStatus::Miss);
+            statuses.push(answer.status);
         }
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
             "one model call for 50 misses"
+        );
+        let count = |s| statuses.iter().filter(|&&x| x == s).count();
+        assert_eq!(
+            (count(Status::Miss), count(Status::Coalesced)),
+            (1, 49),
+            "the caller that computed is the MISS; the 49 that joined it are COALESCED"
         );
         assert!(
             !t.keys().iter().any(|k| k.starts_with(b"p:lock:")),
@@ -1050,7 +1059,7 @@ mod stampede {
             .get_or_compute(&question(), &none(), slow_model(&calls, "x", 0))
             .await
             .unwrap();
-        assert_eq!((again.status, again.text()), (CacheStatus::Hit, "Paris."));
+        assert_eq!((again.status, again.text()), (Status::Hit, "Paris."));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1178,6 +1187,6 @@ mod stampede {
             .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
             .await
             .unwrap();
-        assert_eq!((ok.status, ok.text()), (CacheStatus::Miss, "Paris."));
+        assert_eq!((ok.status, ok.text()), (Status::Miss, "Paris."));
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use futures_util::StreamExt;
 
 use super::{
-    CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache, ResponseError,
+    CacheControl, ComputeError, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache,
 };
 use crate::transport::MaybeSend;
 
@@ -142,7 +142,7 @@ impl ResponseCache {
     /// use std::sync::Arc;
     ///
     /// let clock = Arc::new(ManualClock::new(0));
-    /// let cache = ResponseCache::local(MemoryCache::new(clock.clone(), 1000, None), clock).build().unwrap();
+    /// let cache = ResponseCache::local(MemoryCache::builder().clock(clock.clone()).max_entries(1000).build().unwrap()).build().unwrap();
     /// let faq = ["What are your hours?", "Where are you?"]
     ///     .map(|q| LlmRequest::chat("gpt-4o-mini").user(q));
     /// let report = cache
@@ -262,8 +262,9 @@ impl ResponseCache {
             .await
         {
             Ok(_) => Outcome::Computed,
-            Err(ResponseError::Compute(e)) => Outcome::Failed(e.to_string()),
-            Err(ResponseError::Cache(e)) => Outcome::Failed(format!("cache write failed: {e}")),
+            Err(ComputeError::Compute(e)) => Outcome::Failed(e.to_string()),
+            Err(ComputeError::Cache(e)) => Outcome::Failed(format!("cache write failed: {e}")),
+            Err(e) => Outcome::Failed(e.to_string()),
         }
     }
 }

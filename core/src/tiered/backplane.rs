@@ -46,7 +46,7 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 /// use larder_core::{KeyScheme, testing::MemTransport};
 ///
 /// let redis = MemTransport::new();
-/// let bp = Backplane::new(redis.clone(), &KeyScheme::new("app").unwrap(), Arc::new(redis.clock()));
+/// let bp = Backplane::new(redis.clone(), &KeyScheme::new("app").unwrap()).clock(redis.clock());
 /// assert_eq!(bp.channel(), "app:events:invalidate");
 /// ```
 pub struct Backplane {
@@ -66,12 +66,20 @@ impl fmt::Debug for Backplane {
 
 impl Backplane {
     /// A backplane on `transport` for the caches under `keys`' prefix.
-    pub fn new(transport: impl Transport + 'static, keys: &KeyScheme, clock: SharedClock) -> Self {
+    pub fn new(transport: impl Transport + 'static, keys: &KeyScheme) -> Self {
         Backplane {
             transport: Arc::new(transport),
             channel: event_channel(keys, "invalidate"),
-            clock,
+            clock: crate::clock::system(),
         }
+    }
+
+    /// The clock that paces re-subscribing after a lost subscription (default:
+    /// [`SystemClock`](crate::SystemClock)).
+    #[must_use]
+    pub fn clock(mut self, clock: impl crate::Clock + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
     }
 
     /// The channel: `{prefix}:events:invalidate`.

@@ -61,10 +61,10 @@ const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(300);
 /// let redis = MemTransport::new();
 /// let clock = Arc::new(redis.clock());
 /// let l2 = RedisCache::builder(redis.clone()).prefix("app").build().unwrap();
-/// let cache = TieredCache::builder(MemoryCache::new(clock.clone(), 10_000, None), l2.clone())
-///     .l1_max_ttl(Some(Duration::from_secs(60)))
-///     .backplane(Backplane::new(redis.clone(), l2.key_scheme(), clock))
-///     .build();
+/// let cache = TieredCache::builder(MemoryCache::builder().clock(clock.clone()).max_entries(10_000).build().unwrap(), l2.clone())
+///     .l1_max_ttl(Duration::from_secs(60))
+///     .backplane(Backplane::new(redis.clone(), l2.key_scheme()).clock(clock))
+///     .build()?;
 ///
 /// cache.set("k", "v".into(), Some(Duration::from_secs(3600))).await?;
 /// redis.set_down(true); // Redis goes away: L1 still answers, and writes still succeed
@@ -160,17 +160,19 @@ impl<L2: fmt::Debug> fmt::Debug for TieredCacheBuilder<L2> {
 }
 
 impl<L2: Cache> TieredCacheBuilder<L2> {
-    /// The TTL of writes that pass `ttl: None` (default `None`: L2's own default). Set it to
-    /// L2's default TTL when that is shorter than `l1_max_ttl`.
-    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.default_ttl = ttl.filter(|d| !d.is_zero());
+    /// The TTL of writes that pass `ttl: None`. Without this call: L2's own default. Set it
+    /// to L2's default TTL when that is shorter than `l1_max_ttl`. A zero TTL is an error at
+    /// [`build`](TieredCacheBuilder::build).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
         self
     }
 
-    /// The longest an entry stays in L1 (default 5 minutes; `None`: as long as in L2). It
-    /// bounds how stale an L1 entry can be when the backplane is down or absent.
-    pub fn l1_max_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.l1_max_ttl = ttl.filter(|d| !d.is_zero());
+    /// The longest an entry stays in L1 (default 5 minutes; `Duration::MAX`: as long as in
+    /// L2). It bounds how stale an L1 entry can be when the backplane is down or absent. A
+    /// zero TTL is an error at [`build`](TieredCacheBuilder::build).
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = Some(ttl);
         self
     }
 
@@ -188,20 +190,27 @@ impl<L2: Cache> TieredCacheBuilder<L2> {
     }
 
     /// Builds the cache.
-    pub fn build(self) -> TieredCache<L2> {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a zero TTL.
+    pub fn build(self) -> crate::Result<TieredCache<L2>> {
+        crate::cache::check_ttl(self.default_ttl)?;
+        crate::cache::check_ttl(self.l1_max_ttl)?;
+        let l1_max_ttl = self.l1_max_ttl.filter(|d| *d != Duration::MAX);
         let backplane = self
             .backplane
             .map(|bp| bp.attach(self.l1.clone(), self.runtime.clone()));
-        TieredCache {
+        Ok(TieredCache {
             inner: Arc::new(Inner {
                 l1: self.l1,
                 l2: self.l2,
                 default_ttl: self.default_ttl,
-                l1_max_ttl: self.l1_max_ttl,
+                l1_max_ttl,
                 backplane,
                 counters: Counters::default(),
             }),
-        }
+        })
     }
 }
 
@@ -539,5 +548,9 @@ impl<L2: Cache> Cache for TieredCache<L2> {
 
     fn record_corrupt(&self) {
         bump(&self.inner.counters.corrupt, 1);
+    }
+
+    fn clock(&self) -> Option<crate::SharedClock> {
+        self.inner.l1.clock()
     }
 }

@@ -27,16 +27,18 @@ fn instance<T: Transport + Clone + 'static>(
     backplane: bool,
 ) -> TieredCache<RedisCache<T>> {
     let l2 = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-    let l1 = MemoryCache::new(clock.clone(), 1000, None);
-    let mut builder = TieredCache::builder(l1, l2).l1_max_ttl(Some(Duration::from_secs(60)));
+    let l1 = MemoryCache::builder()
+        .clock(clock.clone())
+        .max_entries(1000)
+        .build()
+        .unwrap();
+    let mut builder = TieredCache::builder(l1, l2).l1_max_ttl(Duration::from_secs(60));
     if backplane {
-        builder = builder.backplane(Backplane::new(
-            t.clone(),
-            &KeyScheme::new("p").unwrap(),
-            clock.clone(),
-        ));
+        builder = builder.backplane(
+            Backplane::new(t.clone(), &KeyScheme::new("p").unwrap()).clock(clock.clone()),
+        );
     }
-    builder.build()
+    builder.build().unwrap()
 }
 
 #[test]
@@ -295,14 +297,18 @@ async fn with_a_runtime_invalidations_apply_even_to_an_idle_instance() {
     let t = MemTransport::with_clock(clock.clone());
     let build = || {
         let l2 = RedisCache::builder(t.clone()).prefix("p").build().unwrap();
-        TieredCache::builder(MemoryCache::new(clock.clone(), 100, None), l2)
-            .backplane(Backplane::new(
-                t.clone(),
-                &KeyScheme::new("p").unwrap(),
-                clock.clone(),
-            ))
-            .runtime(runtime())
-            .build()
+        TieredCache::builder(
+            MemoryCache::builder()
+                .clock(clock.clone())
+                .max_entries(100)
+                .build()
+                .unwrap(),
+            l2,
+        )
+        .backplane(Backplane::new(t.clone(), &KeyScheme::new("p").unwrap()).clock(clock.clone()))
+        .runtime(runtime())
+        .build()
+        .unwrap()
     };
     let (a, other) = (build(), build());
     a.get("warm-up").await.unwrap(); // subscribes

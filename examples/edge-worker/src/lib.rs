@@ -23,7 +23,7 @@ use std::time::Duration;
 use larder_core::compute::{ComputeCache, Status};
 use larder_core::keys::{go_deep_agent_json, go_deep_agent_key};
 use larder_core::{Cache, Clock, Envelope, KeyScheme, RedisCache, canonical_json, request_hash};
-use larder_edge::{RestTransport, WaitUntil, WorkerClock};
+use larder_edge::{RestTransport, WaitUntil};
 use serde_json::{Value as Json, json};
 use worker::{Context, Env, Method, Request, Response, Result, event};
 
@@ -164,14 +164,14 @@ async fn compute(
     hash: &str,
     request: &Json,
 ) -> std::result::Result<(bool, Envelope), String> {
-    let computer = ComputeCache::builder(cache.clone(), WorkerClock::shared())
+    let computer = ComputeCache::builder(cache.clone())
         .runtime(WaitUntil::shared(ctx.clone()))
-        .build();
+        .build()?;
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
     let prompt = request["prompt"].as_str().unwrap_or_default().to_owned();
     let fetched = computer
         .fetch(hash, None, async move {
-            let now_s = (WorkerClock::new().now_ms() / 1000) as i64;
+            let now_s = (larder_core::SystemClock.now_ms() / 1000) as i64;
             Ok::<_, std::convert::Infallible>(Envelope::new(
                 format!("echo: {prompt}"),
                 model,
@@ -180,7 +180,7 @@ async fn compute(
         })
         .await
         .map_err(|e| e.to_string())?;
-    Ok((fetched.status == Status::Computed, fetched.value))
+    Ok((fetched.status == Status::Miss, fetched.value))
 }
 
 /// Checks every golden key vector (canonical JSON, request hash, go-deep-agent keys) with

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use larder_native::SystemClock;
 use larder_native::gateway::{Gateway, Policy, Token, shutdown_signal};
 
 /// larder: a cache for LLM and agent responses, natively and on Cloudflare Workers.
@@ -146,7 +145,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     // failures in a row) calls fail at once until a probe gets through: no caller waits on a
     // hung Redis more than the flag says, and only a few wait at all.
     let timeout = args.redis.timeout();
-    let transport = larder_core::breaker::CircuitBreakerLayer::new(SystemClock::shared())
+    let transport = larder_core::breaker::CircuitBreakerLayer::new()
         .call_timeout(Some(timeout))
         .layer(transport);
     tracing::info!(

@@ -12,7 +12,6 @@ use larder_core::{Cmd, KeyScheme, RedisCache, ScanCursor, SetOptions, Transport}
 use serde_json::json;
 
 use super::{ConnectArgs, print_json};
-use crate::SystemClock;
 
 /// Arguments of `larder bench`.
 #[derive(Debug, Args)]
@@ -146,7 +145,6 @@ pub(super) async fn run(args: BenchArgs) -> Result<ExitCode, String> {
             .key_scheme(bench_scheme.clone())
             .build()
             .map_err(|e| e.to_string())?,
-        SystemClock::shared(),
     )
     .default_ttl(Duration::from_secs(600))
     .build()

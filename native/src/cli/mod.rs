@@ -26,7 +26,7 @@ use clap::{Args, Subcommand};
 use larder_core::response::{Mode, ResponseCache};
 use larder_core::{KeyScheme, RedisCache};
 
-use crate::{RedisCacheOptions, RedisTransport, SentinelOptions, SystemClock};
+use crate::{RedisCacheOptions, RedisTransport, SentinelOptions};
 
 pub use bench::BenchArgs;
 pub use get::GetArgs;
@@ -205,7 +205,7 @@ impl ConnectArgs {
             .key_scheme(scheme.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let cache = ResponseCache::redis(redis, SystemClock::shared())
+        let cache = ResponseCache::redis(redis)
             .mode(self.mode())
             .prefix(scheme.prefix())
             .build()

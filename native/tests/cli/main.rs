@@ -13,8 +13,8 @@ use larder_core::response::{
     CacheControl, LlmRequest, LlmResponse, ModelPrice, Prices, ResponseCache, Usage,
 };
 use larder_core::{RedisCache, SharedClock};
+use larder_native::RedisTransport;
 use larder_native::testing::{RedisServer, RespValue};
-use larder_native::{RedisTransport, SystemClock};
 use serde_json::{Value as Json, json};
 
 fn larder(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -48,7 +48,7 @@ fn json_of(o: &Output) -> Json {
 
 async fn response_cache(url: &str, prices: Prices) -> ResponseCache {
     let transport = RedisTransport::connect(url).await.expect("connect");
-    ResponseCache::redis(RedisCache::new(transport), SystemClock::shared())
+    ResponseCache::redis(RedisCache::new(transport))
         .prices(prices)
         .build()
         .unwrap()
@@ -212,7 +212,7 @@ async fn purge_by_namespace_tag_model_and_pattern() {
     let server = RedisServer::start().expect("redis-server");
     let url = server.url();
     let cache = response_cache(&url, Prices::new()).await;
-    let clock: SharedClock = SystemClock::shared();
+    let clock: SharedClock = std::sync::Arc::new(larder_core::SystemClock);
     let a = CacheControl::default().namespace("a");
     let tagged = CacheControl::default().tag("docs-v3");
     let claude = LlmRequest::prompt("claude-haiku", "hi");

@@ -607,7 +607,7 @@ fn documented_acl_line(password: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_redis_acl_user_stops_dangerous_commands_even_without_the_policy() {
     use larder_core::{Cache, ComputeCache, RedisCache, RedisLock, Transport};
-    use larder_native::{SystemClock, TokioRuntime};
+    use larder_native::TokioRuntime;
 
     let redis = tokio::task::spawn_blocking(larder_native::testing::RedisServer::start)
         .await
@@ -721,10 +721,11 @@ async fn the_documented_redis_acl_user_stops_dangerous_commands_even_without_the
     let cache = RedisCache::builder(edge).prefix("larder").build().unwrap();
     cache.set("a", "1".into(), None).await.unwrap();
     assert_eq!(cache.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
-    let compute = ComputeCache::builder(cache.clone(), SystemClock::shared())
-        .lock(RedisLock::for_cache(&cache, SystemClock::shared()))
+    let compute = ComputeCache::builder(cache.clone())
+        .lock(RedisLock::for_cache(&cache))
         .runtime(TokioRuntime::shared())
-        .build();
+        .build()
+        .unwrap();
     let got = compute
         .get_or_compute("computed", None, async { bytes::Bytes::from_static(b"v") })
         .await

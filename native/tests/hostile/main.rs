@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use larder_core::compute::{ComputeCache, ComputeError, RedisLock, Status, WaitPolicy};
-use larder_core::response::{CacheControl, CacheStatus, LlmRequest, LlmResponse, ResponseCache};
+use larder_core::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache};
 use larder_core::{Cache, Cmd, Envelope, Error, KeyScheme, RedisCache, Stat, Transport, Value};
 use larder_native::testing::RedisServer;
-use larder_native::{RedisTransport, SystemClock, TokioRuntime};
+use larder_native::{RedisTransport, TokioRuntime};
 
 const PREFIX: &str = "hx";
 
@@ -62,13 +62,14 @@ impl Setup {
         policy: WaitPolicy,
         max_wait: Duration,
     ) -> ComputeCache<RedisCache<RedisTransport>> {
-        ComputeCache::builder(self.cache.clone(), SystemClock::shared())
-            .lock(RedisLock::for_cache(&self.cache, SystemClock::shared()))
+        ComputeCache::builder(self.cache.clone())
+            .lock(RedisLock::for_cache(&self.cache))
             .runtime(TokioRuntime::shared())
             .lease_ttl(Duration::from_secs(5))
             .max_wait(max_wait)
             .wait_policy(policy)
             .build()
+            .unwrap()
     }
 }
 
@@ -138,7 +139,7 @@ async fn foreign_values_at_cache_keys_are_legacy_text_or_counted_misses() {
             .unwrap();
         assert_eq!(
             (got.status, got.value.response.as_str()),
-            (Status::Computed, "recomputed"),
+            (Status::Miss, "recomputed"),
             "{key}"
         );
         assert_eq!(
@@ -194,7 +195,7 @@ async fn a_20_mb_foreign_value_is_read_or_counted_corrupt_without_harm() {
         "20 MB binary value found corrupt and replaced in {:?}",
         started.elapsed()
     );
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
     assert_eq!(compute.compute_stats().corrupt, 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     // The raw API hands the bytes back unchanged.
@@ -231,7 +232,7 @@ async fn wrong_types_at_cache_keys_are_surfaced_raw_and_a_counted_miss_when_comp
             .try_get_or_compute_value(key, None, answer(&runs, "computed"))
             .await
             .unwrap();
-        assert_eq!(got.status, Status::Computed, "{key}");
+        assert_eq!(got.status, Status::Miss, "{key}");
         let st = compute.compute_stats();
         assert_eq!(
             (st.corrupt, st.lock_acquired, st.cache_errors),
@@ -255,9 +256,7 @@ async fn wrong_types_at_cache_keys_are_surfaced_raw_and_a_counted_miss_when_comp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_types_and_garbage_under_response_cache_keys_are_counted_misses() {
     let s = Setup::start().await;
-    let responses = ResponseCache::redis(s.cache.clone(), SystemClock::shared())
-        .build()
-        .unwrap();
+    let responses = ResponseCache::redis(s.cache.clone()).build().unwrap();
     let control = CacheControl::default();
     let request = LlmRequest::prompt("m", "What is the capital of France?");
     let key = responses
@@ -288,7 +287,7 @@ async fn wrong_types_and_garbage_under_response_cache_keys_are_counted_misses() 
             })
             .await
             .unwrap();
-        assert_eq!(answer.status, CacheStatus::Miss);
+        assert_eq!(answer.status, Status::Miss);
         let expected = u64::from(foreign[0] != b"DEL");
         assert_eq!(responses.corrupt() - before, 2 * expected, "{foreign:?}");
         let hit = responses
@@ -324,7 +323,7 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
         .unwrap();
     let waited = started.elapsed();
     eprintln!("WaitPolicy::Compute computed after {waited:?} behind a foreign lock");
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
     assert!(waited >= max_wait && waited < max_wait * 5, "{waited:?}");
     assert_eq!(compute.compute_stats().lock_wait_timeouts, 1);
 
@@ -346,7 +345,7 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
         .try_get_or_compute_value("locked", None, answer(&runs, "computed"))
         .await
         .unwrap();
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
 
     // The foreign lock is exactly as it was: same value, TTL only ever counting down.
     assert_eq!(bulk(&s.raw_get(&lock).await), b"someone-elses-token");
@@ -374,7 +373,7 @@ async fn a_lock_key_of_the_wrong_type_is_waited_out_and_left_alone() {
         .try_get_or_compute_value("typed", None, answer(&runs, "computed"))
         .await
         .unwrap();
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
     let st = compute.compute_stats();
     assert_eq!((st.lock_acquired, st.lock_wait_timeouts), (0, 1), "{st:?}");
     let owner = s.foreign(&[b"HGET", lock.as_bytes(), b"owner"]).await;
@@ -429,7 +428,7 @@ async fn a_lock_taken_over_during_the_compute_is_neither_released_nor_extended()
             })
             .await
             .unwrap();
-        assert_eq!(got.status, Status::Computed, "{key}");
+        assert_eq!(got.status, Status::Miss, "{key}");
         if hash_lock {
             let f = s.foreign(&[b"HGET", lock.as_bytes(), b"f"]).await;
             assert_eq!(bulk(&f), b"v", "the intruder's hash survives our release");
@@ -503,15 +502,17 @@ async fn a_wrong_type_under_a_tiered_cache_is_a_corrupt_miss_not_an_l2_outage() 
     use larder_core::{MemoryCache, TieredCache};
     let s = Setup::start().await;
     let tiered = TieredCache::builder(
-        MemoryCache::new(SystemClock::shared(), 1000, None),
+        MemoryCache::builder().max_entries(1000).build().unwrap(),
         s.cache.clone(),
     )
     .runtime(TokioRuntime::shared())
-    .build();
-    let compute = ComputeCache::builder(tiered.clone(), SystemClock::shared())
-        .lock(RedisLock::for_cache(&s.cache, SystemClock::shared()))
+    .build()
+    .unwrap();
+    let compute = ComputeCache::builder(tiered.clone())
+        .lock(RedisLock::for_cache(&s.cache))
         .runtime(TokioRuntime::shared())
-        .build();
+        .build()
+        .unwrap();
     let key = s.keys().value_key("tiered");
     s.foreign(&[b"SADD", key.as_bytes(), b"member"]).await;
     let runs = Arc::new(AtomicU32::new(0));
@@ -519,7 +520,7 @@ async fn a_wrong_type_under_a_tiered_cache_is_a_corrupt_miss_not_an_l2_outage() 
         .try_get_or_compute_value("tiered", None, answer(&runs, "computed"))
         .await
         .unwrap();
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
     let st = compute.compute_stats();
     assert_eq!((st.lock_acquired, st.cache_errors), (1, 0), "{st:?}");
     let ts = tiered.tiered_stats();

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use larder_core::RedisCache;
-use larder_core::response::{CacheControl, CacheStatus, LlmRequest, LlmResponse, ResponseCache};
+use larder_core::Status;
+use larder_core::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache};
 use larder_native::testing::{RedisCluster, RedisServer};
-use larder_native::{RedisCacheExt, RedisCacheOptions, SystemClock};
+use larder_native::{RedisCacheExt, RedisCacheOptions};
 
 use crate::common::blocking;
 
@@ -19,11 +20,7 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
         let redis = RedisCache::from_options(opts().key_prefix("resp"))
             .await
             .expect("connect");
-        instances.push(
-            ResponseCache::redis(redis, SystemClock::shared())
-                .build()
-                .unwrap(),
-        );
+        instances.push(ResponseCache::redis(redis).build().unwrap());
     }
     let request = LlmRequest::chat("gpt-4o-mini").user("What is the capital of France?");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -45,7 +42,7 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
     for task in tasks {
         let answer = task.await.expect("task").expect("answer");
         assert_eq!(answer.text(), "Paris.");
-        assert_eq!(answer.status, CacheStatus::Miss);
+        assert_eq!(answer.status, Status::Miss);
     }
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -68,7 +65,7 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
         })
         .await
         .expect("hit");
-    assert_eq!(hit.status, CacheStatus::Hit);
+    assert_eq!(hit.status, Status::Hit);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

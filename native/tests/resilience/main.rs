@@ -19,7 +19,7 @@ use larder_core::breaker::{CircuitBreaker, CircuitBreakerLayer};
 use larder_core::compute::{ComputeCache, ComputeCacheBuilder, RedisLock};
 use larder_core::tiered::{Backplane, TieredCache};
 use larder_core::{MemoryCache, RedisCache, SharedClock};
-use larder_native::{RedisCacheOptions, RedisTransport, SystemClock, TokioRuntime};
+use larder_native::{RedisCacheOptions, RedisTransport, TokioRuntime};
 
 /// The environment variable naming a child's role.
 const ROLE: &str = "LARDER_RESILIENCE_ROLE";
@@ -34,7 +34,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 pub(crate) fn clock() -> SharedClock {
-    SystemClock::shared()
+    std::sync::Arc::new(larder_core::SystemClock)
 }
 
 /// Short timeouts, so an outage fails fast.
@@ -58,7 +58,8 @@ pub(crate) type Tiered = TieredCache<RedisCache<Guarded>>;
 /// The production shape: breaker → RedisCache (L2) → TieredCache (with backplane) →
 /// ComputeCache (with the lease), all background work on tokio.
 pub(crate) async fn tiered_stack(url: &str) -> (ComputeCacheBuilder<Tiered>, Guarded) {
-    let guarded = CircuitBreakerLayer::new(clock())
+    let guarded = CircuitBreakerLayer::new()
+        .clock(clock())
         .failure_threshold(3)
         .cooldown(Duration::from_millis(100))
         .layer(transport(url).await);
@@ -66,13 +67,22 @@ pub(crate) async fn tiered_stack(url: &str) -> (ComputeCacheBuilder<Tiered>, Gua
         .prefix(PREFIX)
         .build()
         .unwrap();
-    let tiered = TieredCache::builder(MemoryCache::new(clock(), 100_000, None), l2.clone())
-        .l1_max_ttl(Some(Duration::from_secs(600)))
-        .backplane(Backplane::new(guarded.clone(), l2.key_scheme(), clock()))
-        .runtime(TokioRuntime::shared())
-        .build();
-    let compute = ComputeCache::builder(tiered, clock())
-        .lock(RedisLock::for_cache(&l2, clock()))
+    let tiered = TieredCache::builder(
+        MemoryCache::builder()
+            .clock(clock())
+            .max_entries(100_000)
+            .build()
+            .unwrap(),
+        l2.clone(),
+    )
+    .l1_max_ttl(Duration::from_secs(600))
+    .backplane(Backplane::new(guarded.clone(), l2.key_scheme()).clock(clock()))
+    .runtime(TokioRuntime::shared())
+    .build()
+    .unwrap();
+    let compute = ComputeCache::builder(tiered)
+        .clock(clock())
+        .lock(RedisLock::for_cache(&l2).clock(clock()))
         .runtime(TokioRuntime::shared());
     (compute, guarded)
 }
@@ -81,8 +91,9 @@ pub(crate) async fn tiered_stack(url: &str) -> (ComputeCacheBuilder<Tiered>, Gua
 pub(crate) async fn redis_stack(url: &str) -> ComputeCacheBuilder<RedisCache<RedisTransport>> {
     let t = transport(url).await;
     let cache = RedisCache::builder(t).prefix(PREFIX).build().unwrap();
-    ComputeCache::builder(cache.clone(), clock())
-        .lock(RedisLock::for_cache(&cache, clock()))
+    ComputeCache::builder(cache.clone())
+        .clock(clock())
+        .lock(RedisLock::for_cache(&cache).clock(clock()))
         .runtime(TokioRuntime::shared())
 }
 

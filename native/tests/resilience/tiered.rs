@@ -49,7 +49,7 @@ async fn raw_set(t: &larder_native::RedisTransport, key: &str, value: &str) {
 pub(crate) async fn child_backplane() {
     let url = env("REDIS_URL");
     let (compute, _) = tiered_stack(&url).await;
-    let cache = compute.build();
+    let cache = compute.build().unwrap();
     let raw = transport(&url).await;
     wait_for(&raw, "test:phase", "1").await;
     let first = cache.get(KEY).await.expect("get").expect("v1 is there");
@@ -75,7 +75,7 @@ async fn backplane_overwrite_in_one_process_evicts_the_other_processes_l1() {
         .expect("redis-server");
     let url = server.url();
     let (compute, _) = tiered_stack(&url).await;
-    let cache = compute.build();
+    let cache = compute.build().unwrap();
     let raw = transport(&url).await;
     let child = spawn_child("backplane", &[("REDIS_URL", url.clone())]);
 
@@ -125,7 +125,10 @@ async fn redis_killed_for_10_s_under_100_tasks_in_tiered_mode_returns_no_errors(
         .expect("redis-server");
     let url = server.url();
     let (compute, guarded) = tiered_stack(&url).await;
-    let cache = compute.hard_timeout(Some(Duration::from_secs(2))).build();
+    let cache = compute
+        .hard_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
     let origin = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -255,7 +258,7 @@ async fn corrupt_bytes_under_a_key_are_a_counted_miss_and_recomputed() {
         .expect("redis-server");
     let url = server.url();
     let (compute, _) = tiered_stack(&url).await;
-    let cache = compute.build();
+    let cache = compute.build().unwrap();
     let raw = transport(&url).await;
     let redis_key = format!("{PREFIX}:cache:bad");
     raw.exec(
@@ -273,7 +276,7 @@ async fn corrupt_bytes_under_a_key_are_a_counted_miss_and_recomputed() {
         )
         .await
         .unwrap();
-    assert_eq!(got.status, Status::Computed);
+    assert_eq!(got.status, Status::Miss);
     assert_eq!(got.value.response, "recomputed");
     assert_eq!(cache.compute_stats().corrupt, 1);
     let stats = cache.stats().await.unwrap();
@@ -291,7 +294,7 @@ async fn pubsub_connection_killed_clears_l1_when_the_transport_resumes_it() {
         .expect("redis-server");
     let url = server.url();
     let (compute, _) = tiered_stack(&url).await;
-    let cache = compute.build();
+    let cache = compute.build().unwrap();
     let key = "gap-key";
     cache
         .set(key, "v1".into(), Some(Duration::from_secs(3600)))

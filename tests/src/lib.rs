@@ -1,0 +1,1 @@
+//! larder's conformance suite and Redis examples (see the package manifest).

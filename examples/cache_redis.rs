@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use larder::native::{RedisCacheExt, RedisCacheOptions, SentinelOptions};
+use larder::native::{RedisOptions, RedisTransport};
 use larder::response::{
     CacheControl, LlmRequest, LlmResponse, ModelPrice, Prices, ResponseCache, Usage, WarmOptions,
     WarmProgress,
@@ -63,7 +63,7 @@ async fn main() -> Result<(), Error> {
             url
         }
     };
-    let redis = RedisCache::connect(&url).await?;
+    let redis = RedisCache::builder(RedisTransport::connect(&url).await?).build()?;
     let prices = Prices::new().price("gpt-4o-mini", ModelPrice::per_million(0.15, 0.60));
     let cache = ResponseCache::redis(redis)
         .default_ttl(Duration::from_secs(3600))
@@ -88,14 +88,16 @@ async fn main() -> Result<(), Error> {
     }
     println!("   key: {}", cache.key(&question, &control)?);
 
-    // 2. Options: prefix, default TTL, timeouts, pool.
+    // 2. Options: how to reach Redis on the transport, the cache's prefix and TTL on its
+    // builder.
     println!("2. options");
-    let opts = RedisCacheOptions::new(url.clone())
-        .key_prefix("myapp")
-        .default_ttl(Duration::from_secs(600))
+    let opts = RedisOptions::standalone(url.clone())
         .read_timeout(Duration::from_millis(500))
         .write_timeout(Duration::from_millis(500));
-    let myapp = RedisCache::from_options(opts).await?;
+    let myapp = RedisCache::builder(RedisTransport::from_options(&opts).await?)
+        .prefix("myapp")
+        .default_ttl(Duration::from_secs(600))
+        .build()?;
     myapp.set("greeting", "hello".into(), None).await?;
     println!(
         "   myapp:cache:greeting = {:?}, ttl {:?}",
@@ -121,10 +123,8 @@ async fn main() -> Result<(), Error> {
     if seeds.is_empty() {
         println!("   skipped: set REDIS_CLUSTER_URLS");
     } else {
-        let clustered = ResponseCache::redis(
-            RedisCache::from_options(RedisCacheOptions::cluster(seeds)).await?,
-        )
-        .build()?;
+        let transport = RedisTransport::from_options(&RedisOptions::cluster(seeds)).await?;
+        let clustered = ResponseCache::redis(RedisCache::builder(transport).build()?).build()?;
         for i in 0..30 {
             let r = LlmRequest::prompt("gpt-4o-mini", format!("cluster question {i}"));
             clustered
@@ -155,8 +155,9 @@ async fn main() -> Result<(), Error> {
     };
     match sentinel {
         Some((master, addrs)) => {
-            let via_sentinel =
-                RedisCache::from_sentinel(SentinelOptions::new(master, addrs)).await?;
+            let transport =
+                RedisTransport::from_options(&RedisOptions::sentinel(master, addrs)).await?;
+            let via_sentinel = RedisCache::builder(transport).build()?;
             via_sentinel
                 .set("k", "through the sentinel-resolved master".into(), None)
                 .await?;

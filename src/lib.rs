@@ -59,9 +59,7 @@ pub struct FuzzingDoctests;
 pub use larder_core::*;
 
 #[cfg(feature = "native")]
-pub use larder_native::{
-    self as native, CacheBuilder, RedisCacheExt, RedisCacheOptions, RedisTransport, SentinelOptions,
-};
+pub use larder_native::{self as native, RedisOptions, RedisTransport, Servers};
 
 #[cfg(feature = "edge")]
 pub use larder_edge as edge;

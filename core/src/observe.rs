@@ -12,7 +12,7 @@
 //! an OpenTelemetry span). Metrics go to whatever recorder the application installed (for
 //! example `metrics-exporter-prometheus`); with none installed they cost an atomic load.
 //! The redis-rs transport adds its own per-call span and metrics (`larder.redis`,
-//! `larder_redis_*`) when `enable_tracing` / `enable_metrics` are set; the circuit breaker
+//! `larder_redis_*`) on every call; the circuit breaker
 //! reports its state as the gauge `larder_breaker_state` (0 closed, 1 half-open, 2 open).
 
 use std::fmt;
@@ -50,16 +50,12 @@ pub struct Instrumented<C> {
     inner: C,
     clock: SharedClock,
     name: SharedString,
-    tracing: bool,
-    metrics: bool,
 }
 
 impl<C: fmt::Debug> fmt::Debug for Instrumented<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumented")
             .field("name", &&*self.name)
-            .field("tracing", &self.tracing)
-            .field("metrics", &self.metrics)
             .field("inner", &self.inner)
             .finish()
     }
@@ -73,8 +69,6 @@ impl<C> Instrumented<C> {
             inner,
             clock: crate::clock::system(),
             name: SharedString::const_str("cache"),
-            tracing: true,
-            metrics: true,
         }
     }
 
@@ -89,20 +83,6 @@ impl<C> Instrumented<C> {
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = SharedString::from_owned(name.into());
-        self
-    }
-
-    /// Whether operations emit spans (default true).
-    #[must_use]
-    pub fn tracing(mut self, on: bool) -> Self {
-        self.tracing = on;
-        self
-    }
-
-    /// Whether operations record metrics (default true).
-    #[must_use]
-    pub fn metrics(mut self, on: bool) -> Self {
-        self.metrics = on;
         self
     }
 
@@ -171,30 +151,22 @@ impl<C: Cache> Instrumented<C> {
         key: Option<&str>,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        if !self.tracing && !self.metrics {
-            return work.await;
+        let span = tracing::debug_span!(
+            "larder.cache",
+            cache = &*self.name,
+            op,
+            key = Empty,
+            hit = Empty,
+            hits = Empty,
+            misses = Empty,
+            error = Empty,
+            duration_us = Empty,
+        );
+        if let Some(k) = key
+            && !span.is_disabled()
+        {
+            span.record("key", key_label(k).as_str());
         }
-        let span = if self.tracing {
-            let span = tracing::debug_span!(
-                "larder.cache",
-                cache = &*self.name,
-                op,
-                key = Empty,
-                hit = Empty,
-                hits = Empty,
-                misses = Empty,
-                error = Empty,
-                duration_us = Empty,
-            );
-            if let Some(k) = key
-                && !span.is_disabled()
-            {
-                span.record("key", key_label(k).as_str());
-            }
-            span
-        } else {
-            tracing::Span::none()
-        };
         let start = self.clock.now_us();
         let result = work.instrument(span.clone()).await;
         let took = self.clock.now_us().saturating_sub(start);
@@ -211,12 +183,10 @@ impl<C: Cache> Instrumented<C> {
                 Found::Counts { hits, misses } => {
                     span.record("hits", hits);
                     span.record("misses", misses);
-                    if self.metrics {
-                        metrics::counter!("larder_cache_hits_total", "cache" => self.name.clone())
-                            .increment(hits);
-                        metrics::counter!("larder_cache_misses_total", "cache" => self.name.clone())
-                            .increment(misses);
-                    }
+                    metrics::counter!("larder_cache_hits_total", "cache" => self.name.clone())
+                        .increment(hits);
+                    metrics::counter!("larder_cache_misses_total", "cache" => self.name.clone())
+                        .increment(misses);
                     "ok"
                 }
                 Found::Done => "ok",
@@ -227,30 +197,26 @@ impl<C: Cache> Instrumented<C> {
             }
         };
         span.record("duration_us", took);
-        if self.metrics {
-            metrics::counter!(
-                "larder_cache_operations_total",
-                "cache" => self.name.clone(),
-                "op" => op,
-                "outcome" => outcome
-            )
-            .increment(1);
-            match outcome {
-                "hit" => metrics::counter!("larder_cache_hits_total", "cache" => self.name.clone())
-                    .increment(1),
-                "miss" => {
-                    metrics::counter!("larder_cache_misses_total", "cache" => self.name.clone())
-                        .increment(1)
-                }
-                _ => {}
-            }
-            metrics::histogram!(
-                "larder_cache_operation_duration_seconds",
-                "cache" => self.name.clone(),
-                "op" => op
-            )
-            .record(took as f64 / 1e6);
+        metrics::counter!(
+            "larder_cache_operations_total",
+            "cache" => self.name.clone(),
+            "op" => op,
+            "outcome" => outcome
+        )
+        .increment(1);
+        match outcome {
+            "hit" => metrics::counter!("larder_cache_hits_total", "cache" => self.name.clone())
+                .increment(1),
+            "miss" => metrics::counter!("larder_cache_misses_total", "cache" => self.name.clone())
+                .increment(1),
+            _ => {}
         }
+        metrics::histogram!(
+            "larder_cache_operation_duration_seconds",
+            "cache" => self.name.clone(),
+            "op" => op
+        )
+        .record(took as f64 / 1e6);
         result
     }
 }
@@ -312,10 +278,7 @@ impl<C: Cache> Cache for Instrumented<C> {
         self.inner.close().await
     }
     fn record_corrupt(&self) {
-        if self.metrics {
-            metrics::counter!("larder_cache_corrupt_total", "cache" => self.name.clone())
-                .increment(1);
-        }
+        metrics::counter!("larder_cache_corrupt_total", "cache" => self.name.clone()).increment(1);
         self.inner.record_corrupt();
     }
     fn clock(&self) -> Option<crate::SharedClock> {
@@ -452,8 +415,7 @@ mod tests {
                 .unwrap(),
         )
         .clock(clock)
-        .name("l1")
-        .metrics(false);
+        .name("l1");
         let secret_key = "user:alice@example.com";
         tracing::subscriber::with_default(spans.clone(), || {
             block_on(async {
@@ -505,8 +467,7 @@ mod tests {
         let clock = t.shared_clock();
         let cache = Instrumented::new(RedisCache::new(t.clone()))
             .clock(clock)
-            .name("redis")
-            .tracing(false);
+            .name("redis");
         metrics::with_local_recorder(&recorder, || {
             block_on(async {
                 cache.set("k", "v".into(), None).await.unwrap();

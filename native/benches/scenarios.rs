@@ -22,7 +22,7 @@ use larder_core::{Cache, MemoryCache, RedisCache, SharedClock, Transport};
 use larder_edge::RestTransport;
 use larder_native::gateway::{Gateway, Token};
 use larder_native::testing::RedisServer;
-use larder_native::{RedisCacheOptions, RedisTransport, TokioRuntime};
+use larder_native::{RedisOptions, RedisTransport, TokioRuntime};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -74,7 +74,7 @@ fn value_1k() -> Bytes {
 }
 
 async fn transport(server: &RedisServer) -> RedisTransport {
-    RedisTransport::from_options(&RedisCacheOptions::new(server.addr()))
+    RedisTransport::from_options(&RedisOptions::standalone(server.addr()))
         .await
         .expect("connect to the bench Redis")
 }

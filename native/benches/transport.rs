@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use larder_core::{Cache, Cmd, RedisCache, Transport};
 use larder_native::testing::{RedisCluster, RedisServer};
-use larder_native::{RedisCacheExt, RedisCacheOptions, RedisTransport};
+use larder_native::{RedisOptions, RedisTransport};
 use redis::AsyncCommands;
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -421,12 +421,15 @@ fn main() {
         // Standalone.
         let client = redis::Client::open(server.url()).unwrap();
         let raw = client.get_multiplexed_async_connection().await.unwrap();
-        let opts = RedisCacheOptions::new(server.addr())
-            .key_prefix(PREFIX)
-            .pool_size(pool);
+        let opts = RedisOptions::standalone(server.addr()).pool_size(pool);
         let transport = RedisTransport::from_options(&opts).await.unwrap();
         transport.pipeline(fill_cmds()).await.unwrap();
-        let cache = Arc::new(RedisCache::from_options(opts).await.unwrap());
+        let cache = Arc::new(
+            RedisCache::builder(RedisTransport::from_options(&opts).await.unwrap())
+                .prefix(PREFIX)
+                .build()
+                .unwrap(),
+        );
         eprintln!("standalone ({:?})", transport);
         if only.is_empty() || only == "standalone" {
             bench_topology(
@@ -454,12 +457,15 @@ fn main() {
             redis::cluster::ClusterClient::new(seeds.clone())
         };
         let raw = raw_client.unwrap().get_async_connection().await.unwrap();
-        let opts = RedisCacheOptions::cluster(seeds)
-            .key_prefix(PREFIX)
-            .pool_size(pool);
+        let opts = RedisOptions::cluster(seeds).pool_size(pool);
         let transport = RedisTransport::from_options(&opts).await.unwrap();
         transport.pipeline(fill_cmds()).await.unwrap();
-        let cache = Arc::new(RedisCache::from_options(opts).await.unwrap());
+        let cache = Arc::new(
+            RedisCache::builder(RedisTransport::from_options(&opts).await.unwrap())
+                .prefix(PREFIX)
+                .build()
+                .unwrap(),
+        );
         eprintln!("cluster ({:?})", transport);
         if only.is_empty() || only == "cluster" {
             bench_topology(

@@ -5,16 +5,19 @@
 //!   slot-aware pipelines and scans on every master, failover following, and pub/sub (one
 //!   shared, self-healing subscription connection; [`PubSubStatus`]) for stampede wake-ups
 //!   and the tiered cache's backplane.
-//! - [`RedisCacheExt`] (`RedisCache::connect(url)`, `new_redis`, `from_options`,
-//!   `from_sentinel`) with [`RedisCacheOptions`] / [`SentinelOptions`], and [`CacheBuilder`],
-//!   the seed's builder API returning an `Arc<dyn Cache>`.
+//! - [`RedisOptions`]: how to reach Redis — [`Servers`] (standalone, Cluster, Sentinel),
+//!   credentials, pool and timeouts. A Redis cache is
+//!   `RedisCache::builder(RedisTransport::from_options(&opts).await?)` (or
+//!   `RedisTransport::connect(url)`), with the prefix and TTL on the cache's builder.
 //!
 //! ```no_run
 //! # async fn demo() -> larder_core::Result<()> {
 //! use larder_core::{Cache, RedisCache};
-//! use larder_native::RedisCacheExt;
+//! use larder_native::RedisTransport;
 //!
-//! let cache = RedisCache::connect("redis://127.0.0.1:6379").await?;
+//! let cache = RedisCache::builder(RedisTransport::connect("redis://127.0.0.1:6379").await?)
+//!     .prefix("myapp")
+//!     .build()?;
 //! cache.set("greeting", "hello".into(), None).await?;
 //! # Ok(()) }
 //! ```
@@ -26,7 +29,6 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
-mod connect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -39,11 +41,10 @@ mod runtime;
 pub mod testing;
 pub mod transport;
 
-pub use connect::{CacheBuilder, DEFAULT_MEMORY_CAPACITY, RedisCacheExt};
 pub use larder_core as core;
 pub use options::{
     DEFAULT_DIAL_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
-    RedisCacheOptions, SentinelOptions, TlsOptions,
+    RedisOptions, Servers, TlsOptions,
 };
 pub use runtime::TokioRuntime;
 pub use transport::{PubSubStatus, RedisTransport, Topology};

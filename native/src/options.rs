@@ -1,13 +1,9 @@
-//! Options of a Redis-backed cache: [`RedisCacheOptions`] (standalone or Cluster) and
-//! [`SentinelOptions`] (a master found through Redis Sentinel).
-//!
-//! Both are plain values with chainable setters; passwords never appear in their `Debug`
+//! How to reach Redis: [`RedisOptions`] with its [`Servers`] (standalone, Cluster or
+//! Sentinel). A plain value with chainable setters; passwords never appear in its `Debug`
 //! output.
 
 use std::fmt;
 use std::time::Duration;
-
-use larder_core::KeyScheme;
 
 /// Connect timeout used when none is set.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,10 +31,10 @@ pub const DEFAULT_POOL_SIZE: usize = 2;
 /// # Examples
 ///
 /// ```
-/// use larder_native::{RedisCacheOptions, TlsOptions};
+/// use larder_native::{RedisOptions, TlsOptions};
 ///
 /// let ca = b"-----BEGIN CERTIFICATE-----\n...".to_vec();
-/// let opts = RedisCacheOptions::new("rediss://redis.internal:6380").tls(TlsOptions::new().root_certs_pem(ca));
+/// let opts = RedisOptions::standalone("rediss://redis.internal:6380").tls(TlsOptions::new().root_certs_pem(ca));
 /// assert!(opts.tls.root_certs_pem.is_some());
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -115,11 +111,50 @@ impl TlsOptions {
     }
 }
 
-/// How to reach Redis (standalone or Cluster) and how the cache on top behaves.
+/// Where the Redis servers are: one server, a Cluster, or a master found through Sentinel.
 ///
-/// One address means a standalone server; several mean a Redis Cluster (any reachable
-/// nodes: the rest of the topology is discovered). An address is `host:port`, or a URL
-/// `redis://[user[:password]@]host:port[/db]` / `rediss://…` for TLS.
+/// An address is `host:port`, or a URL `redis://[user[:password]@]host:port[/db]` /
+/// `rediss://…` for TLS.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Servers {
+    /// One server.
+    Standalone(String),
+    /// A Redis Cluster, reached through any of these nodes (the rest of the topology is
+    /// discovered).
+    Cluster(Vec<String>),
+    /// The master `master_name` of a Sentinel deployment. The transport asks the sentinels
+    /// for it, checks with `ROLE` that the server it reaches really is the master, and
+    /// follows failovers: it listens for `+switch-master` on every sentinel and asks again
+    /// when the master stops answering or answers `READONLY`.
+    Sentinel {
+        /// The master's name in the sentinels' configuration.
+        master_name: String,
+        /// Sentinel addresses.
+        sentinels: Vec<String>,
+    },
+}
+
+impl fmt::Debug for Servers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Servers::Standalone(a) => f.debug_tuple("Standalone").field(&redact_url(a)).finish(),
+            Servers::Cluster(a) => f.debug_tuple("Cluster").field(&redacted_addrs(a)).finish(),
+            Servers::Sentinel {
+                master_name,
+                sentinels,
+            } => f
+                .debug_struct("Sentinel")
+                .field("master_name", master_name)
+                .field("sentinels", &redacted_addrs(sentinels))
+                .finish(),
+        }
+    }
+}
+
+/// How to reach Redis: where the servers are ([`Servers`]), credentials, pool and timeouts.
+/// Cache settings (prefix, default TTL) belong to
+/// [`RedisCacheBuilder`](larder_core::RedisCacheBuilder).
 ///
 /// # Timeouts
 ///
@@ -132,33 +167,41 @@ impl TlsOptions {
 /// # Examples
 ///
 /// ```
-/// use larder_native::RedisCacheOptions;
+/// use larder_native::RedisOptions;
 /// use std::time::Duration;
 ///
-/// let opts = RedisCacheOptions::new("127.0.0.1:6379")
+/// let opts = RedisOptions::standalone("127.0.0.1:6379")
 ///     .password("s3cret")
 ///     .pool_size(8)
-///     .read_timeout(Duration::from_millis(200))
-///     .key_prefix("myapp")
-///     .default_ttl(Duration::from_secs(3600));
+///     .read_timeout(Duration::from_millis(200));
 /// assert!(!format!("{opts:?}").contains("s3cret"));
+///
+/// let sentinel = RedisOptions::sentinel("mymaster", ["10.0.0.1:26379", "10.0.0.2:26379"])
+///     .sentinel_password("sentinel-secret")
+///     .password("redis-secret");
+/// assert!(!format!("{sentinel:?}").contains("secret"));
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct RedisCacheOptions {
-    /// Server addresses: one for standalone, several for a Cluster.
-    pub addrs: Vec<String>,
-    /// ACL user name (Redis 6+); `None` authenticates as `default`.
+pub struct RedisOptions {
+    /// Where the servers are.
+    pub servers: Servers,
+    /// ACL user name (Redis 6+) on the data servers; `None` authenticates as `default`.
     pub username: Option<String>,
-    /// Password (`AUTH`); `None` sends none.
+    /// Password (`AUTH`) on the data servers; `None` sends none.
     pub password: Option<String>,
-    /// Database number (standalone only: a Cluster has only database 0).
+    /// ACL user name for the sentinels ([`Servers::Sentinel`] only).
+    pub sentinel_username: Option<String>,
+    /// Password for the sentinels (`requirepass` in sentinel.conf; [`Servers::Sentinel`]
+    /// only).
+    pub sentinel_password: Option<String>,
+    /// Database number (a Cluster has only database 0).
     pub db: i64,
     /// Multiplexed connections (per server) used round-robin.
     pub pool_size: usize,
-    /// Connections opened when the cache is created; the rest open on first use. With 0,
-    /// creating the cache never touches the network (an unreachable server shows up on the
-    /// first call instead).
+    /// Connections opened when the transport is created; the rest open on first use. With
+    /// 0, creating it never touches the network (an unreachable server shows up on the first
+    /// call instead).
     pub min_idle_conns: usize,
     /// Time allowed to open a connection (TCP, TLS, `AUTH`, `SELECT`).
     pub dial_timeout: Duration,
@@ -166,107 +209,118 @@ pub struct RedisCacheOptions {
     pub read_timeout: Duration,
     /// Time allowed to write a command.
     pub write_timeout: Duration,
-    /// Prefix of every key (default `larder`).
-    pub key_prefix: String,
-    /// TTL of writes that pass none (`None`: entries never expire).
-    pub default_ttl: Option<Duration>,
-    /// Emit a `tracing` span (and a warning on failure) for every Redis call; caches built
-    /// with [`CacheBuilder`](crate::CacheBuilder) also get a span per cache operation
-    /// ([`Instrumented`](larder_core::observe::Instrumented)).
-    pub enable_tracing: bool,
-    /// Record `metrics` counters and a latency histogram for every Redis call (and, through
-    /// [`CacheBuilder`](crate::CacheBuilder), per cache operation: hits, misses, errors).
-    pub enable_metrics: bool,
     /// Certificates for `rediss://` addresses (default: the webpki roots, no client
     /// certificate).
     pub tls: TlsOptions,
 }
 
-impl Default for RedisCacheOptions {
-    fn default() -> Self {
-        RedisCacheOptions {
-            addrs: vec!["127.0.0.1:6379".to_owned()],
-            username: None,
-            password: None,
-            db: 0,
-            pool_size: DEFAULT_POOL_SIZE,
-            min_idle_conns: 1,
-            dial_timeout: DEFAULT_DIAL_TIMEOUT,
-            read_timeout: DEFAULT_READ_TIMEOUT,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
-            key_prefix: KeyScheme::default().prefix().to_owned(),
-            default_ttl: None,
-            enable_tracing: false,
-            enable_metrics: false,
-            tls: TlsOptions::default(),
-        }
-    }
-}
-
-impl fmt::Debug for RedisCacheOptions {
+impl fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisCacheOptions")
-            .field("addrs", &redacted_addrs(&self.addrs))
+        let redacted = |p: &Option<String>| p.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RedisOptions")
+            .field("servers", &self.servers)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &redacted(&self.password))
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &redacted(&self.sentinel_password))
             .field("db", &self.db)
             .field("pool_size", &self.pool_size)
             .field("min_idle_conns", &self.min_idle_conns)
             .field("dial_timeout", &self.dial_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("write_timeout", &self.write_timeout)
-            .field("key_prefix", &self.key_prefix)
-            .field("default_ttl", &self.default_ttl)
-            .field("enable_tracing", &self.enable_tracing)
-            .field("enable_metrics", &self.enable_metrics)
             .field("tls", &self.tls)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
-impl RedisCacheOptions {
-    /// Options for one standalone server.
-    pub fn new(addr: impl Into<String>) -> Self {
-        RedisCacheOptions {
-            addrs: vec![addr.into()],
-            ..Default::default()
+impl RedisOptions {
+    fn with(servers: Servers) -> Self {
+        RedisOptions {
+            servers,
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            db: 0,
+            pool_size: DEFAULT_POOL_SIZE,
+            min_idle_conns: 1,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            tls: TlsOptions::default(),
         }
     }
 
-    /// Options for a Redis Cluster reached through any of `addrs`.
+    /// One standalone server.
+    pub fn standalone(addr: impl Into<String>) -> Self {
+        Self::with(Servers::Standalone(addr.into()))
+    }
+
+    /// A Redis Cluster reached through any of `addrs`.
     pub fn cluster<I, S>(addrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        RedisCacheOptions {
-            addrs: addrs.into_iter().map(Into::into).collect(),
-            ..Default::default()
-        }
+        Self::with(Servers::Cluster(
+            addrs.into_iter().map(Into::into).collect(),
+        ))
     }
 
-    /// Replaces the server addresses.
-    #[must_use]
-    pub fn addrs<I, S>(mut self, addrs: I) -> Self
+    /// The master `master_name` known to `sentinels`.
+    pub fn sentinel<I, S>(master_name: impl Into<String>, sentinels: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.addrs = addrs.into_iter().map(Into::into).collect();
-        self
+        Self::with(Servers::Sentinel {
+            master_name: master_name.into(),
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+        })
     }
 
-    /// Sets the ACL user name.
+    /// What a URL names: `redis://…` / `rediss://…` / `host:port` is one server, several
+    /// comma-separated ones a Cluster.
+    pub fn from_url(url: &str) -> Self {
+        let addrs: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match <[String; 1]>::try_from(addrs) {
+            Ok([one]) => Self::standalone(one),
+            Err(many) => Self::cluster(many),
+        }
+    }
+
+    /// Sets the ACL user name on the data servers.
     #[must_use]
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
     }
 
-    /// Sets the password (an empty one means none).
+    /// Sets the password on the data servers (an empty one means none).
     #[must_use]
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into()).filter(|p| !p.is_empty());
+        self
+    }
+
+    /// Sets the ACL user name for the sentinels ([`Servers::Sentinel`] only; connecting
+    /// with it set on another topology is an error).
+    #[must_use]
+    pub fn sentinel_username(mut self, username: impl Into<String>) -> Self {
+        self.sentinel_username = Some(username.into());
+        self
+    }
+
+    /// Sets the sentinels' password (an empty one means none; [`Servers::Sentinel`] only).
+    #[must_use]
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.sentinel_password = Some(password.into()).filter(|p| !p.is_empty());
         self
     }
 
@@ -284,7 +338,7 @@ impl RedisCacheOptions {
         self
     }
 
-    /// Sets how many connections open when the cache is created.
+    /// Sets how many connections open when the transport is created.
     #[must_use]
     pub fn min_idle_conns(mut self, n: usize) -> Self {
         self.min_idle_conns = n;
@@ -312,34 +366,6 @@ impl RedisCacheOptions {
         self
     }
 
-    /// Sets the key prefix.
-    #[must_use]
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
-        self
-    }
-
-    /// Sets the TTL of writes that pass none (zero means "never expire").
-    #[must_use]
-    pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = Some(ttl).filter(|d| !d.is_zero());
-        self
-    }
-
-    /// Turns `tracing` spans on Redis calls on or off.
-    #[must_use]
-    pub fn enable_tracing(mut self, on: bool) -> Self {
-        self.enable_tracing = on;
-        self
-    }
-
-    /// Turns `metrics` recording of Redis calls on or off.
-    #[must_use]
-    pub fn enable_metrics(mut self, on: bool) -> Self {
-        self.enable_metrics = on;
-        self
-    }
-
     /// Sets the certificates for `rediss://` connections (a private CA, a client
     /// certificate for mutual TLS).
     #[must_use]
@@ -358,244 +384,6 @@ impl RedisCacheOptions {
             dial_timeout: self.dial_timeout,
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
-            enable_tracing: self.enable_tracing,
-            enable_metrics: self.enable_metrics,
-            tls: self.tls.clone(),
-        }
-    }
-}
-
-/// How to find the master of a Sentinel-managed deployment, and how the cache on top
-/// behaves.
-///
-/// The transport asks the sentinels for `master_name`, checks with `ROLE` that the server
-/// it reaches really is the master, and follows failovers: it listens for `+switch-master`
-/// on every sentinel and asks again when the master stops answering or answers `READONLY`.
-///
-/// # Examples
-///
-/// ```
-/// use larder_native::SentinelOptions;
-///
-/// let opts = SentinelOptions::new("mymaster", ["10.0.0.1:26379", "10.0.0.2:26379"])
-///     .sentinel_password("sentinel-secret")
-///     .password("redis-secret");
-/// let dbg = format!("{opts:?}");
-/// assert!(!dbg.contains("secret"), "{dbg}");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SentinelOptions {
-    /// The master's name in the sentinels' configuration.
-    pub master_name: String,
-    /// Sentinel addresses (`host:port` or `redis://…` URLs).
-    pub sentinel_addrs: Vec<String>,
-    /// ACL user name for the sentinels.
-    pub sentinel_username: Option<String>,
-    /// Password for the sentinels (`requirepass` in sentinel.conf).
-    pub sentinel_password: Option<String>,
-    /// ACL user name for the master.
-    pub username: Option<String>,
-    /// Password for the master.
-    pub password: Option<String>,
-    /// Database number on the master.
-    pub db: i64,
-    /// Multiplexed connections to the master used round-robin.
-    pub pool_size: usize,
-    /// Certificates for `rediss://` connections to the master and the sentinels.
-    pub tls: TlsOptions,
-    /// Connections opened when the cache is created (see [`RedisCacheOptions::min_idle_conns`]).
-    pub min_idle_conns: usize,
-    /// Time allowed to open a connection (to a sentinel or to the master).
-    pub dial_timeout: Duration,
-    /// Time allowed for a reply once a command is written.
-    pub read_timeout: Duration,
-    /// Time allowed to write a command.
-    pub write_timeout: Duration,
-    /// Prefix of every key (default `larder`).
-    pub key_prefix: String,
-    /// TTL of writes that pass none (`None`: entries never expire).
-    pub default_ttl: Option<Duration>,
-    /// Emit a `tracing` span for every Redis call (and an event on every failover followed).
-    pub enable_tracing: bool,
-    /// Record `metrics` for every Redis call (and count failovers followed).
-    pub enable_metrics: bool,
-}
-
-impl fmt::Debug for SentinelOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SentinelOptions")
-            .field("master_name", &self.master_name)
-            .field("sentinel_addrs", &redacted_addrs(&self.sentinel_addrs))
-            .field("sentinel_username", &self.sentinel_username)
-            .field(
-                "sentinel_password",
-                &self.sentinel_password.as_ref().map(|_| "<redacted>"),
-            )
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("db", &self.db)
-            .field("pool_size", &self.pool_size)
-            .field("min_idle_conns", &self.min_idle_conns)
-            .field("dial_timeout", &self.dial_timeout)
-            .field("read_timeout", &self.read_timeout)
-            .field("write_timeout", &self.write_timeout)
-            .field("key_prefix", &self.key_prefix)
-            .field("default_ttl", &self.default_ttl)
-            .field("enable_tracing", &self.enable_tracing)
-            .field("enable_metrics", &self.enable_metrics)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SentinelOptions {
-    /// Options for the master `master_name` known to `sentinel_addrs`.
-    pub fn new<I, S>(master_name: impl Into<String>, sentinel_addrs: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let base = RedisCacheOptions::default();
-        SentinelOptions {
-            master_name: master_name.into(),
-            sentinel_addrs: sentinel_addrs.into_iter().map(Into::into).collect(),
-            sentinel_username: None,
-            sentinel_password: None,
-            username: None,
-            password: None,
-            db: 0,
-            pool_size: base.pool_size,
-            min_idle_conns: base.min_idle_conns,
-            dial_timeout: base.dial_timeout,
-            read_timeout: base.read_timeout,
-            write_timeout: base.write_timeout,
-            key_prefix: base.key_prefix,
-            default_ttl: None,
-            enable_tracing: false,
-            enable_metrics: false,
-            tls: TlsOptions::default(),
-        }
-    }
-
-    /// Sets the ACL user name for the sentinels.
-    #[must_use]
-    pub fn sentinel_username(mut self, username: impl Into<String>) -> Self {
-        self.sentinel_username = Some(username.into());
-        self
-    }
-
-    /// Sets the sentinels' password (an empty one means none).
-    #[must_use]
-    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
-        self.sentinel_password = Some(password.into()).filter(|p| !p.is_empty());
-        self
-    }
-
-    /// Sets the ACL user name for the master.
-    #[must_use]
-    pub fn username(mut self, username: impl Into<String>) -> Self {
-        self.username = Some(username.into());
-        self
-    }
-
-    /// Sets the master's password (an empty one means none).
-    #[must_use]
-    pub fn password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into()).filter(|p| !p.is_empty());
-        self
-    }
-
-    /// Sets the database number.
-    #[must_use]
-    pub fn db(mut self, db: i64) -> Self {
-        self.db = db;
-        self
-    }
-
-    /// Sets the number of multiplexed connections to the master (at least 1).
-    #[must_use]
-    pub fn pool_size(mut self, n: usize) -> Self {
-        self.pool_size = n.max(1);
-        self
-    }
-
-    /// Sets how many connections open when the cache is created.
-    #[must_use]
-    pub fn min_idle_conns(mut self, n: usize) -> Self {
-        self.min_idle_conns = n;
-        self
-    }
-
-    /// Sets the connect timeout.
-    #[must_use]
-    pub fn dial_timeout(mut self, d: Duration) -> Self {
-        self.dial_timeout = d;
-        self
-    }
-
-    /// Sets the reply timeout.
-    #[must_use]
-    pub fn read_timeout(mut self, d: Duration) -> Self {
-        self.read_timeout = d;
-        self
-    }
-
-    /// Sets the write timeout.
-    #[must_use]
-    pub fn write_timeout(mut self, d: Duration) -> Self {
-        self.write_timeout = d;
-        self
-    }
-
-    /// Sets the key prefix.
-    #[must_use]
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
-        self
-    }
-
-    /// Sets the TTL of writes that pass none (zero means "never expire").
-    #[must_use]
-    pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = Some(ttl).filter(|d| !d.is_zero());
-        self
-    }
-
-    /// Turns `tracing` spans on Redis calls on or off.
-    #[must_use]
-    pub fn enable_tracing(mut self, on: bool) -> Self {
-        self.enable_tracing = on;
-        self
-    }
-
-    /// Turns `metrics` recording of Redis calls on or off.
-    #[must_use]
-    pub fn enable_metrics(mut self, on: bool) -> Self {
-        self.enable_metrics = on;
-        self
-    }
-
-    /// Sets the certificates for `rediss://` connections (a private CA, a client
-    /// certificate for mutual TLS).
-    #[must_use]
-    pub fn tls(mut self, tls: TlsOptions) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub(crate) fn settings(&self) -> Settings {
-        Settings {
-            username: self.username.clone(),
-            password: self.password.clone(),
-            db: self.db,
-            pool_size: self.pool_size.max(1),
-            min_idle_conns: self.min_idle_conns,
-            dial_timeout: self.dial_timeout,
-            read_timeout: self.read_timeout,
-            write_timeout: self.write_timeout,
-            enable_tracing: self.enable_tracing,
-            enable_metrics: self.enable_metrics,
             tls: self.tls.clone(),
         }
     }
@@ -632,7 +420,7 @@ pub(crate) fn redact_url(addr: &str) -> String {
     format!("<redacted>@{host}")
 }
 
-/// The connection settings every topology shares (derived from either options type).
+/// The connection settings every topology shares.
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) username: Option<String>,
@@ -643,8 +431,6 @@ pub(crate) struct Settings {
     pub(crate) dial_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
-    pub(crate) enable_tracing: bool,
-    pub(crate) enable_metrics: bool,
     // Read only by TLS connections.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls: TlsOptions,
@@ -693,20 +479,22 @@ mod tests {
 
     #[test]
     fn debug_never_shows_passwords() {
-        let opts = RedisCacheOptions::new("redis://alice:hunter2@cache.internal:6380/2")
+        let opts = RedisOptions::standalone("redis://alice:hunter2@cache.internal:6380/2")
             .password("p4ssw0rd")
             .username("alice");
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!dbg.contains("p4ssw0rd"), "{dbg}");
         assert!(dbg.contains("cache.internal:6380"), "{dbg}");
-        let s = SentinelOptions::new("m", ["redis://:topsecret@s1:26379"])
+        let s = RedisOptions::sentinel("m", ["redis://:topsecret@s1:26379"])
             .sentinel_password("sentpw")
             .password("masterpw");
         let dbg = format!("{s:?}");
         for secret in ["topsecret", "sentpw", "masterpw"] {
             assert!(!dbg.contains(secret), "{dbg}");
         }
+        let c = RedisOptions::cluster(["redis://:clustersecret@a:1", "b:2"]);
+        assert!(!format!("{c:?}").contains("clustersecret"));
     }
 
     #[test]
@@ -740,19 +528,24 @@ mod tests {
 
     #[test]
     fn setters_and_budget() {
-        let o = RedisCacheOptions::new("h:1")
+        let o = RedisOptions::standalone("h:1")
             .pool_size(0)
             .password("")
             .dial_timeout(Duration::from_millis(100))
             .read_timeout(Duration::from_millis(20))
-            .write_timeout(Duration::from_millis(30))
-            .default_ttl(Duration::ZERO);
+            .write_timeout(Duration::from_millis(30));
         assert_eq!(o.pool_size, 1);
         assert_eq!(o.password, None);
-        assert_eq!(o.default_ttl, None);
         let s = o.settings();
         assert_eq!(s.response_timeout(), Duration::from_millis(50));
         assert_eq!(s.call_budget(), Duration::from_millis(150));
-        assert_eq!(RedisCacheOptions::cluster(["a:1", "b:2"]).addrs.len(), 2);
+        assert_eq!(
+            RedisOptions::from_url("redis://a:1, redis://b:2").servers,
+            Servers::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(
+            RedisOptions::from_url("redis://a:1").servers,
+            Servers::Standalone("redis://a:1".into())
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use larder::SharedTransport;
 use larder_native::testing::RedisCluster;
-use larder_native::{RedisCacheOptions, RedisTransport};
+use larder_native::{RedisOptions, RedisTransport};
 
 use crate::suite::Backend;
 
@@ -35,7 +35,7 @@ async fn backend() -> Cluster {
     let seeds = tokio::task::spawn_blocking(|| cluster().seed_urls())
         .await
         .expect("harness thread");
-    let transport = RedisTransport::from_options(&RedisCacheOptions::cluster(seeds))
+    let transport = RedisTransport::from_options(&RedisOptions::cluster(seeds))
         .await
         .expect("connect to the cluster");
     Cluster { transport }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use larder::SharedTransport;
 use larder_native::testing::SentinelSetup;
-use larder_native::{RedisTransport, SentinelOptions};
+use larder_native::{RedisOptions, RedisTransport};
 
 use crate::suite::Backend;
 
@@ -38,7 +38,7 @@ async fn backend() -> Sentinel {
     })
     .await
     .expect("harness thread");
-    let transport = RedisTransport::from_sentinel(&SentinelOptions::new(name, sentinels))
+    let transport = RedisTransport::from_options(&RedisOptions::sentinel(name, sentinels))
         .await
         .expect("connect through the sentinels");
     Sentinel { transport }

@@ -240,7 +240,7 @@ impl MemoryCacheBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a zero default TTL.
+    /// [`Error::InvalidInput`] for a zero default TTL.
     pub fn build(self) -> Result<MemoryCache> {
         check_ttl(self.default_ttl)?;
         let n = shard_count(self.shards, self.max_entries, self.max_bytes);

@@ -193,7 +193,7 @@ impl<L2: Cache> TieredCacheBuilder<L2> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a zero TTL.
+    /// [`Error::InvalidInput`] for a zero TTL.
     pub fn build(self) -> crate::Result<TieredCache<L2>> {
         crate::cache::check_ttl(self.default_ttl)?;
         crate::cache::check_ttl(self.l1_max_ttl)?;

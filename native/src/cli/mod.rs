@@ -26,7 +26,7 @@ use clap::{Args, Subcommand};
 use larder_core::response::{Mode, ResponseCache};
 use larder_core::{KeyScheme, RedisCache};
 
-use crate::{RedisCacheOptions, RedisTransport, SentinelOptions};
+use crate::{RedisOptions, RedisTransport};
 
 pub use bench::BenchArgs;
 pub use get::GetArgs;
@@ -117,40 +117,31 @@ impl RedisArgs {
         let password = std::env::var("LARDER_REDIS_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty());
-        if self.sentinels.is_empty() {
+        let opts = if self.sentinels.is_empty() {
             let urls: Vec<String> = self
                 .redis_urls
                 .iter()
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
-            if urls.is_empty() {
-                return Err("no Redis URL: pass --redis-url or set REDIS_URL".into());
+            match urls.len() {
+                0 => return Err("no Redis URL: pass --redis-url or set REDIS_URL".into()),
+                1 => RedisOptions::standalone(urls[0].clone()),
+                _ => RedisOptions::cluster(urls),
             }
-            let mut opts = RedisCacheOptions::default()
-                .addrs(urls)
-                .dial_timeout(part)
-                .read_timeout(part)
-                .write_timeout(part);
-            if let Some(password) = password {
-                opts = opts.password(password);
-            }
-            RedisTransport::from_options(&opts)
-                .await
-                .map_err(|e| format!("cannot connect to Redis: {e}"))
         } else {
-            let mut opts =
-                SentinelOptions::new(self.sentinel_master.clone(), self.sentinels.clone())
-                    .dial_timeout(part)
-                    .read_timeout(part)
-                    .write_timeout(part);
-            if let Some(password) = password {
-                opts = opts.password(password);
-            }
-            RedisTransport::from_sentinel(&opts)
-                .await
-                .map_err(|e| format!("cannot reach the Sentinel master: {e}"))
+            RedisOptions::sentinel(self.sentinel_master.clone(), self.sentinels.clone())
+        };
+        let mut opts = opts
+            .dial_timeout(part)
+            .read_timeout(part)
+            .write_timeout(part);
+        if let Some(password) = password {
+            opts = opts.password(password);
         }
+        RedisTransport::from_options(&opts)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))
     }
 }
 

@@ -30,7 +30,7 @@ use larder_core::{Cmd, Error, ErrorKind, ScanCursor, Transport, TransportError, 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tracing::Instrument;
 
-use crate::options::{RedisCacheOptions, SentinelOptions, Settings, redact_url};
+use crate::options::{RedisOptions, Servers, Settings, redact_url};
 use cluster::Cluster;
 use convert::{deadline_error, unavailable_reply};
 use pool::Pool;
@@ -79,18 +79,15 @@ struct Inner {
     pubsub: Hub,
     /// The hard limit of one call.
     budget: Duration,
-    tracing: bool,
-    metrics: bool,
     closed: AtomicBool,
 }
 
 /// A [`Transport`] over redis-rs: standalone, Cluster or Sentinel. Cheap to clone (clones
 /// share the connections).
 ///
-/// Build one with [`connect`](RedisTransport::connect),
-/// [`from_options`](RedisTransport::from_options) or
-/// [`from_sentinel`](RedisTransport::from_sentinel), or let
-/// [`RedisCacheExt`](crate::RedisCacheExt) build the cache around it.
+/// Build one with [`connect`](RedisTransport::connect) (a URL) or
+/// [`from_options`](RedisTransport::from_options) (standalone, Cluster or Sentinel), and a
+/// cache around it with `RedisCache::builder(transport)`.
 ///
 /// # Errors and time limits
 ///
@@ -163,45 +160,56 @@ impl fmt::Debug for RedisTransport {
 
 impl RedisTransport {
     /// Connects to the server (or cluster) a URL names: `redis://[user:password@]host:port[/db]`,
-    /// `rediss://…` for TLS, or several comma-separated URLs for a Redis Cluster. Other
-    /// settings are the [`RedisCacheOptions`] defaults.
+    /// `rediss://…` for TLS, or several comma-separated URLs for a Redis Cluster
+    /// ([`RedisOptions::from_url`]). Other settings are the [`RedisOptions`] defaults.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a malformed URL; [`Error::Transport`] when the server
     /// cannot be reached or refuses the credentials.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let addrs: Vec<String> = url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        RedisTransport::from_options(&RedisCacheOptions::default().addrs(addrs)).await
+        RedisTransport::from_options(&RedisOptions::from_url(url)).await
     }
 
-    /// Connects as the options say: one address is a standalone server, several a Cluster.
+    /// Connects as the options say: a standalone server, a Cluster, or the master of a
+    /// Sentinel deployment (followed across failovers).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for bad options (no address, a malformed one, a database other
-    /// than 0 on a Cluster, `rediss://` without the `tls` feature); [`Error::Transport`] when
-    /// Redis cannot be reached in time or refuses the credentials.
-    pub async fn from_options(opts: &RedisCacheOptions) -> Result<Self, Error> {
+    /// than 0 on a Cluster, sentinel credentials on another topology, `rediss://` without
+    /// the `tls` feature); [`Error::Transport`] when Redis cannot be reached in time (no
+    /// sentinel names a master that confirms its role) or refuses the credentials.
+    pub async fn from_options(opts: &RedisOptions) -> Result<Self, Error> {
         let settings = opts.settings();
-        let infos = opts
-            .addrs
+        let (addrs, master_name) = match &opts.servers {
+            Servers::Standalone(addr) => (std::slice::from_ref(addr), None),
+            Servers::Cluster(addrs) => (addrs.as_slice(), None),
+            Servers::Sentinel {
+                master_name,
+                sentinels,
+            } => (sentinels.as_slice(), Some(master_name)),
+        };
+        if addrs.is_empty() {
+            return Err(Error::InvalidInput(
+                "no Redis address given; set RedisOptions::servers".into(),
+            ));
+        }
+        if let Some(master_name) = master_name {
+            return Self::sentinel(opts, master_name, settings).await;
+        }
+        if opts.sentinel_username.is_some() || opts.sentinel_password.is_some() {
+            return Err(Error::InvalidInput(
+                "sentinel credentials are set but the servers are not Servers::Sentinel".into(),
+            ));
+        }
+        let infos = addrs
             .iter()
             .map(|a| connection_info(a, &settings))
             .collect::<Result<Vec<_>, _>>()?;
-        let backend: (Backend, Source) = match infos.len() {
-            0 => {
-                return Err(Error::InvalidInput(
-                    "no Redis address given; set RedisCacheOptions::addrs".into(),
-                ));
-            }
-            1 => {
-                let info = infos.into_iter().next().expect("one");
+        let (backend, source) = match &opts.servers {
+            Servers::Standalone(_) => {
+                let info = infos.into_iter().next().expect("one address");
                 let source = Source::Server(info.clone());
                 (
                     Backend::Standalone(Pool::connect(info, &settings).await?),
@@ -220,26 +228,24 @@ impl RedisTransport {
                 (Backend::Cluster(Box::new(cluster)), source)
             }
         };
-        let (backend, source) = backend;
         Ok(RedisTransport::with_backend(backend, source, &settings))
     }
 
-    /// Finds the master through Redis Sentinel and follows it across failovers (see
-    /// [`SentinelOptions`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for bad options; [`Error::Transport`] when no sentinel names a
-    /// master that confirms its role in time, or credentials are refused.
-    pub async fn from_sentinel(opts: &SentinelOptions) -> Result<Self, Error> {
-        let settings = opts.settings();
-        if opts.master_name.is_empty() {
+    /// Finds the master through Redis Sentinel.
+    async fn sentinel(
+        opts: &RedisOptions,
+        master_name: &str,
+        settings: Settings,
+    ) -> Result<Self, Error> {
+        let Servers::Sentinel { sentinels, .. } = &opts.servers else {
+            unreachable!("called for Sentinel servers only");
+        };
+        if master_name.is_empty() {
             return Err(Error::InvalidInput(
-                "empty master name; set SentinelOptions::master_name".into(),
+                "empty master name in Servers::Sentinel".into(),
             ));
         }
-        let sentinels = opts
-            .sentinel_addrs
+        let infos = sentinels
             .iter()
             .map(|a| {
                 sentinel::sentinel_info(
@@ -250,29 +256,18 @@ impl RedisTransport {
                 .map_err(|e| Error::InvalidInput(e.message().to_owned()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if sentinels.is_empty() {
-            return Err(Error::InvalidInput(
-                "no sentinel address given; set SentinelOptions::sentinel_addrs".into(),
-            ));
-        }
         // Masters are reached like the first sentinel (TLS or not), with the master's
         // credentials.
         let template = {
-            let first = opts.sentinel_addrs[0].as_str();
-            let scheme = if first.starts_with("rediss://") {
+            let scheme = if sentinels[0].starts_with("rediss://") {
                 "rediss"
             } else {
                 "redis"
             };
             connection_info(&format!("{scheme}://127.0.0.1:6379"), &settings)?
         };
-        let sentinel = Sentinel::connect(
-            opts.master_name.clone(),
-            sentinels,
-            template,
-            settings.clone(),
-        )
-        .await?;
+        let sentinel =
+            Sentinel::connect(master_name.to_owned(), infos, template, settings.clone()).await?;
         let source = sentinel.pubsub_source();
         Ok(RedisTransport::with_backend(
             Backend::Sentinel(sentinel),
@@ -287,8 +282,6 @@ impl RedisTransport {
                 backend,
                 pubsub: Hub::new(source, settings),
                 budget: settings.call_budget(),
-                tracing: settings.enable_tracing,
-                metrics: settings.enable_metrics,
                 closed: AtomicBool::new(false),
             }),
         }
@@ -358,13 +351,13 @@ impl RedisTransport {
         }
     }
 
-    /// Runs `work` within the call budget, with tracing and metrics when enabled. Unless
+    /// Runs `work` within the call budget, in a `larder.redis` span, recording metrics. Unless
     /// `bounded_inside` says `work` is bounded by construction (see
     /// [`bounds_requests`](Self::bounds_requests)), one timer set to the budget cuts it off.
     ///
     /// Not an `async fn`: that would keep `work` twice in its state (as the argument and
     /// inside the awaited future), and every call's future is boxed by `Transport`'s
-    /// `async_trait`. The observed path (tracing or metrics on) is boxed separately.
+    /// `async_trait`. `what` (the command, for the span) runs only when the span is enabled.
     fn call<'a, T, W>(
         &'a self,
         op: &'static str,
@@ -388,61 +381,57 @@ impl RedisTransport {
                     .map(move |r| r.unwrap_or_else(|_| Err(deadline_error(op, budget)))),
             )
         };
-        if !self.inner.tracing && !self.inner.metrics {
-            return Either::Right(Either::Left(bounded));
-        }
-        Either::Right(Either::Right(Box::pin(self.observed(op, what, bounded))))
-    }
-
-    /// [`call`](Self::call) with a span, logs and metrics.
-    async fn observed<T>(
-        &self,
-        op: &'static str,
-        what: impl FnOnce() -> String,
-        bounded: impl Future<Output = Result<T, TransportError>>,
-    ) -> Result<T, TransportError> {
-        let what = what();
         let topology = self.topology().as_str();
+        let span = tracing::debug_span!(
+            "larder.redis",
+            op,
+            topology,
+            command = tracing::field::Empty
+        );
+        if !span.is_disabled() {
+            span.record("command", what());
+        }
         let start = Instant::now();
-        let result = if self.inner.tracing {
-            let span = tracing::debug_span!("larder.redis", op, command = %what, topology);
-            bounded.instrument(span).await
-        } else {
-            bounded.await
-        };
-        let elapsed = start.elapsed();
-        if self.inner.tracing {
-            match &result {
-                Ok(_) => {
-                    tracing::trace!(op, command = %what, topology, ?elapsed, "larder: redis call")
-                }
-                Err(e) => tracing::warn!(
-                    op,
-                    command = %what,
-                    topology,
-                    kind = e.kind().as_str(),
-                    error = %e,
-                    ?elapsed,
-                    "larder: redis call failed"
-                ),
-            }
-        }
-        if self.inner.metrics {
-            metrics::counter!("larder_redis_calls_total", "op" => op, "topology" => topology)
-                .increment(1);
-            metrics::histogram!("larder_redis_call_duration_seconds", "op" => op, "topology" => topology)
-                .record(elapsed.as_secs_f64());
-            if let Err(e) = &result {
-                metrics::counter!(
-                    "larder_redis_errors_total",
-                    "op" => op,
-                    "topology" => topology,
-                    "kind" => e.kind().as_str()
-                )
-                .increment(1);
-            }
-        }
-        result
+        Either::Right(
+            bounded
+                .map(move |result| {
+                    observe(op, topology, start.elapsed(), &result);
+                    result
+                })
+                .instrument(span),
+        )
+    }
+}
+
+/// The log line and metrics of one Redis call (inside its span).
+fn observe<T>(
+    op: &'static str,
+    topology: &'static str,
+    elapsed: Duration,
+    result: &Result<T, TransportError>,
+) {
+    match result {
+        Ok(_) => tracing::trace!(op, topology, ?elapsed, "larder: redis call"),
+        Err(e) => tracing::warn!(
+            op,
+            topology,
+            kind = e.kind().as_str(),
+            error = %e,
+            ?elapsed,
+            "larder: redis call failed"
+        ),
+    }
+    metrics::counter!("larder_redis_calls_total", "op" => op, "topology" => topology).increment(1);
+    metrics::histogram!("larder_redis_call_duration_seconds", "op" => op, "topology" => topology)
+        .record(elapsed.as_secs_f64());
+    if let Err(e) = result {
+        metrics::counter!(
+            "larder_redis_errors_total",
+            "op" => op,
+            "topology" => topology,
+            "kind" => e.kind().as_str()
+        )
+        .increment(1);
     }
 }
 
@@ -566,9 +555,7 @@ impl Transport for RedisTransport {
             .pubsub
             .subscribe(channel, self.inner.budget)
             .await;
-        if self.inner.tracing
-            && let Err(e) = &result
-        {
+        if let Err(e) = &result {
             tracing::warn!(
                 channel = %String::from_utf8_lossy(channel),
                 topology = self.topology().as_str(),
@@ -631,12 +618,15 @@ mod tests {
 
     #[test]
     fn addresses_and_credentials() {
-        let s = RedisCacheOptions::new("x").password("pw").db(3).settings();
+        let s = RedisOptions::standalone("x")
+            .password("pw")
+            .db(3)
+            .settings();
         let info = connection_info("127.0.0.1:6380", &s).unwrap();
         assert_eq!(info.addr().to_string(), "127.0.0.1:6380");
         assert_eq!(info.redis_settings().password(), Some("pw"));
         assert_eq!(info.redis_settings().db(), 3);
-        let plain = RedisCacheOptions::new("x").settings();
+        let plain = RedisOptions::standalone("x").settings();
         let info = connection_info("redis://:urlpw@h:1/2", &plain).unwrap();
         assert_eq!(info.redis_settings().password(), Some("urlpw"));
         assert_eq!(info.redis_settings().db(), 2);
@@ -648,7 +638,7 @@ mod tests {
     #[cfg(feature = "tls")]
     #[test]
     fn rediss_is_tls() {
-        let s = RedisCacheOptions::default().settings();
+        let s = RedisOptions::standalone("x").settings();
         let info = connection_info("rediss://cache.example.com:6380", &s).unwrap();
         assert!(matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
     }
@@ -681,7 +671,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let opts = RedisCacheOptions::new(format!("127.0.0.1:{port}"))
+        let opts = RedisOptions::standalone(format!("127.0.0.1:{port}"))
             .min_idle_conns(0)
             .dial_timeout(Duration::from_millis(200))
             .read_timeout(Duration::from_millis(100))
@@ -732,18 +722,15 @@ mod tests {
 
     #[tokio::test]
     async fn bad_options_are_invalid_input() {
-        let e =
-            RedisTransport::from_options(&RedisCacheOptions::default().addrs(Vec::<String>::new()))
-                .await
-                .unwrap_err();
-        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
-        let e = RedisTransport::from_options(&RedisCacheOptions::cluster(["a:1", "b:2"]).db(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
-        let e = RedisTransport::from_sentinel(&SentinelOptions::new("m", Vec::<String>::new()))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+        for opts in [
+            RedisOptions::cluster(Vec::<String>::new()),
+            RedisOptions::cluster(["a:1", "b:2"]).db(1),
+            RedisOptions::sentinel("m", Vec::<String>::new()),
+            RedisOptions::sentinel("", ["127.0.0.1:1"]),
+            RedisOptions::standalone("127.0.0.1:1").sentinel_password("pw"),
+        ] {
+            let e = RedisTransport::from_options(&opts).await.unwrap_err();
+            assert!(matches!(e, Error::InvalidInput(_)), "{opts:?}: {e}");
+        }
     }
 }

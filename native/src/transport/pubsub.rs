@@ -527,9 +527,7 @@ impl HubInner {
             match tokio::time::timeout(limit, sink.subscribe(&channel)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if e.code().is_some() => {
-                    if self.settings.enable_tracing {
-                        tracing::warn!(error = %refused(&e, &channel), "larder: SUBSCRIBE refused");
-                    }
+                    tracing::warn!(error = %refused(&e, &channel), "larder: SUBSCRIBE refused");
                     // Dropping the senders ends those subscriptions.
                     self.subs.lock().channels.remove(&channel[..]);
                 }
@@ -620,7 +618,6 @@ async fn drive(hub: Arc<HubInner>) {
     let mut backoff = BACKOFF_MIN;
     let mut failed: Option<String> = None;
     let mut ever_up = false;
-    let tracing = hub.settings.enable_tracing;
     loop {
         while !hub.has_channels() {
             hub.status.send_replace(Status::Idle);
@@ -635,12 +632,8 @@ async fn drive(hub: Arc<HubInner>) {
             Ok((node, mut stream)) => {
                 if ever_up {
                     hub.reconnects.fetch_add(1, Ordering::Relaxed);
-                    if hub.settings.enable_metrics {
-                        metrics::counter!("larder_redis_pubsub_reconnects_total").increment(1);
-                    }
-                    if tracing {
-                        tracing::info!(node = %node, "larder: pub/sub re-subscribed after a loss");
-                    }
+                    metrics::counter!("larder_redis_pubsub_reconnects_total").increment(1);
+                    tracing::info!(node = %node, "larder: pub/sub re-subscribed after a loss");
                 }
                 ever_up = true;
                 hub.report_gaps();
@@ -653,14 +646,10 @@ async fn drive(hub: Arc<HubInner>) {
                 hub.status.send_replace(Status::Connecting);
                 match ended {
                     Ended::Moved => {
-                        if tracing {
-                            tracing::info!(node = %node, "larder: pub/sub following the new master");
-                        }
+                        tracing::info!(node = %node, "larder: pub/sub following the new master");
                     }
                     Ended::Lost(why) => {
-                        if tracing {
-                            tracing::warn!(node = %node, why, "larder: pub/sub connection lost; reconnecting");
-                        }
+                        tracing::warn!(node = %node, why, "larder: pub/sub connection lost; reconnecting");
                         failed = Some(node);
                         // A connection that just died is usually followed by refused
                         // attempts: the first retry is quick, then the backoff grows.
@@ -669,9 +658,7 @@ async fn drive(hub: Arc<HubInner>) {
                 }
             }
             Err(e) => {
-                if tracing {
-                    tracing::debug!(error = %e, "larder: pub/sub connect failed");
-                }
+                tracing::debug!(error = %e, "larder: pub/sub connect failed");
                 hub.status.send_replace(Status::Down(e));
                 // Sleep the backoff, unless kicked (a caller wants an answer now: wait the
                 // minimum only) or the master moved.

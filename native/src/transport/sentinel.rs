@@ -156,7 +156,7 @@ impl Sentinel {
         if sentinels.is_empty() {
             return Err(TransportError::new(
                 ErrorKind::Refused,
-                "no sentinel address given; pass at least one in SentinelOptions::sentinel_addrs",
+                "no sentinel address given; pass at least one in Servers::Sentinel",
             ));
         }
         let (host, port) = resolve(
@@ -491,18 +491,14 @@ fn switch_to(shared: &Shared, host: String, port: u16, why: &str) -> Result<bool
     drop(current);
     shared.moved.send_replace(epoch);
     shared.switches.fetch_add(1, Ordering::Relaxed);
-    if shared.settings.enable_tracing {
-        tracing::warn!(
-            master_name = %shared.master_name,
-            old = %old,
-            new = %new,
-            reason = why,
-            "larder: following Redis Sentinel failover"
-        );
-    }
-    if shared.settings.enable_metrics {
-        metrics::counter!("larder_redis_sentinel_switches_total").increment(1);
-    }
+    tracing::warn!(
+        master_name = %shared.master_name,
+        old = %old,
+        new = %new,
+        reason = why,
+        "larder: following Redis Sentinel failover"
+    );
+    metrics::counter!("larder_redis_sentinel_switches_total").increment(1);
     Ok(true)
 }
 
@@ -607,7 +603,6 @@ async fn watch(shared: Weak<Shared>, index: usize) {
         let info = s.sentinels[index].clone();
         let label = info.addr().to_string();
         let dial = s.settings.dial_timeout;
-        let tracing_on = s.settings.enable_tracing;
         let client = s.settings.client(info);
         drop(s);
 
@@ -668,19 +663,13 @@ async fn watch(shared: Weak<Shared>, index: usize) {
                         }
                     }
                 }
-                if tracing_on {
-                    tracing::debug!(sentinel = %label, "larder: sentinel subscription lost; reconnecting");
-                }
+                tracing::debug!(sentinel = %label, "larder: sentinel subscription lost; reconnecting");
             }
             Ok(Err(e)) => {
-                if tracing_on {
-                    tracing::debug!(sentinel = %label, error = %e, "larder: cannot subscribe to sentinel");
-                }
+                tracing::debug!(sentinel = %label, error = %e, "larder: cannot subscribe to sentinel");
             }
             Err(_) => {
-                if tracing_on {
-                    tracing::debug!(sentinel = %label, "larder: sentinel subscription timed out");
-                }
+                tracing::debug!(sentinel = %label, "larder: sentinel subscription timed out");
             }
         }
         tokio::time::sleep(backoff).await;

@@ -101,7 +101,7 @@ async fn larder_gateway_refuses_to_start_without_a_token() {
 async fn larder_gateway_fronts_a_sentinel_master() {
     use larder_core::{Commands, SetOptions};
     use larder_native::testing::SentinelSetup;
-    use larder_native::{RedisTransport, SentinelOptions};
+    use larder_native::{RedisOptions, RedisTransport};
 
     let Some(bin) = binary() else {
         return;
@@ -126,7 +126,7 @@ async fn larder_gateway_fronts_a_sentinel_master() {
     let wrote = edge
         .set(b"via-sentinel", &"yes".into(), SetOptions::default())
         .await;
-    let native = RedisTransport::from_sentinel(&SentinelOptions::new(
+    let native = RedisTransport::from_options(&RedisOptions::sentinel(
         setup.master_name(),
         setup.sentinel_addrs(),
     ))

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::{Cache, Cmd, RedisCache, ScanCursor, Transport, Value};
+use larder_core::{Cache, Cmd, ScanCursor, Transport, Value};
 use larder_native::testing::{RedisCluster, RespValue};
-use larder_native::{RedisCacheExt, RedisCacheOptions, RedisTransport, Topology};
+use larder_native::{RedisOptions, RedisTransport, Topology};
 
 use crate::common::{Load, blocking, first_success_after, summarize};
 
@@ -28,7 +28,7 @@ async fn cluster_pipelines_and_multi_key_commands_cross_slots() {
     let cluster = blocking(RedisCluster::start_default)
         .await
         .expect("start cluster");
-    let t = RedisTransport::from_options(&RedisCacheOptions::cluster(cluster.seed_urls()))
+    let t = RedisTransport::from_options(&RedisOptions::cluster(cluster.seed_urls()))
         .await
         .expect("connect");
     assert_eq!(t.topology(), Topology::Cluster);
@@ -100,7 +100,7 @@ async fn cluster_scan_visits_every_master() {
     let cluster = blocking(RedisCluster::start_default)
         .await
         .expect("start cluster");
-    let t = RedisTransport::from_options(&RedisCacheOptions::cluster(cluster.seed_urls()))
+    let t = RedisTransport::from_options(&RedisOptions::cluster(cluster.seed_urls()))
         .await
         .expect("connect");
     let mut mset = Cmd::new("MSET");
@@ -135,10 +135,9 @@ async fn cluster_scan_visits_every_master() {
         "every key, each once, none outside the pattern"
     );
     // Through the cache: clear() scans every master too.
-    let cache =
-        RedisCache::from_options(RedisCacheOptions::cluster(cluster.seed_urls()).key_prefix("clr"))
-            .await
-            .unwrap();
+    let cache = crate::common::cache_with(&RedisOptions::cluster(cluster.seed_urls()), "clr")
+        .await
+        .unwrap();
     let entries: Vec<(String, Bytes)> = (0..120)
         .map(|i| (format!("k{i}"), Bytes::from_static(b"v")))
         .collect();
@@ -155,12 +154,16 @@ async fn cluster_master_killed_under_load() {
     let mut cluster = blocking(RedisCluster::start_default)
         .await
         .expect("start cluster");
-    let opts = RedisCacheOptions::cluster(cluster.seed_urls())
+    let opts = RedisOptions::cluster(cluster.seed_urls())
         .dial_timeout(Duration::from_millis(300))
         .write_timeout(Duration::from_millis(200))
         .read_timeout(Duration::from_millis(300))
         .pool_size(2);
-    let cache = Arc::new(RedisCache::from_options(opts).await.expect("connect"));
+    let cache = Arc::new(
+        crate::common::cache_with(&opts, "larder")
+            .await
+            .expect("connect"),
+    );
     let budget = cache.transport().call_timeout();
     let load = Load::start(cache.clone(), 12, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(500)).await;

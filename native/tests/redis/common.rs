@@ -141,3 +141,14 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
         .await
         .expect("harness thread")
 }
+
+/// A Redis cache under `prefix` over a transport built from `opts`: the one way to build one.
+pub(crate) async fn cache_with(
+    opts: &larder_native::RedisOptions,
+    prefix: &str,
+) -> larder_core::Result<larder_core::RedisCache<larder_native::RedisTransport>> {
+    let transport = larder_native::RedisTransport::from_options(opts).await?;
+    larder_core::RedisCache::builder(transport)
+        .prefix(prefix)
+        .build()
+}

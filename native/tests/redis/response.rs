@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use larder_core::RedisCache;
 use larder_core::Status;
 use larder_core::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache};
+use larder_native::RedisOptions;
 use larder_native::testing::{RedisCluster, RedisServer};
-use larder_native::{RedisCacheExt, RedisCacheOptions};
 
 use crate::common::blocking;
 
-async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
+async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisOptions) {
     let mut instances = Vec::new();
     for _ in 0..2 {
-        let redis = RedisCache::from_options(opts().key_prefix("resp"))
+        let redis = crate::common::cache_with(&opts(), "resp")
             .await
             .expect("connect");
         instances.push(ResponseCache::redis(redis).build().unwrap());
@@ -39,11 +38,17 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
                 .await
         }));
     }
+    let mut misses = 0;
     for task in tasks {
         let answer = task.await.expect("task").expect("answer");
         assert_eq!(answer.text(), "Paris.");
-        assert_eq!(answer.status, Status::Miss);
+        match answer.status {
+            Status::Miss => misses += 1,
+            Status::Coalesced => {}
+            other => panic!("{other}: every caller but the one that computed joined it"),
+        }
     }
+    assert_eq!(misses, 1, "one caller computed; the others are COALESCED");
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
@@ -53,7 +58,9 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
         .key(&request, &CacheControl::default())
         .expect("key");
     let lock = key.replacen(":cache:", ":lock:", 1);
-    let redis = RedisCache::from_options(opts()).await.expect("connect");
+    let redis = crate::common::cache_with(&opts(), "larder")
+        .await
+        .expect("connect");
     use larder_core::Cache;
     assert!(
         redis.get(&lock).await.expect("GET").is_none(),
@@ -72,7 +79,7 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisCacheOptions) {
 async fn response_cache_misses_make_one_model_call_standalone() {
     let server = blocking(RedisServer::start).await.expect("start redis");
     let addr = server.addr();
-    one_model_call_for_many_misses(|| RedisCacheOptions::new(&addr)).await;
+    one_model_call_for_many_misses(|| RedisOptions::standalone(&addr)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,5 +88,5 @@ async fn response_cache_misses_make_one_model_call_cluster() {
         .await
         .expect("start cluster");
     let addrs = cluster.seed_urls();
-    one_model_call_for_many_misses(|| RedisCacheOptions::cluster(addrs.clone())).await;
+    one_model_call_for_many_misses(|| RedisOptions::cluster(addrs.clone())).await;
 }

@@ -6,21 +6,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use larder_core::{Cache, RedisCache};
+use larder_core::Cache;
 use larder_native::testing::{RespValue, SentinelSetup};
-use larder_native::{RedisCacheExt, RedisTransport, SentinelOptions};
+use larder_native::{RedisOptions, RedisTransport};
 use tokio::sync::mpsc;
 
 use crate::common::{Load, blocking, first_success_after, summarize};
 
 const SLACK: Duration = Duration::from_millis(250);
 
-fn tight(setup: &SentinelSetup, prefix: &str) -> SentinelOptions {
-    SentinelOptions::new(setup.master_name(), setup.sentinel_addrs())
+fn tight(setup: &SentinelSetup) -> RedisOptions {
+    RedisOptions::sentinel(setup.master_name(), setup.sentinel_addrs())
         .dial_timeout(Duration::from_millis(300))
         .write_timeout(Duration::from_millis(200))
         .read_timeout(Duration::from_millis(200))
-        .key_prefix(prefix)
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -95,7 +94,7 @@ async fn sentinel_failover_no_acknowledged_write_reaches_the_demoted_master() {
     );
     let old = setup.master_addr().unwrap();
     let cache = Arc::new(
-        RedisCache::from_sentinel(tight(&setup, "fo"))
+        crate::common::cache_with(&tight(&setup), "fo")
             .await
             .expect("connect"),
     );
@@ -264,7 +263,7 @@ async fn sentinel_master_killed_with_sigkill() {
         .expect("start sentinel setup");
     let old = setup.master_addr().unwrap();
     let cache = Arc::new(
-        RedisCache::from_sentinel(tight(&setup, "k9").pool_size(2))
+        crate::common::cache_with(&tight(&setup).pool_size(2), "k9")
             .await
             .expect("connect"),
     );

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use larder_core::{Cache, Cmd, ErrorKind, RedisCache, Transport, Value};
+use larder_core::{Cache, Cmd, ErrorKind, Transport, Value};
 use larder_native::testing::{RedisServer, RespValue};
-use larder_native::{RedisCacheExt, RedisCacheOptions, RedisTransport};
+use larder_native::{RedisOptions, RedisTransport};
 
 use crate::common::{Load, blocking, first_success_after, summarize};
 
 /// Tight timeouts for fault tests: a call may take at most 300 + 200 + 200 = 700 ms.
-fn tight(addr: &str) -> RedisCacheOptions {
-    RedisCacheOptions::new(addr)
+fn tight(addr: &str) -> RedisOptions {
+    RedisOptions::standalone(addr)
         .dial_timeout(Duration::from_millis(300))
         .write_timeout(Duration::from_millis(200))
         .read_timeout(Duration::from_millis(200))
@@ -37,7 +37,11 @@ fn info_field(server: &RedisServer, section: &str, field: &str) -> i64 {
 async fn standalone_killed_and_restarted_under_load() {
     let mut server = blocking(RedisServer::start).await.expect("start redis");
     let opts = tight(&server.addr()).pool_size(4);
-    let cache = Arc::new(RedisCache::from_options(opts).await.expect("connect"));
+    let cache = Arc::new(
+        crate::common::cache_with(&opts, "larder")
+            .await
+            .expect("connect"),
+    );
     let budget = cache.transport().call_timeout();
     let load = Load::start(cache.clone(), 16, Duration::from_millis(2));
 
@@ -114,7 +118,7 @@ async fn standalone_killed_and_restarted_under_load() {
 async fn standalone_hung_with_sigstop_times_out_then_recovers() {
     let server = blocking(RedisServer::start).await.expect("start redis");
     let pid = server.pid().expect("running");
-    let cache = RedisCache::from_options(tight(&server.addr()).pool_size(2))
+    let cache = crate::common::cache_with(&tight(&server.addr()).pool_size(2), "larder")
         .await
         .expect("connect");
     let budget = cache.transport().call_timeout();
@@ -206,26 +210,22 @@ async fn wrong_password_is_an_auth_error_and_the_right_one_works() {
     let server = blocking(|| RedisServer::builder().password("s3cret pw").start())
         .await
         .expect("start redis");
-    let err = RedisCache::new_redis(&server.addr(), "wrong", 0, None)
+    let with = |pw: &str| RedisOptions::standalone(server.addr()).password(pw);
+    let err = crate::common::cache_with(&with("wrong"), "larder")
         .await
         .unwrap_err();
     assert_eq!(err.transport_kind(), Some(ErrorKind::Auth), "{err}");
     assert!(!err.to_string().contains("wrong\""), "{err}");
-    let err = RedisCache::new_redis(&server.addr(), "", 0, None)
+    let err = crate::common::cache_with(&with(""), "larder")
         .await
         .unwrap_err();
     assert_eq!(err.transport_kind(), Some(ErrorKind::Auth), "{err}");
-    let cache = RedisCache::new_redis(
-        &server.addr(),
-        "s3cret pw",
-        0,
-        Some(Duration::from_secs(30)),
-    )
-    .await
-    .expect("right password");
+    let cache = crate::common::cache_with(&with("s3cret pw"), "larder")
+        .await
+        .expect("right password");
     cache.set("k", "v".into(), None).await.unwrap();
     assert!(!format!("{cache:?}").contains("s3cret"));
-    let url_cache = RedisCache::connect(&server.url())
+    let url_cache = crate::common::cache_with(&RedisOptions::from_url(&server.url()), "larder")
         .await
         .expect("password in the URL");
     assert_eq!(
@@ -238,12 +238,13 @@ async fn wrong_password_is_an_auth_error_and_the_right_one_works() {
 async fn pool_size_and_db_options_take_effect() {
     let server = blocking(RedisServer::start).await.expect("start redis");
     let before = info_field(&server, "clients", "connected_clients");
-    let opts = RedisCacheOptions::new(server.addr())
+    let opts = RedisOptions::standalone(server.addr())
         .pool_size(5)
         .min_idle_conns(5)
-        .db(3)
-        .key_prefix("pooltest");
-    let cache = RedisCache::from_options(opts).await.expect("connect");
+        .db(3);
+    let cache = crate::common::cache_with(&opts, "pooltest")
+        .await
+        .expect("connect");
     let after = info_field(&server, "clients", "connected_clients");
     // The harness's probe connection is counted in both readings.
     assert_eq!(
@@ -273,10 +274,11 @@ async fn pool_size_and_db_options_take_effect() {
     assert_eq!(keys("db3"), 21, "20 entries + the writes counter in db 3");
     assert_eq!(keys("db0"), 0);
     // Lazy pool: nothing is opened before the first call.
-    let lazy = RedisCache::from_options(
-        RedisCacheOptions::new(server.addr())
+    let lazy = crate::common::cache_with(
+        &RedisOptions::standalone(server.addr())
             .pool_size(3)
             .min_idle_conns(0),
+        "larder",
     )
     .await
     .expect("lazy");
@@ -380,7 +382,7 @@ impl tracing::Subscriber for Spans {
 }
 
 #[test]
-fn tracing_and_metrics_options_record_every_call() {
+fn every_redis_call_records_a_span_and_metrics() {
     let server = RedisServer::start().expect("start redis");
     let recorder = Recorder::default();
     let spans = Arc::new(Spans::default());
@@ -388,7 +390,7 @@ fn tracing_and_metrics_options_record_every_call() {
         .enable_all()
         .build()
         .unwrap();
-    let run = |opts: RedisCacheOptions| {
+    let run = |opts: RedisOptions| {
         metrics::with_local_recorder(&recorder, || {
             tracing::subscriber::with_default(spans.clone(), || {
                 rt.block_on(async {
@@ -403,16 +405,8 @@ fn tracing_and_metrics_options_record_every_call() {
             })
         })
     };
-    run(RedisCacheOptions::new(server.addr()));
-    assert_eq!(recorder.calls.load(Ordering::Relaxed), 0, "off by default");
-    assert_eq!(
-        spans.redis_spans.load(Ordering::Relaxed),
-        0,
-        "off by default"
-    );
-    run(RedisCacheOptions::new(server.addr())
-        .enable_metrics(true)
-        .enable_tracing(true));
+    // Always on: the installed subscriber and recorder decide what is kept.
+    run(RedisOptions::standalone(server.addr()));
     // SET, the pipeline, and the call refused after close (which never reached Redis).
     assert_eq!(recorder.calls.load(Ordering::Relaxed), 2);
     assert_eq!(recorder.durations.0.load(Ordering::Relaxed), 2);

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use larder_core::transport::next_message;
-use larder_core::{Cache, Cmd, RedisCache, Transport};
+use larder_core::{Cache, Cmd, Transport};
 use larder_native::testing::RedisServer;
-use larder_native::{RedisCacheExt, RedisCacheOptions, RedisTransport, TlsOptions};
+use larder_native::{RedisOptions, RedisTransport, TlsOptions};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use crate::common::blocking;
@@ -122,13 +122,13 @@ impl TlsSetup {
 
 impl TlsSetup {
     /// Options for the TLS port that trust the test CA.
-    fn trusting_the_ca(&self) -> RedisCacheOptions {
+    fn trusting_the_ca(&self) -> RedisOptions {
         tls_opts(self.port).tls(TlsOptions::new().root_certs_pem(self.pki.ca.clone()))
     }
 }
 
 /// Connecting with `opts` fails with an error that contains every one of `words`.
-async fn refused_saying(opts: &RedisCacheOptions, words: &[&str]) {
+async fn refused_saying(opts: &RedisOptions, words: &[&str]) {
     let err = RedisTransport::from_options(opts)
         .await
         .expect_err("the TLS handshake must fail");
@@ -139,10 +139,9 @@ async fn refused_saying(opts: &RedisCacheOptions, words: &[&str]) {
     );
 }
 
-fn tls_opts(port: u16) -> RedisCacheOptions {
-    RedisCacheOptions::new(format!("rediss://127.0.0.1:{port}"))
+fn tls_opts(port: u16) -> RedisOptions {
+    RedisOptions::standalone(format!("rediss://127.0.0.1:{port}"))
         .dial_timeout(Duration::from_secs(2))
-        .key_prefix("tls")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +149,7 @@ async fn rediss_with_a_private_ca_round_trips_and_is_refused_without_it() {
     let s = TlsSetup::start("no").await;
 
     let trusted = s.trusting_the_ca();
-    let cache = RedisCache::from_options(trusted.clone())
+    let cache = crate::common::cache_with(&trusted.clone(), "tls")
         .await
         .expect("TLS connect with the private CA");
     cache.set("k", "over tls".into(), None).await.unwrap();
@@ -188,7 +187,7 @@ async fn rediss_with_a_private_ca_round_trips_and_is_refused_without_it() {
     )
     .await;
     // Plain text to the TLS port does not work either.
-    let plain = RedisCacheOptions::new(format!("redis://127.0.0.1:{}", s.port))
+    let plain = RedisOptions::standalone(format!("redis://127.0.0.1:{}", s.port))
         .dial_timeout(Duration::from_millis(500))
         .read_timeout(Duration::from_millis(300));
     assert!(RedisTransport::from_options(&plain).await.is_err());
@@ -212,7 +211,7 @@ async fn mutual_tls_needs_the_client_certificate() {
         !format!("{identity:?}").contains("PRIVATE KEY"),
         "Debug must not print the key: {identity:?}"
     );
-    let cache = RedisCache::from_options(tls_opts(s.port).tls(identity))
+    let cache = crate::common::cache_with(&tls_opts(s.port).tls(identity), "tls")
         .await
         .expect("mutual TLS with the client certificate");
     cache.set("m", "mtls".into(), None).await.unwrap();

@@ -19,7 +19,7 @@ use larder_core::breaker::{CircuitBreaker, CircuitBreakerLayer};
 use larder_core::compute::{ComputeCache, ComputeCacheBuilder, RedisLock};
 use larder_core::tiered::{Backplane, TieredCache};
 use larder_core::{MemoryCache, RedisCache, SharedClock};
-use larder_native::{RedisCacheOptions, RedisTransport, TokioRuntime};
+use larder_native::{RedisOptions, RedisTransport, TokioRuntime};
 
 /// The environment variable naming a child's role.
 const ROLE: &str = "LARDER_RESILIENCE_ROLE";
@@ -38,8 +38,8 @@ pub(crate) fn clock() -> SharedClock {
 }
 
 /// Short timeouts, so an outage fails fast.
-pub(crate) fn options(url: &str) -> RedisCacheOptions {
-    RedisCacheOptions::new(url)
+pub(crate) fn options(url: &str) -> RedisOptions {
+    RedisOptions::standalone(url)
         .dial_timeout(Duration::from_millis(250))
         .read_timeout(Duration::from_millis(250))
         .write_timeout(Duration::from_millis(250))

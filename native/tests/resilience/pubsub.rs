@@ -8,7 +8,7 @@ use larder_core::compute::Status;
 use larder_core::transport::{BoxSubscription, Subscription, next_message};
 use larder_core::{Cmd, RedisCache, Transport, TransportError, Value};
 use larder_native::testing::{RedisCluster, RedisServer, RespValue, SentinelSetup};
-use larder_native::{RedisCacheOptions, RedisTransport, SentinelOptions};
+use larder_native::{RedisOptions, RedisTransport};
 
 use crate::{PREFIX, options, redis_stack, transport};
 
@@ -240,7 +240,7 @@ async fn cluster_publish_on_another_node_reaches_the_subscriber_and_survives_its
     let mut cluster = blocking(RedisCluster::start_default)
         .await
         .expect("redis cluster");
-    let opts = RedisCacheOptions::cluster(cluster.seed_urls())
+    let opts = RedisOptions::cluster(cluster.seed_urls())
         .dial_timeout(Duration::from_millis(250))
         .read_timeout(Duration::from_millis(250))
         .write_timeout(Duration::from_millis(250));
@@ -490,11 +490,9 @@ async fn sentinel_subscription_survives_the_master_killed_with_sigkill() {
 
 /// A transport through `setup`'s sentinels with 250 ms limits.
 async fn sentinel_transport(setup: &SentinelSetup) -> RedisTransport {
-    let opts = SentinelOptions::new(setup.master_name(), setup.sentinel_addrs())
+    let opts = RedisOptions::sentinel(setup.master_name(), setup.sentinel_addrs())
         .dial_timeout(Duration::from_millis(250))
         .read_timeout(Duration::from_millis(250))
         .write_timeout(Duration::from_millis(250));
-    RedisTransport::from_sentinel(&opts)
-        .await
-        .expect("sentinel")
+    RedisTransport::from_options(&opts).await.expect("sentinel")
 }

@@ -169,7 +169,7 @@ async fn main() -> Result<(), Error> {
         // 4. Response cache, fail-open: computes the answer anyway (MISS, not an error).
         let cache = ResponseCache::redis(redis.clone()).build()?;
         let a = cache
-            .get_or_compute(&request, &control, || async {
+            .try_get_with(&request, &control, || async {
                 Ok::<_, std::io::Error>(LlmResponse::new("computed while Redis is down"))
             })
             .await?;
@@ -204,7 +204,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     clock_now.advance(Duration::from_secs(120)); // past fresh, inside the stale window
     let a = cache
-        .get_or_compute(&request, &control, || async {
+        .try_get_with(&request, &control, || async {
             Err::<LlmResponse, _>(std::io::Error::other("model provider down"))
         })
         .await?;

@@ -77,7 +77,7 @@ async fn main() -> Result<(), Error> {
     for _ in 0..2 {
         let t = Instant::now();
         let answer = cache
-            .get_or_compute(&question, &control, || fake_model(question.clone()))
+            .try_get_with(&question, &control, || fake_model(question.clone()))
             .await?;
         println!(
             "   {} in {:>6.1} ms: {:?}",

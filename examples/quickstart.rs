@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for call in 1..=2 {
         let started = Instant::now();
         let answer = cache
-            .get_or_compute(&request, &CacheControl::default(), || slow_model(&request))
+            .try_get_with(&request, &CacheControl::default(), || slow_model(&request))
             .await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         println!(

@@ -72,7 +72,19 @@ impl Decoded {
     }
 }
 
+/// The metadata field in which the response cache records when an entry was written (unix ms).
+pub(crate) const CREATED_MS: &str = "created_ms";
+
 impl Envelope {
+    /// When the entry was written, unix ms: the `created_ms` metadata the response cache
+    /// stamps, else the envelope's `timestamp` (seconds), else `None`.
+    pub fn stored_at_ms(&self) -> Option<u64> {
+        self.metadata
+            .get(CREATED_MS)
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| (self.timestamp > 0).then(|| self.timestamp as u64 * 1000))
+    }
+
     /// A version-1 envelope for a response.
     ///
     /// # Examples

@@ -39,7 +39,7 @@ pub use error::{Error, ErrorKind, Result, TransportError};
 pub use keys::{KeyScheme, Stat, canonical_json, go_deep_agent_key, request_hash};
 pub use memory::{MemoryCache, MemoryCacheBuilder};
 pub use redis::{RedisCache, RedisCacheBuilder};
-pub use response::{Answer, CacheControl, LlmRequest, LlmResponse, ResponseCache, Usage};
+pub use response::{CacheControl, LlmRequest, LlmResponse, ResponseCache, Usage};
 pub use tiered::{Backplane, TieredCache, TieredCacheBuilder};
 pub use transport::{
     Commands, MaybeSend, MaybeSync, ScanCursor, Script, SetOptions, SharedTransport, Transport,

@@ -136,7 +136,7 @@ async fn tiered(server: &RedisServer) {
         summary(&mut samples),
     ));
 
-    // Miss + compute: get_or_compute with the Redis lease, an instant compute; the figure
+    // Miss + compute: get_with with the Redis lease, an instant compute; the figure
     // is the cache's own cost of a miss (L1, L2, lease, write to both, release).
     let compute = ComputeCache::builder(tiered.clone())
         .clock(clock())
@@ -150,7 +150,7 @@ async fn tiered(server: &RedisServer) {
         let key = format!("miss-{i}");
         let t = Instant::now();
         let v = compute
-            .get_or_compute(&key, ttl, async { value_1k() })
+            .get_with(&key, ttl, async { value_1k() })
             .await
             .unwrap();
         samples.push(t.elapsed());
@@ -210,7 +210,7 @@ where
             handles.push(tokio::spawn(async move {
                 barrier.wait().await;
                 let f = cache
-                    .try_get_or_compute_value::<Bytes, _, std::convert::Infallible>(
+                    .try_fetch::<Bytes, _, std::convert::Infallible>(
                         &key,
                         Some(Duration::from_secs(60)),
                         async move {

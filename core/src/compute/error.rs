@@ -1,4 +1,4 @@
-//! [`ComputeError`]: why a `get_or_compute` call returned no value.
+//! [`ComputeError`]: why a `get_with` call returned no value.
 
 use std::convert::Infallible;
 use std::fmt;

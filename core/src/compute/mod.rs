@@ -1,4 +1,4 @@
-//! Stampede protection and fail-safe serving: [`ComputeCache`] and its `get_or_compute`
+//! Stampede protection and fail-safe serving: [`ComputeCache`] and its `get_with`
 //! family.
 //!
 //! When a value is missing, exactly one caller computes it — per process through an
@@ -96,7 +96,8 @@ impl fmt::Display for Status {
     }
 }
 
-/// A value and how it was obtained.
+/// A value and how it was obtained: what every get-or-compute in larder returns
+/// ([`ComputeCache`], and the response cache as `Fetched<LlmResponse>`).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Fetched<V> {
@@ -104,17 +105,47 @@ pub struct Fetched<V> {
     pub value: V,
     /// How it was obtained.
     pub status: Status,
+    /// When the served entry was written (unix ms), for values read from the cache that
+    /// record it (an [`Envelope`](crate::Envelope), a response); `None` for one computed by
+    /// this call. For an `Age` header.
+    pub stored_at_ms: Option<u64>,
 }
 
 impl<V> Fetched<V> {
-    fn new(value: V, status: Status) -> Self {
-        Fetched { value, status }
+    /// A value and its status, with no write time.
+    pub(crate) fn new(value: V, status: Status) -> Self {
+        Fetched {
+            value,
+            status,
+            stored_at_ms: None,
+        }
+    }
+
+    /// A value read from the cache, with its write time if it records one.
+    fn cached(value: V, status: Status) -> Self
+    where
+        V: CacheValue,
+    {
+        let stored_at_ms = value.stored_at_ms();
+        Fetched {
+            value,
+            status,
+            stored_at_ms,
+        }
+    }
+
+    /// True for [`Status::Hit`].
+    pub fn is_hit(&self) -> bool {
+        self.status == Status::Hit
     }
 
     /// The same value seen by a caller that waited for it.
     fn coalesced(self) -> Self {
         match self.status {
-            Status::Miss => Fetched::new(self.value, Status::Coalesced),
+            Status::Miss => Fetched {
+                status: Status::Coalesced,
+                ..self
+            },
             _ => self,
         }
     }
@@ -234,7 +265,7 @@ struct Inner<C> {
     counters: Counters,
 }
 
-/// A [`Cache`] that computes missing values once: `get_or_compute` with in-process
+/// A [`Cache`] that computes missing values once: `get_with` with in-process
 /// single-flight, an optional distributed lease, and fail-safe stale serving.
 ///
 /// It wraps any cache (memory, Redis, tiered) and is itself a [`Cache`] (every trait method
@@ -243,7 +274,7 @@ struct Inner<C> {
 ///
 /// # Concurrent calls on the same key
 ///
-/// Concurrent `get_or_compute` calls for one missing key in one process are coalesced: one
+/// Concurrent `get_with` calls for one missing key in one process are coalesced: one
 /// caller (the leader) reads the cache, takes the lease and runs its `init` future; the
 /// others wait and receive a clone of its outcome, value or error ([`Status::Coalesced`]).
 /// Their own `init` futures are dropped without being polled. Calls that expect different
@@ -295,11 +326,11 @@ struct Inner<C> {
 ///     .build()?;
 ///
 /// let answer = cache
-///     .get_or_compute("q1", Some(Duration::from_secs(3600)), async { Bytes::from("42") })
+///     .get_with("q1", Some(Duration::from_secs(3600)), async { Bytes::from("42") })
 ///     .await?;
 /// assert_eq!(answer, "42");
 /// // Cached now: this `init` never runs.
-/// let again = cache.get_or_compute("q1", None, async { unreachable!() }).await?;
+/// let again = cache.get_with("q1", None, async { unreachable!() }).await?;
 /// assert_eq!(again, "42");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
@@ -558,7 +589,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
     ///
     /// [`ComputeError::Timeout`] past the hard timeout, [`ComputeError::LockWait`] under
     /// [`WaitPolicy::Error`], [`ComputeError::Cache`] for a closed cache or a zero TTL.
-    pub async fn get_or_compute<F>(
+    pub async fn get_with<F>(
         &self,
         key: &str,
         ttl: Option<Duration>,
@@ -567,24 +598,20 @@ impl<C: Cache + 'static> ComputeCache<C> {
     where
         F: Future<Output = Bytes> + MaybeSend,
     {
-        self.try_get_or_compute_value::<Bytes, _, Infallible>(
-            key,
-            ttl,
-            async move { Ok(init.await) },
-        )
-        .await
-        .map(|f| f.value)
+        self.try_fetch::<Bytes, _, Infallible>(key, ttl, async move { Ok(init.await) })
+            .await
+            .map(|f| f.value)
     }
 
-    /// Like [`get_or_compute`](ComputeCache::get_or_compute) with a fallible `init`: its
+    /// Like [`get_with`](ComputeCache::get_with) with a fallible `init`: its
     /// error is returned to this caller and every caller coalesced onto it, and nothing is
     /// cached.
     ///
     /// # Errors
     ///
     /// [`ComputeError::Compute`] with `init`'s error, and those of
-    /// [`get_or_compute`](ComputeCache::get_or_compute).
-    pub async fn try_get_or_compute<F, E>(
+    /// [`get_with`](ComputeCache::get_with).
+    pub async fn try_get_with<F, E>(
         &self,
         key: &str,
         ttl: Option<Duration>,
@@ -594,12 +621,12 @@ impl<C: Cache + 'static> ComputeCache<C> {
         F: Future<Output = std::result::Result<Bytes, E>> + MaybeSend,
         E: MaybeSend + MaybeSync + 'static,
     {
-        self.try_get_or_compute_value::<Bytes, _, E>(key, ttl, init)
+        self.try_fetch::<Bytes, _, E>(key, ttl, init)
             .await
             .map(|f| f.value)
     }
 
-    /// [`get_or_compute`](ComputeCache::get_or_compute) for a serde type, stored as JSON. A
+    /// [`get_with`](ComputeCache::get_with) for a serde type, stored as JSON. A
     /// stored value that does not deserialize as `T` is treated as a miss and recomputed.
     ///
     /// # Examples
@@ -612,7 +639,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
     ///
     /// let clock = Arc::new(ManualClock::new(0));
     /// let cache = ComputeCache::builder(MemoryCache::builder().clock(clock.clone()).max_entries(100).build().unwrap()).build().unwrap();
-    /// let n: Vec<u32> = cache.get_or_compute_json("primes", None, async { vec![2, 3, 5] }).await?;
+    /// let n: Vec<u32> = cache.get_with_json("primes", None, async { vec![2, 3, 5] }).await?;
     /// assert_eq!(n, [2, 3, 5]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();
@@ -620,8 +647,8 @@ impl<C: Cache + 'static> ComputeCache<C> {
     ///
     /// # Errors
     ///
-    /// As [`get_or_compute`](ComputeCache::get_or_compute).
-    pub async fn get_or_compute_json<T, F>(
+    /// As [`get_with`](ComputeCache::get_with).
+    pub async fn get_with_json<T, F>(
         &self,
         key: &str,
         ttl: Option<Duration>,
@@ -631,19 +658,17 @@ impl<C: Cache + 'static> ComputeCache<C> {
         T: Serialize + DeserializeOwned + Clone + MaybeSend + MaybeSync + 'static,
         F: Future<Output = T> + MaybeSend,
     {
-        self.try_get_or_compute_value::<Json<T>, _, Infallible>(key, ttl, async move {
-            Ok(Json(init.await))
-        })
-        .await
-        .map(|f| f.value.0)
+        self.try_fetch::<Json<T>, _, Infallible>(key, ttl, async move { Ok(Json(init.await)) })
+            .await
+            .map(|f| f.value.0)
     }
 
-    /// [`get_or_compute_json`](ComputeCache::get_or_compute_json) with a fallible `init`.
+    /// [`get_with_json`](ComputeCache::get_with_json) with a fallible `init`.
     ///
     /// # Errors
     ///
-    /// As [`try_get_or_compute`](ComputeCache::try_get_or_compute).
-    pub async fn try_get_or_compute_json<T, F, E>(
+    /// As [`try_get_with`](ComputeCache::try_get_with).
+    pub async fn try_get_with_json<T, F, E>(
         &self,
         key: &str,
         ttl: Option<Duration>,
@@ -654,13 +679,9 @@ impl<C: Cache + 'static> ComputeCache<C> {
         F: Future<Output = std::result::Result<T, E>> + MaybeSend,
         E: MaybeSend + MaybeSync + 'static,
     {
-        self.try_get_or_compute_value::<Json<T>, _, E>(
-            key,
-            ttl,
-            async move { init.await.map(Json) },
-        )
-        .await
-        .map(|f| f.value.0)
+        self.try_fetch::<Json<T>, _, E>(key, ttl, async move { init.await.map(Json) })
+            .await
+            .map(|f| f.value.0)
     }
 
     /// The general form: any [`CacheValue`] (for example an [`Envelope`](crate::Envelope),
@@ -672,8 +693,8 @@ impl<C: Cache + 'static> ComputeCache<C> {
     ///
     /// # Errors
     ///
-    /// As [`try_get_or_compute`](ComputeCache::try_get_or_compute).
-    pub async fn try_get_or_compute_value<V, F, E>(
+    /// As [`try_get_with`](ComputeCache::try_get_with).
+    pub async fn try_fetch<V, F, E>(
         &self,
         key: &str,
         ttl: Option<Duration>,
@@ -689,8 +710,8 @@ impl<C: Cache + 'static> ComputeCache<C> {
         outcome
     }
 
-    /// Fail-safe `get_or_compute`: like
-    /// [`try_get_or_compute_value`](ComputeCache::try_get_or_compute_value), but a
+    /// Fail-safe `get_with`: like
+    /// [`try_fetch`](ComputeCache::try_fetch), but a
     /// computation that outlives the call — the soft timeout served a stale value, or the hard
     /// timeout passed — goes on in the background on the configured
     /// [runtime](ComputeCacheBuilder::runtime), keeps its lease alive, stores its value and
@@ -728,7 +749,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
     ///
     /// # Errors
     ///
-    /// As [`try_get_or_compute`](ComputeCache::try_get_or_compute).
+    /// As [`try_get_with`](ComputeCache::try_get_with).
     pub async fn fetch<V, F, E>(&self, key: &str, ttl: Option<Duration>, init: F) -> Outcome<V, E>
     where
         V: CacheValue,
@@ -865,7 +886,11 @@ impl<C: Cache + 'static> ComputeCache<C> {
         let mut cache_up = true;
         let absent = matches!(read, Read::Absent);
         match read {
-            Read::Fresh(v) => return self.settle(leader, Ok(Fetched::new(v, Status::Hit))).await,
+            Read::Fresh(v) => {
+                return self
+                    .settle(leader, Ok(Fetched::cached(v, Status::Hit)))
+                    .await;
+            }
             Read::Stale(v) => stale = Some(v),
             Read::Absent | Read::Miss => {}
             Read::Failed(Error::Closed) => {
@@ -885,13 +910,13 @@ impl<C: Cache + 'static> ComputeCache<C> {
                 Step::Acquired(held) => leader.set_handoff(Some(Arc::new(held))),
                 Step::Found(v) => {
                     return self
-                        .settle(leader, Ok(Fetched::new(v, Status::Coalesced)))
+                        .settle(leader, Ok(Fetched::cached(v, Status::Coalesced)))
                         .await;
                 }
                 Step::ServeStale => {
                     let v = stale.expect("ServeStale only with a stale value");
                     return self
-                        .settle(leader, Ok(Fetched::new(v, Status::Stale)))
+                        .settle(leader, Ok(Fetched::cached(v, Status::Stale)))
                         .await;
                 }
                 Step::Proceed => {}
@@ -925,7 +950,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
                 });
                 match stale {
                     Some(v) => {
-                        let outcome = Ok(Fetched::new(v, Status::Stale));
+                        let outcome = Ok(Fetched::cached(v, Status::Stale));
                         sharer.share(Arc::new(outcome.clone()) as AnyArc);
                         (outcome, Some(rest))
                     }
@@ -969,7 +994,7 @@ impl<C: Cache + 'static> ComputeCache<C> {
             Err(e) => {
                 bump(&c.compute_errors);
                 match stale {
-                    Some(v) => Ok(Fetched::new(v, Status::Stale)),
+                    Some(v) => Ok(Fetched::cached(v, Status::Stale)),
                     None => Err(ComputeError::Compute(Arc::new(e))),
                 }
             }

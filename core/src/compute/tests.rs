@@ -1,4 +1,4 @@
-//! Tests of `get_or_compute`: single-flight, the lease, wait policies, fail-safe.
+//! Tests of `get_with`: single-flight, the lease, wait policies, fail-safe.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,13 +127,10 @@ fn computes_once_then_hits_and_counts() {
         )
         .build()
         .unwrap();
-        let v = cache
-            .get_or_compute("k", None, async { b("v1") })
-            .await
-            .unwrap();
+        let v = cache.get_with("k", None, async { b("v1") }).await.unwrap();
         assert_eq!(v, b("v1"));
         let v = cache
-            .get_or_compute("k", None, async { unreachable!("cached") })
+            .get_with("k", None, async { unreachable!("cached") })
             .await
             .unwrap();
         assert_eq!(v, b("v1"));
@@ -156,7 +153,7 @@ fn zero_ttl_is_rejected_before_anything_runs() {
         .build()
         .unwrap();
         let err = cache
-            .get_or_compute("k", Some(Duration::ZERO), async { unreachable!() })
+            .get_with("k", Some(Duration::ZERO), async { unreachable!() })
             .await
             .unwrap_err();
         assert!(
@@ -185,7 +182,7 @@ async fn concurrent_callers_share_one_compute() {
         let runs = runs.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async move {
+                .try_fetch::<Bytes, _, Infallible>("k", None, async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     Ok(b("v"))
@@ -226,7 +223,7 @@ async fn leader_error_reaches_every_waiter_and_is_not_cached() {
         let cache = cache.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .try_get_or_compute("k", None, async {
+                .try_get_with("k", None, async {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Err::<Bytes, _>(Boom("provider down"))
                 })
@@ -245,7 +242,7 @@ async fn leader_error_reaches_every_waiter_and_is_not_cached() {
     assert_eq!((s.compute_errors, s.errors), (1, 10));
     // No poisoned entry: the next call computes.
     let v = cache
-        .try_get_or_compute("k", None, async { Ok::<_, Boom>(b("ok")) })
+        .try_get_with("k", None, async { Ok::<_, Boom>(b("ok")) })
         .await
         .unwrap();
     assert_eq!(v, b("ok"));
@@ -267,7 +264,7 @@ async fn dropped_leader_hands_the_work_to_a_waiter() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_compute("k", None, async {
+                .get_with("k", None, async {
                     std::future::pending::<()>().await;
                     b("never")
                 })
@@ -277,11 +274,7 @@ async fn dropped_leader_hands_the_work_to_a_waiter() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let waiter = {
         let cache = cache.clone();
-        tokio::spawn(async move {
-            cache
-                .get_or_compute("k", None, async { b("waiter's") })
-                .await
-        })
+        tokio::spawn(async move { cache.get_with("k", None, async { b("waiter's") }).await })
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
     leader.abort();
@@ -309,7 +302,7 @@ async fn hard_timeout_bounds_the_call_and_frees_the_key() {
     .unwrap();
     let started = tokio::time::Instant::now();
     let err = cache
-        .get_or_compute("k", None, async {
+        .get_with("k", None, async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             b("late")
         })
@@ -318,10 +311,7 @@ async fn hard_timeout_bounds_the_call_and_frees_the_key() {
     assert!(err.is_timeout(), "{err}");
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     assert_eq!(cache.compute_stats().timeouts, 1);
-    let v = cache
-        .get_or_compute("k", None, async { b("now") })
-        .await
-        .unwrap();
+    let v = cache.get_with("k", None, async { b("now") }).await.unwrap();
     assert_eq!(v, b("now"));
 }
 
@@ -338,7 +328,7 @@ async fn lease_makes_two_instances_compute_once() {
         let runs = runs.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_compute("k", Some(Duration::from_secs(60)), async move {
+                .get_with("k", Some(Duration::from_secs(60)), async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     b("v")
@@ -378,7 +368,7 @@ async fn waiter_is_woken_by_the_release_publish_not_its_backoff() {
     let waiter = slow_polls(redis_compute(&t, &clock)).build().unwrap();
     let h = tokio::spawn(async move {
         holder
-            .get_or_compute("k", None, async {
+            .get_with("k", None, async {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 b("v")
             })
@@ -387,7 +377,7 @@ async fn waiter_is_woken_by_the_release_publish_not_its_backoff() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let started = tokio::time::Instant::now();
     let got = waiter
-        .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { unreachable!() })
+        .try_fetch::<Bytes, _, Infallible>("k", None, async { unreachable!() })
         .await
         .unwrap();
     assert_eq!((got.value, got.status), (b("v"), Status::Coalesced));
@@ -495,7 +485,7 @@ async fn a_lost_release_is_made_up_for_when_the_subscription_resumes() {
         .unwrap();
     let h = tokio::spawn(async move {
         holder
-            .get_or_compute("k", None, async {
+            .get_with("k", None, async {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 b("v")
             })
@@ -511,7 +501,7 @@ async fn a_lost_release_is_made_up_for_when_the_subscription_resumes() {
     });
     let started = tokio::time::Instant::now();
     let got = waiter
-        .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { unreachable!() })
+        .try_fetch::<Bytes, _, Infallible>("k", None, async { unreachable!() })
         .await
         .unwrap();
     assert_eq!(got.value, b("v"));
@@ -550,7 +540,7 @@ async fn without_pubsub_waiters_poll_with_backoff_within_the_budget() {
     mem.reset_counters();
     let started = tokio::time::Instant::now();
     let err = c
-        .get_or_compute("k", None, async { unreachable!("policy is Error") })
+        .get_with("k", None, async { unreachable!("policy is Error") })
         .await
         .unwrap_err();
     match err {
@@ -584,7 +574,7 @@ async fn wait_policy_compute_anyway_computes_past_the_bound() {
         .build()
         .unwrap();
     let got = c
-        .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { Ok(b("mine")) })
+        .try_fetch::<Bytes, _, Infallible>("k", None, async { Ok(b("mine")) })
         .await
         .unwrap();
     assert_eq!((got.value, got.status), (b("mine"), Status::Miss));
@@ -610,7 +600,7 @@ async fn dead_holders_lease_expires_then_a_waiter_computes() {
     let c = redis_compute(&t, &clock).build().unwrap();
     let started = tokio::time::Instant::now();
     let got = c
-        .try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async { Ok(b("v")) })
+        .try_fetch::<Bytes, _, Infallible>("k", None, async { Ok(b("v")) })
         .await
         .unwrap();
     assert_eq!(got.status, Status::Miss);
@@ -635,7 +625,7 @@ async fn long_compute_extends_its_lease() {
         tokio::time::sleep(Duration::from_secs(10)).await;
         t2.pttl(b"p:lock:k").await.unwrap()
     });
-    c.get_or_compute("k", None, async {
+    c.get_with("k", None, async {
         tokio::time::sleep(Duration::from_secs(12)).await;
         b("v")
     })
@@ -685,7 +675,7 @@ async fn promoted_waiter_inherits_the_dropped_leaders_lease() {
     let leader = {
         let c = c.clone();
         tokio::spawn(async move {
-            c.get_or_compute("k", None, async {
+            c.get_with("k", None, async {
                 std::future::pending::<()>().await;
                 b("never")
             })
@@ -701,7 +691,7 @@ async fn promoted_waiter_inherits_the_dropped_leaders_lease() {
     let waiter = {
         let c = c.clone();
         tokio::spawn(async move {
-            c.try_get_or_compute_value::<Bytes, _, Infallible>("k", None, async {
+            c.try_fetch::<Bytes, _, Infallible>("k", None, async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Ok(b("w"))
             })
@@ -730,7 +720,7 @@ async fn abandoned_lease_is_released_in_the_background() {
     let leader = {
         let c = c.clone();
         tokio::spawn(async move {
-            c.get_or_compute("k", None, async {
+            c.get_with("k", None, async {
                 std::future::pending::<()>().await;
                 b("never")
             })
@@ -760,7 +750,7 @@ fn redis_down_computes_anyway_without_errors() {
             .build()
             .unwrap();
         t.set_down(true);
-        let v = c.get_or_compute("k", None, async { b("v") }).await.unwrap();
+        let v = c.get_with("k", None, async { b("v") }).await.unwrap();
         assert_eq!(v, b("v"));
         let s = c.compute_stats();
         assert_eq!((s.computed, s.errors, s.cache_errors), (1, 0, 2), "{s:?}");
@@ -790,7 +780,7 @@ fn corrupt_bytes_are_a_counted_miss_and_recomputed() {
         .await
         .unwrap();
         let got = c
-            .try_get_or_compute_value::<Envelope, _, Infallible>("k", None, async {
+            .try_fetch::<Envelope, _, Infallible>("k", None, async {
                 Ok(Envelope::new("fresh", "m", 0))
             })
             .await
@@ -827,7 +817,7 @@ fn typed_values_round_trip_as_json() {
         };
         let expected = a.clone();
         let got: Answer = c
-            .try_get_or_compute_json("k", None, async move { Ok::<_, Boom>(a) })
+            .try_get_with_json("k", None, async move { Ok::<_, Boom>(a) })
             .await
             .unwrap();
         assert_eq!(got, expected);
@@ -836,7 +826,7 @@ fn typed_values_round_trip_as_json() {
             Some(b(r#"{"text":"hi","tokens":3}"#))
         );
         let again: Answer = c
-            .get_or_compute_json("k", None, async { unreachable!() })
+            .get_with_json("k", None, async { unreachable!() })
             .await
             .unwrap();
         assert_eq!(again, expected);
@@ -1053,7 +1043,7 @@ async fn many_threads_one_compute_and_no_partial_values() {
             let big = big.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(i)).await;
-                c.get_or_compute("k", None, async move {
+                c.get_with("k", None, async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     big
@@ -1108,9 +1098,7 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
         .unwrap();
     let ttl = Some(Duration::from_secs(3600));
     assert_eq!(
-        c.get_or_compute("warm", ttl, async { b("w") })
-            .await
-            .unwrap(),
+        c.get_with("warm", ttl, async { b("w") }).await.unwrap(),
         b("w")
     );
 
@@ -1119,13 +1107,13 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
     for i in 0..20 {
         // Cached keys come from L1; new keys are computed; nothing fails.
         assert_eq!(
-            c.get_or_compute("warm", ttl, async { unreachable!() })
+            c.get_with("warm", ttl, async { unreachable!() })
                 .await
                 .unwrap(),
             b("w")
         );
         let key = format!("new{i}");
-        let v = c.get_or_compute(&key, ttl, async { b("n") }).await.unwrap();
+        let v = c.get_with(&key, ttl, async { b("n") }).await.unwrap();
         assert_eq!(v, b("n"));
     }
     assert_eq!(guarded.state(), BreakerState::Open);
@@ -1138,9 +1126,7 @@ async fn tiered_with_a_breaker_keeps_answering_while_redis_is_down() {
 
     t.set_down(false);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    c.get_or_compute("after", ttl, async { b("a") })
-        .await
-        .unwrap();
+    c.get_with("after", ttl, async { b("a") }).await.unwrap();
     assert_eq!(guarded.state(), BreakerState::Closed);
     assert_eq!(
         t.get(b"p:cache:after").await.unwrap(),
@@ -1157,7 +1143,7 @@ async fn the_release_subscription_ends_when_nobody_waits() {
     let waiter = redis_compute(&t, &clock).build().unwrap();
     let h = tokio::spawn(async move {
         holder
-            .get_or_compute("k", None, async {
+            .get_with("k", None, async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 b("v")
             })
@@ -1165,7 +1151,7 @@ async fn the_release_subscription_ends_when_nobody_waits() {
     });
     tokio::time::sleep(Duration::from_millis(10)).await;
     waiter
-        .get_or_compute("k", None, async { unreachable!() })
+        .get_with("k", None, async { unreachable!() })
         .await
         .unwrap();
     h.await.unwrap().unwrap();
@@ -1225,7 +1211,7 @@ async fn a_value_stored_between_our_read_and_our_lease_is_served_not_recomputed(
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
     let v = c
-        .get_or_compute("k", None, async move {
+        .get_with("k", None, async move {
             r.fetch_add(1, Ordering::SeqCst);
             b("computed again")
         })

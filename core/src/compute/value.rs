@@ -39,6 +39,12 @@ pub trait CacheValue: Clone + MaybeSend + MaybeSync + 'static {
     fn set_windows(&mut self, fresh_until: Option<u64>, stale_until: Option<u64>) {
         let _ = (fresh_until, stale_until);
     }
+
+    /// When a stored value was written (unix ms), if it records it (an
+    /// [`Envelope`](crate::Envelope) does): [`Fetched::stored_at_ms`](super::Fetched).
+    fn stored_at_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl CacheValue for Bytes {
@@ -72,6 +78,10 @@ impl CacheValue for Envelope {
     fn set_windows(&mut self, fresh_until: Option<u64>, stale_until: Option<u64>) {
         self.fresh_until = fresh_until;
         self.stale_until = stale_until;
+    }
+
+    fn stored_at_ms(&self) -> Option<u64> {
+        Envelope::stored_at_ms(self)
     }
 }
 

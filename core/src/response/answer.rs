@@ -1,10 +1,10 @@
-//! What a [`ResponseCache`](super::ResponseCache) returns: [`Answer`], [`LlmResponse`] and
+//! What a [`ResponseCache`](super::ResponseCache) returns: [`Fetched`]`<`[`LlmResponse`]`>` and
 //! [`Usage`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use crate::compute::Status;
+use crate::compute::Fetched;
 use crate::envelope::Envelope;
 
 /// Token counts of a response.
@@ -101,7 +101,7 @@ pub(crate) mod meta {
     /// The namespace generation the entry was written under.
     pub(crate) const GENERATION: &str = "ns_generation";
     /// When the entry was written, unix ms (tag invalidation compares with it).
-    pub(crate) const CREATED_MS: &str = "created_ms";
+    pub(crate) use crate::envelope::CREATED_MS;
 }
 
 impl LlmResponse {
@@ -123,29 +123,11 @@ impl LlmResponse {
     }
 }
 
-/// An answer to a request, with where it came from.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Answer {
-    /// The response.
-    pub response: LlmResponse,
-    /// HIT, MISS or STALE.
-    pub status: Status,
-    /// The key the answer is cached under (the full Redis key for a Redis cache).
-    pub key: String,
-    /// When the served entry was written (unix ms), for hits and stale answers whose
-    /// envelope records it.
-    pub stored_at_ms: Option<u64>,
-}
-
-impl Answer {
+/// The response cache's answers are `Fetched<LlmResponse>`: the response, its [`Status`] and,
+/// for answers read from the cache, when they were written ([`Status`](crate::Status)).
+impl Fetched<LlmResponse> {
     /// The response text.
     pub fn text(&self) -> &str {
-        &self.response.text
-    }
-
-    /// True for [`Status::Hit`].
-    pub fn is_hit(&self) -> bool {
-        self.status == Status::Hit
+        &self.value.text
     }
 }

@@ -53,9 +53,9 @@
 //!     Ok::<_, std::io::Error>(LlmResponse::new("Paris.").with_usage(Usage::new(14, 2)))
 //! };
 //!
-//! let first = cache.get_or_compute(&request, &CacheControl::default(), ask).await?;
+//! let first = cache.try_get_with(&request, &CacheControl::default(), ask).await?;
 //! assert_eq!((first.text(), first.status), ("Paris.", Status::Miss));
-//! let second = cache.get_or_compute(&request, &CacheControl::default(), ask).await?;
+//! let second = cache.try_get_with(&request, &CacheControl::default(), ask).await?;
 //! assert_eq!(second.status, Status::Hit);
 //!
 //! cache.flush().await?; // analytics reach Redis (normally with the next write)
@@ -89,7 +89,7 @@ use serde_json::Value as Json;
 
 use crate::cache::Cache;
 use crate::clock::{SharedClock, duration_ms};
-use crate::compute::{ComputeError, Jitter, RedisLock, Status};
+use crate::compute::{ComputeError, Fetched, Jitter, RedisLock, Status};
 use crate::envelope::{Decoded, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GO_DEEP_AGENT_PREFIX, KeyScheme};
@@ -103,7 +103,7 @@ use crate::value::{Cmd, Value};
 pub use analytics::{
     AlertHook, AnalyticsReport, HitRateAlert, ModelAnalytics, ModelPrice, Prices, StatsTotals,
 };
-pub use answer::{Answer, LlmResponse, Usage};
+pub use answer::{LlmResponse, Usage};
 pub use control::{CacheControl, DEFAULT_NAMESPACE};
 pub use request::{EXCLUDED_FIELDS, LlmRequest};
 pub use warm::{ProgressHook, WarmOptions, WarmProgress, WarmReport};
@@ -158,7 +158,7 @@ pub enum Mode {
 /// # Errors
 ///
 /// An invalid request or control (a zero TTL, a namespace with spaces) is always an error.
-/// Cache failures are not errors of [`get_or_compute`](ResponseCache::get_or_compute) when
+/// Cache failures are not errors of [`try_get_with`](ResponseCache::try_get_with) when
 /// the cache is [fail-open](ResponseCacheBuilder::fail_open) (the default): the answer is
 /// computed and returned, and the failure is logged and counted in
 /// [`errors`](ResponseCache::errors). The plain operations (`get`, `put`, invalidation,
@@ -384,7 +384,7 @@ impl ResponseCacheBuilder {
     }
 
     /// When true (the default), a cache failure during
-    /// [`get_or_compute`](ResponseCache::get_or_compute) is logged and counted and the
+    /// [`try_get_with`](ResponseCache::try_get_with) is logged and counted and the
     /// answer computed anyway; when false it is returned as [`ComputeError::Cache`].
     pub fn fail_open(mut self, on: bool) -> Self {
         self.fail_open = on;
@@ -682,7 +682,7 @@ impl ResponseCache {
         &self,
         request: &LlmRequest,
         control: &CacheControl,
-    ) -> Result<Option<Answer>> {
+    ) -> Result<Option<Fetched<LlmResponse>>> {
         let t = self.target(request, control)?;
         let started = self.inner.clock.now_ms();
         let lookup = self
@@ -715,7 +715,7 @@ impl ResponseCache {
         &self,
         request: &LlmRequest,
         control: &CacheControl,
-    ) -> Result<Option<Answer>> {
+    ) -> Result<Option<Fetched<LlmResponse>>> {
         let t = self.target(request, control)?;
         let lookup = self.lookup(&t, true).await?;
         Ok(match lookup.entry {
@@ -728,7 +728,7 @@ impl ResponseCache {
     /// Stores an answer for a request (its TTL, namespace and tags from `control`) and
     /// returns the key. In [`Mode::Larder`] over Redis this reads the namespace's generation
     /// first (one more round trip than the write inside
-    /// [`get_or_compute`](ResponseCache::get_or_compute), which already has it).
+    /// [`try_get_with`](ResponseCache::try_get_with), which already has it).
     ///
     /// # Errors
     ///
@@ -788,12 +788,12 @@ impl ResponseCache {
     /// [`ComputeError::Compute`] when `compute` failed with nothing to fall back to;
     /// [`ComputeError::Cache`] for invalid controls, and for cache failures when the cache
     /// is not [fail-open](ResponseCacheBuilder::fail_open).
-    pub async fn get_or_compute<F, Fut, E>(
+    pub async fn try_get_with<F, Fut, E>(
         &self,
         request: &LlmRequest,
         control: &CacheControl,
         compute: F,
-    ) -> std::result::Result<Answer, ComputeError<E>>
+    ) -> std::result::Result<Fetched<LlmResponse>, ComputeError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<LlmResponse, E>>,
@@ -823,7 +823,7 @@ impl ResponseCache {
         match lookup.entry {
             Some(Entry::Fresh(e)) if !control.skips_read() => {
                 self.record_hit(&t, &e);
-                self.observe("get_or_compute", &t, Some(Status::Hit), started);
+                self.observe("try_get_with", &t, Some(Status::Hit), started);
                 return Ok(answer_of(e, Status::Hit, &t));
             }
             Some(Entry::Fresh(e)) if control.force_refresh => fallback = Some(e),
@@ -855,10 +855,10 @@ impl ResponseCache {
             )
             .await;
         match computed {
-            Ok(Got::Computed(response)) => Ok(self.fresh(response, Status::Miss, t, started)),
-            Ok(Got::Joined(response)) => Ok(self.fresh(response, Status::Coalesced, t, started)),
+            Ok(Got::Computed(response)) => Ok(self.fresh(response, Status::Miss, &t, started)),
+            Ok(Got::Joined(response)) => Ok(self.fresh(response, Status::Coalesced, &t, started)),
             Ok(Got::Found(e)) => {
-                self.observe("get_or_compute", &t, Some(Status::Coalesced), started);
+                self.observe("try_get_with", &t, Some(Status::Coalesced), started);
                 Ok(answer_of(e, Status::Coalesced, &t))
             }
             Err(ComputeError::Compute(err)) => match fallback {
@@ -867,7 +867,7 @@ impl ResponseCache {
                         key = %short(&t.key),
                         "computing the response failed; serving the stale answer"
                     );
-                    self.observe("get_or_compute", &t, Some(Status::Stale), started);
+                    self.observe("try_get_with", &t, Some(Status::Stale), started);
                     Ok(answer_of(e, Status::Stale, &t))
                 }
                 None => Err(ComputeError::Compute(err)),
@@ -877,17 +877,18 @@ impl ResponseCache {
     }
 
     /// The answer of a computation, by this caller (MISS) or one it joined (COALESCED).
-    fn fresh(&self, mut response: LlmResponse, status: Status, t: Target, started: u64) -> Answer {
-        self.observe("get_or_compute", &t, Some(status), started);
+    fn fresh(
+        &self,
+        mut response: LlmResponse,
+        status: Status,
+        t: &Target,
+        started: u64,
+    ) -> Fetched<LlmResponse> {
+        self.observe("try_get_with", t, Some(status), started);
         if response.model.is_empty() {
             response.model = t.model.clone();
         }
-        Answer {
-            response,
-            status,
-            key: t.key,
-            stored_at_ms: None,
-        }
+        Fetched::new(response, status)
     }
 
     /// Computes (and stores) a missing answer: the one place that decides how a miss is
@@ -1566,20 +1567,15 @@ fn classify(
     }
 }
 
-fn answer_of(e: Envelope, status: Status, t: &Target) -> Answer {
-    let stored_at_ms = e
-        .metadata
-        .get(meta::CREATED_MS)
-        .and_then(Json::as_u64)
-        .or_else(|| (e.timestamp > 0).then(|| e.timestamp as u64 * 1000));
+fn answer_of(e: Envelope, status: Status, t: &Target) -> Fetched<LlmResponse> {
+    let stored_at_ms = e.stored_at_ms();
     let mut response = LlmResponse::from_envelope(e);
     if response.model.is_empty() {
         response.model = t.model.clone();
     }
-    Answer {
-        response,
+    Fetched {
+        value: response,
         status,
-        key: t.key.clone(),
         stored_at_ms,
     }
 }

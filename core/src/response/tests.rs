@@ -68,8 +68,8 @@ fn ask(
     cache: &ResponseCache,
     control: &CacheControl,
     f: impl FnOnce() -> std::future::Ready<TestResult>,
-) -> std::result::Result<Answer, ComputeError<String>> {
-    block_on(cache.get_or_compute(&question(), control, f))
+) -> std::result::Result<Fetched<LlmResponse>, ComputeError<String>> {
+    block_on(cache.try_get_with(&question(), control, f))
 }
 
 fn none() -> CacheControl {
@@ -84,14 +84,17 @@ fn miss_then_hit_reports_status_and_computes_once() {
     let first = ask(&cache, &none(), model.answer("Paris.")).unwrap();
     assert_eq!(first.status, Status::Miss);
     assert_eq!(first.text(), "Paris.");
-    assert_eq!(first.response.model, "gpt-4o-mini");
+    assert_eq!(first.value.model, "gpt-4o-mini");
     let second = ask(&cache, &none(), model.answer("other")).unwrap();
     assert_eq!(second.status, Status::Hit);
     assert_eq!(second.text(), "Paris.");
-    assert_eq!(second.response.usage, Some(Usage::new(100, 20)));
+    assert_eq!(second.value.usage, Some(Usage::new(100, 20)));
     assert_eq!(second.stored_at_ms, Some(t.clock().now_ms()));
     assert_eq!(model.calls(), 1);
-    assert_eq!(first.key, format!("p:cache:{}", question().hash().unwrap()));
+    assert_eq!(
+        cache.key(&question(), &none()).unwrap(),
+        format!("p:cache:{}", question().hash().unwrap())
+    );
 }
 
 #[test]
@@ -102,7 +105,10 @@ fn stored_value_is_an_envelope_with_response_model_time_and_metadata() {
         .build()
         .unwrap();
     let a = ask(&cache, &none(), Model::default().answer("Paris.")).unwrap();
-    let raw = block_on(t.get(a.key.as_bytes())).unwrap().unwrap();
+    assert_eq!(a.status, Status::Miss);
+    let raw = block_on(t.get(cache.key(&question(), &none()).unwrap().as_bytes()))
+        .unwrap()
+        .unwrap();
     let Decoded::Envelope(e) = Envelope::decode(&raw) else {
         panic!("not an envelope: {raw:?}")
     };
@@ -125,7 +131,11 @@ fn ttl_control_sets_px_and_expires_the_answer() {
     let model = Model::default();
     let ctl = none().ttl(Duration::from_secs(10));
     let a = ask(&cache, &ctl, model.answer("Paris.")).unwrap();
-    assert_eq!(block_on(t.pttl(a.key.as_bytes())).unwrap(), 10_000);
+    assert_eq!(a.status, Status::Miss);
+    assert_eq!(
+        block_on(t.pttl(cache.key(&question(), &ctl).unwrap().as_bytes())).unwrap(),
+        10_000
+    );
     t.clock().advance(Duration::from_secs(9));
     assert_eq!(
         ask(&cache, &ctl, model.answer("x")).unwrap().status,
@@ -137,10 +147,21 @@ fn ttl_control_sets_px_and_expires_the_answer() {
         Status::Miss
     );
     // Without a per-request TTL the builder's default applies.
-    let a =
-        block_on(cache.get_or_compute(&LlmRequest::prompt("m", "q"), &none(), model.answer("y")))
-            .unwrap();
-    assert_eq!(block_on(t.pttl(a.key.as_bytes())).unwrap(), 3_600_000);
+    let a = block_on(cache.try_get_with(&LlmRequest::prompt("m", "q"), &none(), model.answer("y")))
+        .unwrap();
+    assert_eq!(a.status, Status::Miss);
+    assert_eq!(
+        block_on(
+            t.pttl(
+                cache
+                    .key(&LlmRequest::prompt("m", "q"), &none())
+                    .unwrap()
+                    .as_bytes()
+            )
+        )
+        .unwrap(),
+        3_600_000
+    );
 }
 
 #[test]
@@ -173,7 +194,10 @@ fn no_store_does_not_write() {
     let model = Model::default();
     let a = ask(&cache, &none().no_store(), model.answer("Paris.")).unwrap();
     assert_eq!(a.status, Status::Miss);
-    assert_eq!(block_on(t.get(a.key.as_bytes())).unwrap(), None);
+    assert_eq!(
+        block_on(t.get(cache.key(&question(), &none()).unwrap().as_bytes())).unwrap(),
+        None
+    );
     assert_eq!(
         ask(&cache, &none(), model.answer("Paris.")).unwrap().status,
         Status::Miss
@@ -196,7 +220,7 @@ fn force_refresh_replaces_a_fresh_entry_and_falls_back_to_it_on_failure() {
     let a = ask(&cache, &none().force_refresh(), model.fail()).unwrap();
     assert_eq!((a.status, a.text()), (Status::Stale, "v2"));
     // Without an entry, the failure is the caller's.
-    let err = block_on(cache.get_or_compute(
+    let err = block_on(cache.try_get_with(
         &LlmRequest::prompt("m", "new"),
         &none().force_refresh(),
         model.fail(),
@@ -218,8 +242,9 @@ fn stale_answer_is_served_only_when_computing_fails_inside_the_window() {
         .unwrap();
     let model = Model::default();
     let a = ask(&cache, &none(), model.answer("v1")).unwrap();
+    assert_eq!(a.status, Status::Miss);
     assert_eq!(
-        block_on(t.pttl(a.key.as_bytes())).unwrap(),
+        block_on(t.pttl(cache.key(&question(), &none()).unwrap().as_bytes())).unwrap(),
         660_000,
         "kept for ttl + window"
     );
@@ -250,11 +275,18 @@ fn namespaces_are_separate() {
     let model = Model::default();
     let a = ask(&cache, &none().namespace("tenant-a"), model.answer("A")).unwrap();
     let b2 = ask(&cache, &none().namespace("tenant-b"), model.answer("B")).unwrap();
+    let key_a = cache
+        .key(&question(), &none().namespace("tenant-a"))
+        .unwrap();
+    let key_b = cache
+        .key(&question(), &none().namespace("tenant-b"))
+        .unwrap();
     assert_eq!(
-        a.key,
+        key_a,
         format!("p:cache:tenant-a:{}", question().hash().unwrap())
     );
-    assert_ne!(a.key, b2.key);
+    assert_ne!(key_a, key_b);
+    assert_eq!((a.text(), b2.text()), ("A", "B"));
     assert_eq!(
         ask(&cache, &none().namespace("tenant-a"), model.answer("x"))
             .unwrap()
@@ -270,10 +302,16 @@ fn namespaces_are_separate() {
     // "default" is the namespace of requests that name none.
     let d = ask(&cache, &none(), model.answer("D")).unwrap();
     assert_eq!(
+        cache
+            .key(&question(), &none().namespace("default"))
+            .unwrap(),
+        cache.key(&question(), &none()).unwrap()
+    );
+    assert_eq!(
         ask(&cache, &none().namespace("default"), model.answer("x"))
             .unwrap()
-            .key,
-        d.key
+            .text(),
+        d.text()
     );
 }
 
@@ -285,7 +323,7 @@ fn namespace_invalidation_is_one_incr_and_every_get_stays_one_round_trip() {
     let ns = none().namespace("tenant-a");
     for i in 0..50 {
         let r = LlmRequest::prompt("m", format!("q{i}"));
-        block_on(cache.get_or_compute(&r, &ns, model.answer("a"))).unwrap();
+        block_on(cache.try_get_with(&r, &ns, model.answer("a"))).unwrap();
     }
     ask(&cache, &none().namespace("tenant-b"), model.answer("b")).unwrap();
     t.reset_counters();
@@ -314,7 +352,7 @@ fn namespace_invalidation_is_one_incr_and_every_get_stays_one_round_trip() {
             .unwrap()
             .is_hit()
     );
-    block_on(cache.get_or_compute(&r0, &ns, model.answer("a2"))).unwrap();
+    block_on(cache.try_get_with(&r0, &ns, model.answer("a2"))).unwrap();
     assert_eq!(block_on(cache.get(&r0, &ns)).unwrap().unwrap().text(), "a2");
     // Another instance sharing the Redis sees the invalidation too.
     let other = redis_cache(&t).build().unwrap();
@@ -330,7 +368,7 @@ fn tag_invalidation_is_lazy_and_checked_in_the_lookup_pipeline() {
     let docs = none().tag("docs-v3");
     ask(&cache, &docs, model.answer("old")).unwrap();
     let untagged = LlmRequest::prompt("gpt-4o-mini", "unrelated");
-    block_on(cache.get_or_compute(&untagged, &none(), model.answer("u"))).unwrap();
+    block_on(cache.try_get_with(&untagged, &none(), model.answer("u"))).unwrap();
 
     t.clock().advance(Duration::from_millis(5));
     t.reset_counters();
@@ -378,7 +416,7 @@ fn model_invalidation_drops_that_models_answers_only() {
     let model = Model::default();
     let other = LlmRequest::prompt("claude-haiku", "q");
     ask(&cache, &none(), model.answer("a")).unwrap();
-    block_on(cache.get_or_compute(&other, &none(), model.answer("b"))).unwrap();
+    block_on(cache.try_get_with(&other, &none(), model.answer("b"))).unwrap();
     t.clock().advance(Duration::from_millis(1));
     block_on(cache.invalidate_model("gpt-4o-mini")).unwrap();
     assert!(
@@ -496,15 +534,16 @@ fn go_compat_uses_the_agents_key_raw_text_and_five_minute_ttl() {
     assert_eq!(go.key(&chat, &none()).unwrap(), key);
 
     let a =
-        block_on(go.get_or_compute(&request, &none(), Model::default().answer("Paris."))).unwrap();
-    assert_eq!(a.key, key);
+        block_on(go.try_get_with(&request, &none(), Model::default().answer("Paris."))).unwrap();
+    assert_eq!(a.status, Status::Miss);
+    assert_eq!(go.key(&request, &none()).unwrap(), key);
     assert_eq!(
         block_on(t.get(key.as_bytes())).unwrap(),
         Some(b("Paris.")),
         "raw text, no envelope"
     );
     assert_eq!(block_on(t.pttl(key.as_bytes())).unwrap(), 300_000);
-    let hit = block_on(go.get_or_compute(&request, &none(), Model::default().fail())).unwrap();
+    let hit = block_on(go.try_get_with(&request, &none(), Model::default().fail())).unwrap();
     assert_eq!((hit.status, hit.text()), (Status::Hit, "Paris."));
 }
 
@@ -532,10 +571,10 @@ fn go_compat_reads_what_the_go_agent_wrote_and_counts_into_its_stats_keys() {
         .unwrap();
     // temperature unset = 0, as the Go agent keys it.
     let hi = LlmRequest::prompt("gpt-4o-mini", "Hi");
-    let a = block_on(rust.get_or_compute(&hi, &none(), Model::default().fail())).unwrap();
+    let a = block_on(rust.try_get_with(&hi, &none(), Model::default().fail())).unwrap();
     assert_eq!((a.status, a.text()), (Status::Hit, "Hello from Go"));
     let miss = LlmRequest::prompt("gpt-4o-mini", "Bye");
-    block_on(rust.get_or_compute(&miss, &none(), Model::default().answer("Bye!"))).unwrap();
+    block_on(rust.try_get_with(&miss, &none(), Model::default().answer("Bye!"))).unwrap();
     block_on(rust.flush()).unwrap();
     let stat = |s: &str| {
         block_on(t.get(format!("go-deep-agent:stats:{s}").as_bytes()))
@@ -585,7 +624,7 @@ fn analytics_accumulate_across_instances_sharing_one_redis() {
     ask(&b2, &none(), model.answer("x")).unwrap(); // hit on b
     ask(&a, &none(), model.answer("x")).unwrap(); // hit on a
     let other = LlmRequest::prompt("claude-haiku", "q");
-    block_on(b2.get_or_compute(&other, &none(), model.answer("y"))).unwrap(); // miss + write on b
+    block_on(b2.try_get_with(&other, &none(), model.answer("y"))).unwrap(); // miss + write on b
     block_on(a.flush()).unwrap();
     block_on(b2.flush()).unwrap();
 
@@ -626,13 +665,13 @@ fn a_miss_with_the_lease_costs_three_more_round_trips() {
     for (i, expected) in [(0, 6), (1, 5)] {
         t.reset_counters();
         let r = LlmRequest::prompt("gpt-4o-mini", format!("q{i}"));
-        block_on(cache.get_or_compute(&r, &none(), Model::default().answer("a"))).unwrap();
+        block_on(cache.try_get_with(&r, &none(), Model::default().answer("a"))).unwrap();
         // Lookup, SET NX, the re-read under the lease, write, release (the first release
         // loads the script: EVALSHA answers NOSCRIPT, then EVAL).
         assert_eq!(t.calls(), expected, "{:?}", t.command_log());
     }
     t.reset_counters();
-    block_on(cache.get_or_compute(
+    block_on(cache.try_get_with(
         &LlmRequest::prompt("gpt-4o-mini", "q0"),
         &none(),
         Model::default().answer("a"),
@@ -653,7 +692,7 @@ fn analytics_ride_with_the_write_and_cost_no_extra_round_trip() {
     }
     t.reset_counters();
     let r = LlmRequest::prompt("gpt-4o-mini", "new");
-    block_on(cache.get_or_compute(&r, &none(), Model::default().answer("y"))).unwrap();
+    block_on(cache.try_get_with(&r, &none(), Model::default().answer("y"))).unwrap();
     assert_eq!(t.calls(), 2, "lookup + write, nothing else");
     let log = t.command_log();
     assert!(
@@ -710,7 +749,7 @@ fn hit_rate_alert_fires_once_per_drop_below_the_threshold() {
     let model = Model::default();
     let miss = |i: usize| {
         let r = LlmRequest::prompt("m", format!("q{i}"));
-        block_on(cache.get_or_compute(&r, &none(), model.answer("a"))).unwrap();
+        block_on(cache.try_get_with(&r, &none(), model.answer("a"))).unwrap();
     };
     for i in 0..4 {
         miss(i); // window 1: 0 of 4
@@ -816,7 +855,7 @@ fn purge_pattern_deletes_matching_keys_only() {
     let model = Model::default();
     for i in 0..5 {
         let r = LlmRequest::prompt("m", format!("q{i}"));
-        block_on(cache.get_or_compute(&r, &none().namespace("old"), model.answer("a"))).unwrap();
+        block_on(cache.try_get_with(&r, &none().namespace("old"), model.answer("a"))).unwrap();
     }
     ask(&cache, &none(), model.answer("keep")).unwrap();
     assert_eq!(block_on(cache.purge_pattern("old:*")).unwrap(), 5);
@@ -877,7 +916,7 @@ fn warm_runs_with_bounded_concurrency_reports_progress_and_skips_cached() {
     let t = MemTransport::new();
     let cache = redis_cache(&t).build().unwrap();
     // One already cached.
-    block_on(cache.get_or_compute(
+    block_on(cache.try_get_with(
         &LlmRequest::prompt("m", "q0"),
         &none(),
         Model::default().answer("cached"),
@@ -1031,7 +1070,7 @@ mod stampede {
             let cache = cache.clone();
             let f = slow_model(&calls, "Paris.", 200);
             tasks.push(tokio::spawn(async move {
-                cache.get_or_compute(&question(), &none(), f).await
+                cache.try_get_with(&question(), &none(), f).await
             }));
         }
         let mut statuses = Vec::new();
@@ -1056,7 +1095,7 @@ mod stampede {
             "the lease was released"
         );
         let again = cache
-            .get_or_compute(&question(), &none(), slow_model(&calls, "x", 0))
+            .try_get_with(&question(), &none(), slow_model(&calls, "x", 0))
             .await
             .unwrap();
         assert_eq!((again.status, again.text()), (Status::Hit, "Paris."));
@@ -1073,7 +1112,7 @@ mod stampede {
             let cache = if i % 2 == 0 { a.clone() } else { b_.clone() };
             let f = slow_model(&calls, "Paris.", 300);
             tasks.push(tokio::spawn(async move {
-                cache.get_or_compute(&question(), &none(), f).await
+                cache.try_get_with(&question(), &none(), f).await
             }));
         }
         for task in tasks {
@@ -1091,7 +1130,7 @@ mod stampede {
         let calls = Arc::new(AtomicUsize::new(0));
         let started = tokio::time::Instant::now();
         let answer = cache
-            .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
+            .try_get_with(&question(), &none(), slow_model(&calls, "Paris.", 0))
             .await
             .unwrap();
         assert_eq!(answer.text(), "Paris.");
@@ -1116,7 +1155,7 @@ mod stampede {
         let calls = Arc::new(AtomicUsize::new(0));
         let started = tokio::time::Instant::now();
         let answer = cache
-            .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
+            .try_get_with(&question(), &none(), slow_model(&calls, "Paris.", 0))
             .await
             .unwrap();
         assert_eq!(answer.text(), "Paris.");
@@ -1140,13 +1179,13 @@ mod stampede {
         let leader = {
             let cache = cache.clone();
             let f = slow_model(&calls, "never", 10_000);
-            tokio::spawn(async move { cache.get_or_compute(&question(), &none(), f).await })
+            tokio::spawn(async move { cache.try_get_with(&question(), &none(), f).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         let waiter = {
             let cache = cache.clone();
             let f = slow_model(&calls, "Paris.", 100);
-            tokio::spawn(async move { cache.get_or_compute(&question(), &none(), f).await })
+            tokio::spawn(async move { cache.try_get_with(&question(), &none(), f).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         leader.abort();
@@ -1170,7 +1209,7 @@ mod stampede {
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_compute(&question(), &none(), move || async move {
+                    .try_get_with(&question(), &none(), move || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Err::<LlmResponse, _>("model down".to_owned())
@@ -1184,7 +1223,7 @@ mod stampede {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let ok = cache
-            .get_or_compute(&question(), &none(), slow_model(&calls, "Paris.", 0))
+            .try_get_with(&question(), &none(), slow_model(&calls, "Paris.", 0))
             .await
             .unwrap();
         assert_eq!((ok.status, ok.text()), (Status::Miss, "Paris."));

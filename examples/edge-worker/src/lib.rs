@@ -166,7 +166,8 @@ async fn compute(
 ) -> std::result::Result<(bool, Envelope), String> {
     let computer = ComputeCache::builder(cache.clone())
         .runtime(WaitUntil::shared(ctx.clone()))
-        .build()?;
+        .build()
+        .map_err(|e| e.to_string())?;
     let model = request["model"].as_str().unwrap_or("unknown").to_owned();
     let prompt = request["prompt"].as_str().unwrap_or_default().to_owned();
     let fetched = computer

@@ -166,7 +166,7 @@ pub(super) async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         let control = control.clone();
         async move {
             responses
-                .get_or_compute(&r, &control, || async {
+                .try_get_with(&r, &control, || async {
                     Ok::<_, std::convert::Infallible>(LlmResponse::new("computed"))
                 })
                 .await

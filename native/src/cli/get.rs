@@ -66,20 +66,20 @@ pub(super) async fn run(args: GetArgs) -> Result<ExitCode, String> {
             println!("{}", a.text());
         } else if args.connect.json {
             print_json(&json!({
-                "key": a.key,
+                "key": key,
                 "found": true,
                 "status": a.status.as_str(),
-                "response": a.response.text,
-                "model": a.response.model,
-                "usage": a.response.usage,
-                "metadata": a.response.metadata,
+                "response": a.value.text,
+                "model": a.value.model,
+                "usage": a.value.usage,
+                "metadata": a.value.metadata,
                 "stored_at_ms": a.stored_at_ms,
             }));
         } else {
-            println!("key      {}", a.key);
+            println!("key      {key}");
             println!("status   {}", a.status);
-            println!("model    {}", a.response.model);
-            if let Some(u) = a.response.usage {
+            println!("model    {}", a.value.model);
+            if let Some(u) = a.value.usage {
                 println!(
                     "tokens   {} prompt + {} completion",
                     u.prompt_tokens, u.completion_tokens

@@ -63,7 +63,7 @@ fn question() -> LlmRequest {
 async fn answer(cache: &ResponseCache, r: &LlmRequest, control: &CacheControl, text: &str) {
     let text = text.to_owned();
     cache
-        .get_or_compute(r, control, || async move {
+        .try_get_with(r, control, || async move {
             Ok::<_, String>(LlmResponse::new(text).with_usage(Usage::new(1000, 500)))
         })
         .await
@@ -374,7 +374,7 @@ async fn warm_computes_a_jsonl_file_through_an_openai_compatible_endpoint() {
     let hours = LlmRequest::chat("gpt-4o-mini").user("hours?");
     let a = cache.get(&hours, &faq).await.unwrap().expect("warmed");
     assert_eq!(a.text(), "echo: hours?");
-    assert_eq!(a.response.usage, Some(Usage::new(12, 3)));
+    assert_eq!(a.value.usage, Some(Usage::new(12, 3)));
     let where_ = LlmRequest::prompt("gpt-4o-mini", "where?").system("Be brief.");
     assert!(cache.get(&where_, &faq).await.unwrap().is_some());
 

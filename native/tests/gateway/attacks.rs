@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use larder_native::RedisOptions;
 use larder_native::gateway::policy::{BLOCKING, CONTAINERS};
 use larder_native::testing::{RedisServer, RespValue};
 use serde_json::{Value as Json, json};
@@ -456,7 +457,12 @@ async fn the_policy_knows_every_blocking_and_container_command_of_this_redis() {
 #[tokio::test]
 async fn one_request_cannot_make_redis_or_the_gateway_hold_more_than_the_reply_limit() {
     const LIMIT: usize = 1024 * 1024;
-    let s = start(&[], |b| b.max_reply_bytes(LIMIT)).await;
+    // Up to 1 MiB of one-byte members is ~340 000 values for redis-rs to parse, which takes
+    // about the default 1 s response timeout in a debug build: give it room, since this test
+    // is about what runs, not about time.
+    let server = RedisServer::builder().password(PASSWORD);
+    let slow_ok = |o: RedisOptions| o.read_timeout(Duration::from_secs(5));
+    let s = Setup::start_on_with(server, slow_ok, |b| b.max_reply_bytes(LIMIT)).await;
     seed_victims(&s);
     admin(&s, &["SET", "big", &"b".repeat(100 * 1024)]);
     admin(&s, &["SADD", "set", "a"]);

@@ -727,7 +727,7 @@ async fn the_documented_redis_acl_user_stops_dangerous_commands_even_without_the
         .build()
         .unwrap();
     let got = compute
-        .get_or_compute("computed", None, async { bytes::Bytes::from_static(b"v") })
+        .get_with("computed", None, async { bytes::Bytes::from_static(b"v") })
         .await
         .unwrap();
     assert_eq!(&got[..], b"v");

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use larder_edge::RestTransport;
-use larder_native::RedisTransport;
 use larder_native::gateway::{Gateway, GatewayBuilder, SpawnedGateway, Token};
 use larder_native::testing::{RedisServer, RedisServerBuilder};
+use larder_native::{RedisOptions, RedisTransport};
 
 pub(crate) const FULL: &str = "full-token-for-tests-0123456789";
 pub(crate) const READ_ONLY: &str = "read-only-token-for-tests-0123456789";
@@ -37,11 +37,20 @@ impl Setup {
         server: RedisServerBuilder,
         configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
     ) -> Setup {
+        Setup::start_on_with(server, |o| o, configure).await
+    }
+
+    /// [`start_on`](Setup::start_on) with the gateway's transport options changed by `opts`.
+    pub(crate) async fn start_on_with(
+        server: RedisServerBuilder,
+        opts: impl FnOnce(RedisOptions) -> RedisOptions,
+        configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+    ) -> Setup {
         let redis = tokio::task::spawn_blocking(move || server.start())
             .await
             .unwrap()
             .expect("redis-server starts");
-        let native = RedisTransport::connect(&redis.url())
+        let native = RedisTransport::from_options(&opts(RedisOptions::from_url(&redis.url())))
             .await
             .expect("native transport connects");
         let builder = Gateway::builder(Arc::new(native.clone()))

@@ -110,7 +110,7 @@ async fn foreign_values_at_cache_keys_are_legacy_text_or_counted_misses() {
         s.foreign(&[b"SET", s.keys().value_key(key).as_bytes(), stored])
             .await;
         let got = compute
-            .try_get_or_compute_value(key, None, answer(&runs, "computed"))
+            .try_fetch(key, None, answer(&runs, "computed"))
             .await
             .unwrap();
         assert_eq!(got.status, Status::Hit, "{key}");
@@ -134,7 +134,7 @@ async fn foreign_values_at_cache_keys_are_legacy_text_or_counted_misses() {
         s.foreign(&[b"SET", s.keys().value_key(key).as_bytes(), bytes])
             .await;
         let got = compute
-            .try_get_or_compute_value(key, None, answer(&runs, "recomputed"))
+            .try_fetch(key, None, answer(&runs, "recomputed"))
             .await
             .unwrap();
         assert_eq!(
@@ -172,7 +172,7 @@ async fn a_20_mb_foreign_value_is_read_or_counted_corrupt_without_harm() {
     .await;
     let started = Instant::now();
     let got = compute
-        .try_get_or_compute_value("big-text", None, answer(&runs, "small"))
+        .try_fetch("big-text", None, answer(&runs, "small"))
         .await
         .unwrap();
     eprintln!(
@@ -188,7 +188,7 @@ async fn a_20_mb_foreign_value_is_read_or_counted_corrupt_without_harm() {
         .await;
     let started = Instant::now();
     let got = compute
-        .try_get_or_compute_value("big-binary", None, answer(&runs, "small"))
+        .try_fetch("big-binary", None, answer(&runs, "small"))
         .await
         .unwrap();
     eprintln!(
@@ -225,11 +225,11 @@ async fn wrong_types_at_cache_keys_are_surfaced_raw_and_a_counted_miss_when_comp
     );
     assert!(matches!(s.cache.mget(&["list", "hash"]).await, Ok(v) if v == vec![None, None]));
 
-    // get_or_compute: a counted corrupt miss, computed under the lease like any miss, and
+    // get-or-compute: a counted corrupt miss, computed under the lease like any miss, and
     // the key (larder's) now holds the computed envelope.
     for (i, key) in ["hash", "list"].into_iter().enumerate() {
         let got = compute
-            .try_get_or_compute_value(key, None, answer(&runs, "computed"))
+            .try_fetch(key, None, answer(&runs, "computed"))
             .await
             .unwrap();
         assert_eq!(got.status, Status::Miss, "{key}");
@@ -282,7 +282,7 @@ async fn wrong_types_and_garbage_under_response_cache_keys_are_counted_misses() 
             "{foreign:?}"
         );
         let answer = responses
-            .get_or_compute(&request, &control, || async {
+            .try_get_with(&request, &control, || async {
                 Ok::<_, Infallible>(LlmResponse::new("Paris, recomputed."))
             })
             .await
@@ -318,7 +318,7 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
     let compute = s.compute(WaitPolicy::Compute, max_wait);
     let started = Instant::now();
     let got = compute
-        .try_get_or_compute_value("locked", None, answer(&runs, "computed"))
+        .try_fetch("locked", None, answer(&runs, "computed"))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -332,7 +332,7 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
     let erring = s.compute(WaitPolicy::Error, max_wait);
     let started = Instant::now();
     let err = erring
-        .try_get_or_compute_value("locked", None, answer(&runs, "never"))
+        .try_fetch("locked", None, answer(&runs, "never"))
         .await
         .unwrap_err();
     assert!(matches!(err, ComputeError::LockWait { .. }), "{err:?}");
@@ -342,7 +342,7 @@ async fn a_foreign_lock_value_is_never_deleted_or_extended_and_each_wait_policy_
     let stale = s.compute(WaitPolicy::ServeStale, max_wait);
     s.cache.delete("locked").await.unwrap();
     let got = stale
-        .try_get_or_compute_value("locked", None, answer(&runs, "computed"))
+        .try_fetch("locked", None, answer(&runs, "computed"))
         .await
         .unwrap();
     assert_eq!(got.status, Status::Miss);
@@ -370,7 +370,7 @@ async fn a_lock_key_of_the_wrong_type_is_waited_out_and_left_alone() {
         .await;
     let compute = s.compute(WaitPolicy::Compute, Duration::from_millis(200));
     let got = compute
-        .try_get_or_compute_value("typed", None, answer(&runs, "computed"))
+        .try_fetch("typed", None, answer(&runs, "computed"))
         .await
         .unwrap();
     assert_eq!(got.status, Status::Miss);
@@ -381,7 +381,7 @@ async fn a_lock_key_of_the_wrong_type_is_waited_out_and_left_alone() {
     // Past the wait the value is cached, so the next call is a hit and does not wait.
     let started = Instant::now();
     let got = compute
-        .try_get_or_compute_value("typed", None, answer(&runs, "again"))
+        .try_fetch("typed", None, answer(&runs, "again"))
         .await
         .unwrap();
     assert_eq!(got.status, Status::Hit);
@@ -414,7 +414,7 @@ async fn a_lock_taken_over_during_the_compute_is_neither_released_nor_extended()
         let hash_lock = key == "hash";
         let lock_for_task = lock.clone();
         let got = compute
-            .try_get_or_compute_value::<Bytes, _, Infallible>(key, None, async move {
+            .try_fetch::<Bytes, _, Infallible>(key, None, async move {
                 // While we hold the lease, another program replaces it.
                 raw.exec(Cmd::from_parts(parts.into_iter().map(Bytes::from).collect()).unwrap())
                     .await
@@ -517,7 +517,7 @@ async fn a_wrong_type_under_a_tiered_cache_is_a_corrupt_miss_not_an_l2_outage() 
     s.foreign(&[b"SADD", key.as_bytes(), b"member"]).await;
     let runs = Arc::new(AtomicU32::new(0));
     let got = compute
-        .try_get_or_compute_value("tiered", None, answer(&runs, "computed"))
+        .try_fetch("tiered", None, answer(&runs, "computed"))
         .await
         .unwrap();
     assert_eq!(got.status, Status::Miss);

@@ -30,7 +30,7 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisOptions) {
         let calls = calls.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_compute(&request, &CacheControl::default(), || async move {
+                .try_get_with(&request, &CacheControl::default(), || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     Ok::<_, std::io::Error>(LlmResponse::new("Paris."))
@@ -67,7 +67,7 @@ async fn one_model_call_for_many_misses(opts: impl Fn() -> RedisOptions) {
         "the lease {lock} was released"
     );
     let hit = instances[1]
-        .get_or_compute(&request, &CacheControl::default(), || async {
+        .try_get_with(&request, &CacheControl::default(), || async {
             Err::<LlmResponse, _>(std::io::Error::other("not called"))
         })
         .await

@@ -381,7 +381,7 @@ async fn waiter_latency<T: Transport + Clone + 'static>(
     let key_owned = key.to_owned();
     let holding = tokio::spawn(async move {
         holder
-            .get_or_compute(&key_owned, None, async move {
+            .get_with(&key_owned, None, async move {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let _ = done_tx.send(Instant::now());
                 Bytes::from_static(b"the value")
@@ -402,7 +402,7 @@ async fn waiter_latency<T: Transport + Clone + 'static>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let got = waiter
-        .try_get_or_compute_value::<Bytes, _, std::convert::Infallible>(key, None, async {
+        .try_fetch::<Bytes, _, std::convert::Infallible>(key, None, async {
             Ok(Bytes::from_static(b"the waiter computed"))
         })
         .await

@@ -42,7 +42,7 @@ pub(crate) async fn child_stampede() {
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .try_get_or_compute_value::<Bytes, _, std::convert::Infallible>(
+                .try_fetch::<Bytes, _, std::convert::Infallible>(
                     KEY,
                     Some(Duration::from_secs(60)),
                     async move {
@@ -130,7 +130,7 @@ pub(crate) async fn child_holder() {
         .unwrap();
     let marker = transport(&url).await;
     let _ = cache
-        .get_or_compute(KEY, None, async move {
+        .get_with(KEY, None, async move {
             marker
                 .exec(Cmd::new("INCR").arg(computes_key()))
                 .await
@@ -189,7 +189,7 @@ async fn holder_killed_with_sigkill_mid_compute_lease_expires_and_another_comput
         .build()
         .unwrap();
     let got = cache
-        .try_get_or_compute_value::<Bytes, _, std::convert::Infallible>(KEY, None, async {
+        .try_fetch::<Bytes, _, std::convert::Infallible>(KEY, None, async {
             Ok(Bytes::from_static(b"computed-after-the-holder-died"))
         })
         .await

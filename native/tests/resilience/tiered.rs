@@ -156,7 +156,7 @@ async fn redis_killed_for_10_s_under_100_tasks_in_tiered_mode_returns_no_errors(
                 let at = origin.elapsed();
                 let started = Instant::now();
                 let r = cache
-                    .get_or_compute(&key, Some(Duration::from_secs(3600)), async move {
+                    .get_with(&key, Some(Duration::from_secs(3600)), async move {
                         Bytes::from(format!("value-{i}"))
                     })
                     .await;
@@ -189,7 +189,7 @@ async fn redis_killed_for_10_s_under_100_tasks_in_tiered_mode_returns_no_errors(
     for n in 0.. {
         let key = format!("recovery-{n}");
         cache
-            .get_or_compute(&key, None, async { Bytes::from_static(b"r") })
+            .get_with(&key, None, async { Bytes::from_static(b"r") })
             .await
             .unwrap();
         let exists = server
@@ -269,7 +269,7 @@ async fn corrupt_bytes_under_a_key_are_a_counted_miss_and_recomputed() {
     .await
     .unwrap();
     let got = cache
-        .try_get_or_compute_value::<Envelope, _, std::convert::Infallible>(
+        .try_fetch::<Envelope, _, std::convert::Infallible>(
             "bad",
             Some(Duration::from_secs(60)),
             async { Ok(Envelope::new("recomputed", "m", 0)) },

@@ -123,7 +123,7 @@ impl LlmResponse {
     }
 }
 
-/// The response cache's answers are `Fetched<LlmResponse>`: the response, its [`Status`] and,
+/// The response cache's answers are `Fetched<LlmResponse>`: the response, its status and,
 /// for answers read from the cache, when they were written ([`Status`](crate::Status)).
 impl Fetched<LlmResponse> {
     /// The response text.

@@ -234,7 +234,7 @@ pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_MAX_POLLS: u32 = 20;
 pub(crate) const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(20);
-pub(crate) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DEFAULT_HARD_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
@@ -457,7 +457,7 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
         self
     }
 
-    /// The first and the longest pause between polls (default 20 ms doubling up to 2 s,
+    /// The first and the longest pause between polls (default 20 ms doubling up to 1 s,
     /// each jittered by ±50 %).
     pub fn poll_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.settings.backoff_min = min.max(Duration::from_millis(1));

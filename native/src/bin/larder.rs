@@ -161,7 +161,13 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         policy.allow(a);
     }
     policy.allow_read_only_scripts(args.read_only_scripts);
+    // One Prometheus recorder for the process: `/metrics` shows the gateway's metrics and
+    // everything the library emits (the transport, the breaker).
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let mut builder = Gateway::builder(Arc::new(transport))
+        .prometheus(prometheus)
         .health_timeout(timeout)
         .policy(policy)
         .body_limit(args.body_limit)

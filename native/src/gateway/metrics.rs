@@ -1,7 +1,8 @@
-//! The gateway's counters, served as Prometheus text on `/metrics`.
+//! The gateway's metrics, and `/metrics`: the Prometheus text of everything the process
+//! emits, rendered by `metrics-exporter-prometheus`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use metrics::SharedString;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Request outcomes counted by the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,18 +19,6 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
-        Outcome::Ok,
-        Outcome::RedisError,
-        Outcome::BadRequest,
-        Outcome::Unauthorized,
-        Outcome::TooLarge,
-        Outcome::NotFound,
-        Outcome::Unavailable,
-        Outcome::Timeout,
-        Outcome::ReplyTooLarge,
-    ];
-
     fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -55,13 +44,6 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 4] = [
-        Route::Single,
-        Route::Pipeline,
-        Route::MultiExec,
-        Route::Other,
-    ];
-
     fn label(self) -> &'static str {
         match self {
             Route::Single => "command",
@@ -72,92 +54,95 @@ impl Route {
     }
 }
 
-#[derive(Debug, Default)]
+/// The gateway's counters, emitted through the `metrics` facade with a `gateway` label (the
+/// gateway's [name](super::GatewayBuilder::name)), next to everything else the process
+/// emits (the transport, the breaker, caches). `/metrics` renders them all from the
+/// Prometheus recorder the gateway was given.
+#[derive(Debug)]
 pub(crate) struct Metrics {
-    requests: [[AtomicU64; 9]; 4],
-    commands: AtomicU64,
-    connections: AtomicU64,
-    open_connections: AtomicU64,
-    denied: AtomicU64,
-    request_micros: AtomicU64,
+    name: SharedString,
+    prometheus: Option<PrometheusHandle>,
 }
 
 impl Metrics {
+    pub(crate) fn new(name: SharedString, prometheus: Option<PrometheusHandle>) -> Self {
+        Metrics { name, prometheus }
+    }
+
     pub(crate) fn request(&self, route: Route, outcome: Outcome, micros: u64) {
-        let r = Route::ALL.iter().position(|x| *x == route).unwrap_or(3);
-        let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
-        self.requests[r][o].fetch_add(1, Ordering::Relaxed);
-        self.request_micros.fetch_add(micros, Ordering::Relaxed);
+        metrics::counter!(
+            "larder_gateway_requests_total",
+            "gateway" => self.name.clone(),
+            "endpoint" => route.label(),
+            "outcome" => outcome.label()
+        )
+        .increment(1);
+        metrics::histogram!(
+            "larder_gateway_request_duration_seconds",
+            "gateway" => self.name.clone(),
+            "endpoint" => route.label()
+        )
+        .record(micros as f64 / 1e6);
     }
 
     pub(crate) fn commands(&self, n: usize) {
-        self.commands.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("larder_gateway_commands_total", "gateway" => self.name.clone())
+            .increment(n as u64);
     }
 
     pub(crate) fn denied(&self, n: usize) {
-        self.denied.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("larder_gateway_denied_commands_total", "gateway" => self.name.clone())
+            .increment(n as u64);
     }
 
     /// A connection was accepted; the returned guard counts it open until dropped.
     pub(crate) fn connection(self: &std::sync::Arc<Self>) -> OpenConnection {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("larder_gateway_connections_total", "gateway" => self.name.clone())
+            .increment(1);
+        self.open_connections().increment(1.0);
         OpenConnection(self.clone())
     }
 
-    pub(crate) fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        out.push_str(
-            "# HELP larder_gateway_requests_total HTTP requests by endpoint and outcome.\n",
-        );
-        out.push_str("# TYPE larder_gateway_requests_total counter\n");
-        for (r, route) in Route::ALL.iter().enumerate() {
-            for (o, outcome) in Outcome::ALL.iter().enumerate() {
-                let n = self.requests[r][o].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "larder_gateway_requests_total{{endpoint=\"{}\",outcome=\"{}\"}} {n}",
-                    route.label(),
-                    outcome.label()
-                );
-            }
-        }
-        let simple = [
-            (
-                "larder_gateway_commands_total",
-                "Redis commands run for clients.",
-                &self.commands,
-            ),
-            (
-                "larder_gateway_denied_commands_total",
-                "Commands refused: malformed names, the policy (rules, deny list, read-only \
-                 tokens) and counts whose reply would pass the reply limit.",
-                &self.denied,
-            ),
-            (
-                "larder_gateway_connections_total",
-                "TCP connections accepted.",
-                &self.connections,
-            ),
-            (
-                "larder_gateway_request_duration_microseconds_total",
-                "Time spent answering requests, in microseconds.",
-                &self.request_micros,
-            ),
-        ];
-        for (name, help, counter) in simple {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP larder_gateway_open_connections TCP connections open now (at most the \
-             connection limit).\n# TYPE larder_gateway_open_connections gauge\n\
-             larder_gateway_open_connections {}",
-            self.open_connections.load(Ordering::Relaxed)
-        );
-        out
+    fn open_connections(&self) -> metrics::Gauge {
+        metrics::gauge!("larder_gateway_open_connections", "gateway" => self.name.clone())
     }
+
+    /// The Prometheus text of every metric in the recorder, or `None` without one.
+    pub(crate) fn render(&self) -> Option<String> {
+        let handle = self.prometheus.as_ref()?;
+        handle.run_upkeep();
+        Some(handle.render())
+    }
+}
+
+/// Describes the gateway's metrics to the installed recorder (their `# HELP` lines).
+pub(crate) fn describe() {
+    metrics::describe_counter!(
+        "larder_gateway_requests_total",
+        "HTTP requests by endpoint and outcome."
+    );
+    metrics::describe_histogram!(
+        "larder_gateway_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time spent answering requests."
+    );
+    metrics::describe_counter!(
+        "larder_gateway_commands_total",
+        "Redis commands run for clients."
+    );
+    metrics::describe_counter!(
+        "larder_gateway_denied_commands_total",
+        "Commands refused: malformed names, the policy (rules, deny list, read-only tokens) and \
+         counts whose reply would pass the reply limit."
+    );
+    metrics::describe_counter!(
+        "larder_gateway_connections_total",
+        "TCP connections accepted."
+    );
+    metrics::describe_gauge!(
+        "larder_gateway_open_connections",
+        "TCP connections open now (at most the connection limit)."
+    );
 }
 
 /// Counts one connection as open while it lives.
@@ -166,6 +151,6 @@ pub(crate) struct OpenConnection(std::sync::Arc<Metrics>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.open_connections().decrement(1.0);
     }
 }

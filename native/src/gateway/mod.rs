@@ -128,6 +128,8 @@ pub struct GatewayBuilder {
     header_read_timeout: Duration,
     body_read_timeout: Duration,
     max_reply_bytes: usize,
+    name: String,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -232,6 +234,23 @@ impl GatewayBuilder {
         self
     }
 
+    /// The `gateway` label of this gateway's metrics (default `"gateway"`), to tell several
+    /// gateways in one process apart.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Serves `GET /metrics` from this Prometheus recorder: the gateway's own metrics and
+    /// everything else the process emits through the `metrics` facade (the transport, the
+    /// circuit breaker, caches), when the recorder is the installed one
+    /// (`PrometheusBuilder::install_recorder`, as `larder gateway` does). Without it
+    /// `/metrics` answers 404.
+    pub fn prometheus(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
+    }
+
     /// Builds the gateway.
     ///
     /// # Errors
@@ -239,6 +258,7 @@ impl GatewayBuilder {
     /// When no token is configured and [`insecure_no_auth`](Self::insecure_no_auth) was not
     /// asked for.
     pub fn build(self) -> Result<Gateway, GatewayError> {
+        metrics::describe();
         if self.tokens.is_empty() && !self.insecure_no_auth {
             return Err(GatewayError(
                 "no token configured: set LARDER_GATEWAY_TOKEN (or --token-file), or pass \
@@ -258,7 +278,7 @@ impl GatewayBuilder {
                 header_read_timeout: self.header_read_timeout,
                 body_read_timeout: self.body_read_timeout,
                 max_reply_bytes: self.max_reply_bytes,
-                metrics: Arc::new(Metrics::default()),
+                metrics: Arc::new(Metrics::new(self.name.into(), self.prometheus)),
                 sync: AtomicU64::new(0),
             }),
         })
@@ -315,6 +335,8 @@ impl Gateway {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            name: "gateway".to_owned(),
+            prometheus: None,
         }
     }
 
@@ -628,14 +650,21 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         (["healthz"], &Method::GET | &Method::HEAD) => (Route::Other, health(&shared).await),
         (["metrics"], &Method::GET) => (
             Route::Other,
-            Answer {
-                status: StatusCode::OK,
-                body: shared.metrics.render().into_bytes(),
-                outcome: Outcome::Ok,
-                content_type: "text/plain; version=0.0.4",
-                sync_token: None,
-                may_have_written: false,
-                close: false,
+            match shared.metrics.render() {
+                Some(text) => Answer {
+                    status: StatusCode::OK,
+                    body: text.into_bytes(),
+                    outcome: Outcome::Ok,
+                    content_type: "text/plain; version=0.0.4",
+                    sync_token: None,
+                    may_have_written: false,
+                    close: false,
+                },
+                None => Answer::error(
+                    StatusCode::NOT_FOUND,
+                    "ERR no metrics recorder: give the gateway one with GatewayBuilder::prometheus",
+                    Outcome::NotFound,
+                ),
             },
         ),
         ([] | ["pipeline"] | ["multi-exec"], _) => (

@@ -50,19 +50,109 @@ async fn metrics_count_requests_and_denials() {
     s.post("/pipeline", r#"[["PING"],["FLUSHALL"]]"#, false)
         .await;
     s.post_as(None, "/", b"[\"PING\"]".to_vec(), false).await;
+    for (endpoint, outcome) in [
+        ("command", "ok"),
+        ("pipeline", "ok"),
+        ("command", "unauthorized"),
+    ] {
+        let n = s
+            .metric(
+                "larder_gateway_requests_total",
+                &[("endpoint", endpoint), ("outcome", outcome)],
+            )
+            .await;
+        assert_eq!(n, 1.0, "{endpoint} {outcome}");
+    }
+    assert_eq!(
+        s.metric("larder_gateway_denied_commands_total", &[]).await,
+        1.0
+    );
     let text = s.metrics().await;
+    assert!(!text.contains(FULL), "tokens never appear");
+}
+
+/// `/metrics` is the process's Prometheus recorder: next to the gateway's own metrics it shows
+/// what the library emits anywhere in the process — the redis-rs transport, caches, circuit
+/// breakers. Without a recorder it is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_transport_caches_and_breakers_of_the_process() {
+    use larder_core::breaker::CircuitBreakerLayer;
+    use larder_core::observe::Instrumented;
+    use larder_core::{Cache, Cmd, MemoryCache, Transport};
+    use larder_native::{RedisOptions, RedisTransport};
+
+    let s = Setup::start().await;
+    s.post("/", r#"["SET","k","v"]"#, false).await;
+    let cache_name = format!("{}-cache", s.name);
+    let cache = Instrumented::new(MemoryCache::builder().build().unwrap()).name(&cache_name);
+    cache.set("k", "v".into(), None).await.unwrap();
+    assert!(cache.get("k").await.unwrap().is_some());
+    // A breaker in front of a Redis nobody listens on opens at its first failure.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = RedisTransport::from_options(
+        &RedisOptions::standalone(format!("127.0.0.1:{port}")).min_idle_conns(0),
+    )
+    .await
+    .unwrap();
+    let guarded = CircuitBreakerLayer::new().failure_threshold(1).layer(dead);
+    assert!(guarded.exec(Cmd::new("PING")).await.is_err());
+
+    let text = s.metrics().await;
+    let has = |name: &str, labels: &[(&str, &str)]| {
+        crate::support::metric_value(&text, name, labels) >= 1.0
+    };
     assert!(
-        text.contains(r#"larder_gateway_requests_total{endpoint="command",outcome="ok"} 1"#),
+        has(
+            "larder_gateway_requests_total",
+            &[("gateway", &s.name), ("outcome", "ok")]
+        ),
         "{text}"
     );
-    assert!(text.contains(r#"larder_gateway_requests_total{endpoint="pipeline",outcome="ok"} 1"#));
     assert!(
-        text.contains(
-            r#"larder_gateway_requests_total{endpoint="command",outcome="unauthorized"} 1"#
-        )
+        has("larder_redis_calls_total", &[("topology", "standalone")]),
+        "{text}"
     );
-    assert!(text.contains("larder_gateway_denied_commands_total 1"));
-    assert!(!text.contains(FULL), "tokens never appear");
+    assert!(
+        has("larder_redis_errors_total", &[]),
+        "the dead Redis's error: {text}"
+    );
+    assert!(
+        has(
+            "larder_cache_operations_total",
+            &[("cache", &cache_name), ("op", "get"), ("outcome", "hit")]
+        ),
+        "{text}"
+    );
+    assert!(
+        has("larder_cache_hits_total", &[("cache", &cache_name)]),
+        "{text}"
+    );
+    assert!(
+        has("larder_breaker_transitions_total", &[("to", "open")]),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP larder_gateway_requests_total"),
+        "{text}"
+    );
+
+    let bare = larder_native::gateway::Gateway::builder(std::sync::Arc::new(s.native.clone()))
+        .token(larder_native::gateway::Token::new(FULL).unwrap())
+        .build()
+        .unwrap()
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let resp = s
+        .http
+        .get(format!("{}/metrics", bare.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "no recorder, no /metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

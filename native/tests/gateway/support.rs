@@ -16,6 +16,39 @@ pub(crate) struct Setup {
     pub(crate) native: RedisTransport,
     pub(crate) gateway: SpawnedGateway,
     pub(crate) http: reqwest::Client,
+    /// The gateway's `gateway` metrics label (unique in this test process).
+    pub(crate) name: String,
+}
+
+/// The Prometheus recorder of this test process, installed once: every gateway renders it,
+/// and tells its own series apart by its name.
+pub(crate) fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the only recorder of this process")
+        })
+        .clone()
+}
+
+/// The sum of the samples of `name` in Prometheus text whose labels include all of `labels`
+/// (0 when there is none).
+pub(crate) fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, set) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let has = |(k, v): &(&str, &str)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\""));
+            (metric == name && labels.iter().all(has)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 impl Setup {
@@ -53,7 +86,14 @@ impl Setup {
         let native = RedisTransport::from_options(&opts(RedisOptions::from_url(&redis.url())))
             .await
             .expect("native transport connects");
+        static GATEWAYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "test-{}",
+            GATEWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let builder = Gateway::builder(Arc::new(native.clone()))
+            .name(&name)
+            .prometheus(prometheus())
             .token(Token::new(FULL).unwrap())
             .read_only_token(Token::new(READ_ONLY).unwrap());
         let gateway = configure(builder).build().expect("gateway builds");
@@ -64,6 +104,7 @@ impl Setup {
             native,
             gateway,
             http: reqwest::Client::new(),
+            name,
         }
     }
 
@@ -73,6 +114,14 @@ impl Setup {
             .base64_args(true)
             .build()
             .unwrap()
+    }
+
+    /// A metric of this gateway (its `gateway` label) from `/metrics`: the sum of the
+    /// samples of `name` with all of `labels`.
+    pub(crate) async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut all = vec![("gateway", self.name.as_str())];
+        all.extend_from_slice(labels);
+        metric_value(&self.metrics().await, name, &all)
     }
 
     /// The gateway's `/metrics` text.

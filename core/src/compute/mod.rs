@@ -52,7 +52,7 @@ pub use value::{CacheValue, Json};
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) use lock::emulate_scripts;
 pub(crate) use lock::event_channel;
-pub(crate) use util::{Jitter, Pacer, Pacing, random_token, until};
+pub(crate) use util::{Pacer, Pacing, random_token, until};
 
 pub(crate) use flight::{Flights, Join, Waited};
 pub(crate) use lock::{HeldLease, with_keep_alive};
@@ -261,7 +261,6 @@ struct Inner<C> {
     runtime: Option<SharedRuntime>,
     flights: Arc<Flights<Lease>>,
     settings: Settings,
-    jitter: Jitter,
     counters: Counters,
 }
 
@@ -458,7 +457,7 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
     }
 
     /// The first and the longest pause between polls (default 20 ms doubling up to 1 s,
-    /// each jittered by ±50 %).
+    /// each pause cut by up to half at random).
     pub fn poll_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.settings.backoff_min = min.max(Duration::from_millis(1));
         self.settings.backoff_max = max.max(self.settings.backoff_min);
@@ -482,7 +481,6 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
             .clock
             .or_else(|| self.cache.clock())
             .unwrap_or_else(crate::clock::system);
-        let jitter = Jitter::new(&*clock);
         Ok(ComputeCache {
             inner: Arc::new(Inner {
                 cache: self.cache,
@@ -491,7 +489,6 @@ impl<C: Cache + 'static> ComputeCacheBuilder<C> {
                 runtime: self.runtime,
                 flights: Arc::new(Flights::default()),
                 settings: self.settings,
-                jitter,
                 counters: Counters::default(),
             }),
         })
@@ -1125,7 +1122,6 @@ impl<C: Cache + 'static> ComputeCache<C> {
         let bound = hard.map_or(bound, |h| h.min(bound));
         let mut pacer = Pacer::new(Pacing {
             clock,
-            jitter: &inner.jitter,
             deadline_ms: bound,
             max_polls: s.max_polls,
             backoff_min: s.backoff_min,

@@ -87,40 +87,9 @@ pub(crate) fn random_token(clock: &dyn Clock) -> String {
     crate::transport::hex(&random_bytes(clock))
 }
 
-/// A small, lock-free pseudo-random source for jitter (SplitMix64), seeded once.
-#[derive(Debug)]
-pub(crate) struct Jitter {
-    state: AtomicU64,
-}
-
-impl Jitter {
-    pub(crate) fn new(clock: &dyn Clock) -> Self {
-        let seed = random_bytes(clock);
-        Jitter {
-            state: AtomicU64::new(u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"))),
-        }
-    }
-
-    fn next_u64(&self) -> u64 {
-        let mut z = self
-            .state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// `d` scaled by a random factor in `[1 - spread, 1 + spread]` (spread in 0..=1).
-    pub(crate) fn jitter(&self, d: Duration, spread: f64) -> Duration {
-        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        let factor = 1.0 - spread + 2.0 * spread * unit;
-        d.mul_f64(factor.max(0.0))
-    }
-}
-
-/// How a lease waiter paces its looks: until `deadline_ms` or `max_polls` looks, napping a
-/// jittered (±50 %) exponential backoff from `backoff_min` to `backoff_max` between them.
+/// How a lease waiter paces its looks: until `deadline_ms` or `max_polls` looks, napping an
+/// exponential backoff from `backoff_min` to `backoff_max` between them, each pause cut by
+/// up to half at random so that waiters spread out.
 /// The one wait loop of [`ComputeCache`](super::ComputeCache) and the response cache:
 ///
 /// ```ignore
@@ -131,7 +100,6 @@ impl Jitter {
 /// ```
 pub(crate) struct Pacing<'a> {
     pub(crate) clock: &'a dyn Clock,
-    pub(crate) jitter: &'a Jitter,
     pub(crate) deadline_ms: u64,
     pub(crate) max_polls: u32,
     pub(crate) backoff_min: Duration,
@@ -141,16 +109,33 @@ pub(crate) struct Pacing<'a> {
 /// A [`Pacing`] under way.
 pub(crate) struct Pacer<'a> {
     pacing: Pacing<'a>,
-    backoff: Duration,
+    pauses: backon::ExponentialBackoff,
     polls: u32,
+}
+
+/// The pauses of one wait: `min` doubling up to `max`, each in `[d / 2, d)`. backon's jitter
+/// adds up to +100 %, so it is given half the bounds; its seed comes from `getrandom` (Web
+/// Crypto on wasm32), where backon's own default would be one fixed seed for every isolate.
+fn pauses(min: Duration, max: Duration, seed: u64) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(min / 2)
+        .with_max_delay(max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_jitter_seed(seed)
+        .without_max_times()
+        .build()
 }
 
 impl<'a> Pacer<'a> {
     pub(crate) fn new(pacing: Pacing<'a>) -> Self {
-        let backoff = pacing.backoff_min;
+        let seed = random_bytes(pacing.clock);
+        let seed = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
+        let pauses = pauses(pacing.backoff_min, pacing.backoff_max, seed);
         Pacer {
             pacing,
-            backoff,
+            pauses,
             polls: 0,
         }
     }
@@ -163,13 +148,13 @@ impl<'a> Pacer<'a> {
         if now >= p.deadline_ms || self.polls >= p.max_polls {
             return false;
         }
-        let nap = p
-            .jitter
-            .jitter(self.backoff, 0.5)
+        let nap = self
+            .pauses
+            .next()
+            .unwrap_or(p.backoff_max)
             .min(Duration::from_millis(p.deadline_ms - now));
         listener.wait(p.clock, nap).await;
         self.polls += 1;
-        self.backoff = (self.backoff * 2).min(p.backoff_max);
         true
     }
 
@@ -195,16 +180,25 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_in_its_band() {
-        let j = Jitter::new(&ManualClock::new(0));
-        let base = Duration::from_millis(100);
+    fn pauses_double_up_to_the_cap_each_between_half_and_all_of_it() {
+        let (min, max) = (Duration::from_millis(20), Duration::from_millis(1000));
         let mut seen = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let d = j.jitter(base, 0.5);
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150));
-            seen.insert(d.as_millis());
+        for seed in 0..200 {
+            let mut backoff = min;
+            for pause in pauses(min, max, seed).take(10) {
+                assert!(
+                    pause >= backoff / 2 && pause < backoff,
+                    "{pause:?} outside [{:?}, {backoff:?})",
+                    backoff / 2
+                );
+                seen.insert(pause.as_micros());
+                backoff = (backoff * 2).min(max);
+            }
         }
-        assert!(seen.len() > 20, "jitter varies: {}", seen.len());
+        assert!(seen.len() > 500, "pauses vary: {}", seen.len());
+        let a: Vec<_> = pauses(min, max, 1).take(5).collect();
+        let b: Vec<_> = pauses(min, max, 2).take(5).collect();
+        assert_ne!(a, b, "different seeds, different pauses");
     }
 
     #[test]

@@ -89,7 +89,7 @@ use serde_json::Value as Json;
 
 use crate::cache::Cache;
 use crate::clock::{SharedClock, duration_ms};
-use crate::compute::{ComputeError, Fetched, Jitter, RedisLock, Status};
+use crate::compute::{ComputeError, Fetched, RedisLock, Status};
 use crate::envelope::{Decoded, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::{GO_DEEP_AGENT_PREFIX, KeyScheme};
@@ -476,7 +476,6 @@ impl ResponseCacheBuilder {
                 ttl: self.lease_ttl,
                 max_wait: self.max_wait,
                 max_polls: self.max_polls,
-                jitter: Jitter::new(&*self.clock),
             }),
             _ => None,
         };

@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use crate::clock::{SharedClock, duration_ms};
 use crate::compute::{
-    Flights, HeldLease, Jitter, Join, LockBackend, Pacer, Pacing, Waited, random_token,
-    with_keep_alive,
+    Flights, HeldLease, Join, LockBackend, Pacer, Pacing, Waited, random_token, with_keep_alive,
 };
 use crate::envelope::Envelope;
 use crate::transport::{MaybeSend, MaybeSync};
@@ -81,7 +80,6 @@ pub(crate) struct Lease {
     pub(crate) ttl: Duration,
     pub(crate) max_wait: Duration,
     pub(crate) max_polls: u32,
-    pub(crate) jitter: Jitter,
 }
 
 impl fmt::Debug for Lease {
@@ -191,7 +189,6 @@ impl Stampede {
         }
         let mut pacer = Pacer::new(Pacing {
             clock: &**clock,
-            jitter: &lease.jitter,
             deadline_ms: clock.now_ms().saturating_add(duration_ms(lease.max_wait)),
             max_polls: lease.max_polls,
             backoff_min: BACKOFF_MIN,
@@ -238,7 +235,6 @@ mod tests {
             ttl: DEFAULT_LEASE_TTL,
             max_wait: DEFAULT_MAX_WAIT,
             max_polls: DEFAULT_MAX_POLLS,
-            jitter: Jitter::new(&*clock),
         }))
     }
 

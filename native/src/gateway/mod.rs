@@ -83,11 +83,14 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use bytes::Bytes;
 use larder_core::rest::{self, Encoding};
 use larder_core::{Cmd, Commands, ErrorKind, SharedTransport, TransportError, Value};
+use tower::Layer;
+use tower::util::MapRequestLayer;
 
 pub use auth::Token;
 use auth::Tokens;
@@ -340,11 +343,19 @@ impl Gateway {
         }
     }
 
-    /// The axum router (to mount in a larger server, or to serve yourself).
+    /// The axum router (to mount in a larger server, or to serve yourself). Paths are
+    /// normalised before routing (`//pipeline` and `/pipeline/` are `/pipeline`), since clients
+    /// join base URLs and paths loosely.
     pub fn router(&self) -> Router {
-        Router::new()
-            .fallback(handle)
-            .with_state(self.shared.clone())
+        let routes = Router::new()
+            .route("/", post(post_command).fallback(post_only))
+            .route("/pipeline", post(post_pipeline).fallback(post_only))
+            .route("/multi-exec", post(post_multi_exec).fallback(post_only))
+            .route("/healthz", get(healthz).fallback(unknown))
+            .route("/metrics", get(metrics_text).fallback(unknown))
+            .fallback(unknown)
+            .with_state(self.shared.clone());
+        Router::new().fallback_service(MapRequestLayer::new(normalize_path).layer(routes))
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting connections,
@@ -626,67 +637,105 @@ fn admit(shared: &Shared, cmd: &Cmd, access: Access, spent: &mut u64) -> Result<
 /// checks the replies so far against the reply limit and runs no more once they pass it.
 const PIPELINE_MAX_PART: usize = 256;
 
-async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+/// `//a//b/` → `/a/b`: empty path segments dropped (the query kept).
+fn normalize_path(mut request: Request) -> Request {
+    let uri = request.uri();
+    let path = uri.path();
+    if !path.contains("//") && (path == "/" || !path.ends_with('/')) {
+        return request;
+    }
+    let mut normal = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    if let Some(query) = uri.query() {
+        normal.push('?');
+        normal.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = normal.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(normalised) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = normalised;
+        }
+    }
+    request
+}
+
+/// Answers, timing and counting the request under `route`.
+async fn timed(shared: &Shared, route: Route, answer: impl Future<Output = Answer>) -> Response {
     let started = Instant::now();
-    let segments: Vec<&str> = request
-        .uri()
-        .path()
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let (route, answer) = match (segments.as_slice(), request.method()) {
-        ([], &Method::POST) => (
-            Route::Single,
-            command(&shared, request, Route::Single).await,
-        ),
-        (["pipeline"], &Method::POST) => (
-            Route::Pipeline,
-            command(&shared, request, Route::Pipeline).await,
-        ),
-        (["multi-exec"], &Method::POST) => (
-            Route::MultiExec,
-            command(&shared, request, Route::MultiExec).await,
-        ),
-        (["healthz"], &Method::GET | &Method::HEAD) => (Route::Other, health(&shared).await),
-        (["metrics"], &Method::GET) => (
-            Route::Other,
-            match shared.metrics.render() {
-                Some(text) => Answer {
-                    status: StatusCode::OK,
-                    body: text.into_bytes(),
-                    outcome: Outcome::Ok,
-                    content_type: "text/plain; version=0.0.4",
-                    sync_token: None,
-                    may_have_written: false,
-                    close: false,
-                },
-                None => Answer::error(
-                    StatusCode::NOT_FOUND,
-                    "ERR no metrics recorder: give the gateway one with GatewayBuilder::prometheus",
-                    Outcome::NotFound,
-                ),
-            },
-        ),
-        ([] | ["pipeline"] | ["multi-exec"], _) => (
-            Route::Other,
-            Answer::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "ERR use POST with a JSON body",
-                Outcome::NotFound,
-            ),
-        ),
-        _ => (
-            Route::Other,
-            Answer::error(
-                StatusCode::NOT_FOUND,
-                "ERR unknown endpoint: POST /, /pipeline or /multi-exec; GET /healthz or /metrics",
-                Outcome::NotFound,
-            ),
-        ),
-    };
+    let answer = answer.await;
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     shared.metrics.request(route, answer.outcome, micros);
     answer.into_response()
+}
+
+async fn post_command(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let answer = command(&shared, request, Route::Single);
+    timed(&shared, Route::Single, answer).await
+}
+
+async fn post_pipeline(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let answer = command(&shared, request, Route::Pipeline);
+    timed(&shared, Route::Pipeline, answer).await
+}
+
+async fn post_multi_exec(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let answer = command(&shared, request, Route::MultiExec);
+    timed(&shared, Route::MultiExec, answer).await
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    timed(&shared, Route::Other, health(&shared)).await
+}
+
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    let answer = async {
+        match shared.metrics.render() {
+            Some(text) => Answer {
+                status: StatusCode::OK,
+                body: text.into_bytes(),
+                outcome: Outcome::Ok,
+                content_type: "text/plain; version=0.0.4",
+                sync_token: None,
+                may_have_written: false,
+                close: false,
+            },
+            None => Answer::error(
+                StatusCode::NOT_FOUND,
+                "ERR no metrics recorder: give the gateway one with GatewayBuilder::prometheus",
+                Outcome::NotFound,
+            ),
+        }
+    };
+    timed(&shared, Route::Other, answer).await
+}
+
+async fn post_only(State(shared): State<Arc<Shared>>) -> Response {
+    let answer = async {
+        Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ERR use POST with a JSON body",
+            Outcome::NotFound,
+        )
+    };
+    timed(&shared, Route::Other, answer).await
+}
+
+async fn unknown(State(shared): State<Arc<Shared>>) -> Response {
+    let answer = async {
+        Answer::error(
+            StatusCode::NOT_FOUND,
+            "ERR unknown endpoint: POST /, /pipeline or /multi-exec; GET /healthz or /metrics",
+            Outcome::NotFound,
+        )
+    };
+    timed(&shared, Route::Other, answer).await
 }
 
 impl IntoResponse for Answer {

@@ -615,7 +615,7 @@ enum Ended {
 
 /// The driver: connects when there is a channel to serve, reads messages, reconnects.
 async fn drive(hub: Arc<HubInner>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = reconnect_backoff(BACKOFF_MIN, BACKOFF_MAX);
     let mut failed: Option<String> = None;
     let mut ever_up = false;
     loop {
@@ -638,7 +638,7 @@ async fn drive(hub: Arc<HubInner>) {
                 ever_up = true;
                 hub.report_gaps();
                 hub.status.send_replace(Status::Up { node: node.clone() });
-                backoff = BACKOFF_MIN;
+                backoff = reconnect_backoff(BACKOFF_MIN, BACKOFF_MAX);
                 failed = None;
                 let ended = serve(&hub, &mut stream, moved.as_mut()).await;
                 *hub.sink.lock().await = None;
@@ -662,17 +662,27 @@ async fn drive(hub: Arc<HubInner>) {
                 hub.status.send_replace(Status::Down(e));
                 // Sleep the backoff, unless kicked (a caller wants an answer now: wait the
                 // minimum only) or the master moved.
-                let sleep = tokio::time::sleep(backoff);
+                let sleep = tokio::time::sleep(backoff.next().unwrap_or(BACKOFF_MAX));
                 tokio::pin!(sleep);
                 tokio::select! {
                     () = &mut sleep => {}
                     () = hub.kick.notified() => tokio::time::sleep(BACKOFF_MIN).await,
                     () = changed(moved.as_mut()) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
+}
+
+/// Reconnection pauses: `min` doubling up to `max` (no jitter: one connection per process).
+pub(crate) fn reconnect_backoff(min: Duration, max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
 }
 
 /// Resolves when the watched value changes; never without one.

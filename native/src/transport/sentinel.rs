@@ -593,7 +593,7 @@ fn begin_promotion(shared: &Arc<Shared>, target: (String, u16), old: (String, u1
 
 /// Watches one sentinel for `+switch-master` until the transport is dropped or closed.
 async fn watch(shared: Weak<Shared>, index: usize) {
-    let mut backoff = WATCH_BACKOFF_MIN;
+    let mut backoff = super::pubsub::reconnect_backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
     let mut first = true;
     loop {
         let Some(s) = shared.upgrade() else { return };
@@ -614,7 +614,7 @@ async fn watch(shared: Weak<Shared>, index: usize) {
         .await;
         match subscribed {
             Ok(Ok(pubsub)) => {
-                backoff = WATCH_BACKOFF_MIN;
+                backoff = super::pubsub::reconnect_backoff(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
                 if !first {
                     // Catch up on an announcement missed while we were not subscribed.
                     if let Some(s) = shared.upgrade() {
@@ -672,8 +672,7 @@ async fn watch(shared: Weak<Shared>, index: usize) {
                 tracing::debug!(sentinel = %label, "larder: sentinel subscription timed out");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+        tokio::time::sleep(backoff.next().unwrap_or(WATCH_BACKOFF_MAX)).await;
     }
 }
 

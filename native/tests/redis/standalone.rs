@@ -393,6 +393,10 @@ fn every_redis_call_records_a_span_and_metrics() {
     let run = |opts: RedisOptions| {
         metrics::with_local_recorder(&recorder, || {
             tracing::subscriber::with_default(spans.clone(), || {
+                // Other tests of this binary make Redis calls without a subscriber, and a
+                // callsite first seen there may have cached "no interest": ask again now
+                // that this scoped subscriber exists.
+                tracing::callsite::rebuild_interest_cache();
                 rt.block_on(async {
                     let t = RedisTransport::from_options(&opts).await.expect("connect");
                     t.exec(Cmd::new("SET").arg("k").arg("v")).await.unwrap();

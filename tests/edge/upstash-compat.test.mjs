@@ -16,12 +16,20 @@ const redis = new Redis(opts);
 const run = `compat-${process.pid}-${Date.now()}`;
 const k = (name) => `${run}:${name}`;
 
+// The gateway's successful requests on `endpoint`, from its Prometheus `/metrics` (0 before
+// the first). In a process with several gateways, LARDER_GATEWAY_NAME picks this one's series.
 async function metric(endpoint) {
   const text = await (await fetch(`${url.replace(/\/$/, "")}/metrics`)).text();
-  const line = text
+  const want = [`endpoint="${endpoint}"`, `outcome="ok"`];
+  if (process.env.LARDER_GATEWAY_NAME) want.push(`gateway="${process.env.LARDER_GATEWAY_NAME}"`);
+  return text
     .split("\n")
-    .find((l) => l.startsWith(`larder_gateway_requests_total{endpoint="${endpoint}",outcome="ok"}`));
-  return Number(line.split(" ")[1]);
+    .filter((l) => l.startsWith("larder_gateway_requests_total{"))
+    .filter((l) => {
+      const labels = l.slice(l.indexOf("{") + 1, l.indexOf("}")).split(",");
+      return want.every((w) => labels.includes(w));
+    })
+    .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
 }
 
 test("strings: SET/GET/GETDEL/APPEND/STRLEN/MSET/MGET/SETNX, nil", async () => {

@@ -35,6 +35,7 @@ async fn run_client(
     let dir = edge_dir();
     let s = Setup::start().await;
     let url = s.gateway.url();
+    let name = s.name.clone();
     let shown = program.display().to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(program)
@@ -43,6 +44,7 @@ async fn run_client(
             .env("UPSTASH_REDIS_REST_URL", &url)
             .env("UPSTASH_REDIS_REST_TOKEN", FULL)
             .env("LARDER_READONLY_TOKEN", READ_ONLY)
+            .env("LARDER_GATEWAY_NAME", &name)
             .output()
     })
     .await

@@ -4,7 +4,7 @@
 //! system, temperature and every other generation parameter, minus the
 //! [`EXCLUDED_FIELDS`]) and stores an [`Envelope`] holding the response, the model, the time
 //! and metadata (temperature, token counts). Every answer says whether it was a
-//! [HIT, MISS or STALE](Status).
+//! [HIT, MISS, COALESCED or STALE](Status).
 //!
 //! - **Per-request controls** ([`CacheControl`]): TTL, no-cache, no-store, force-refresh,
 //!   namespace and tags.

@@ -78,7 +78,7 @@ pub(crate) const CREATED_MS: &str = "created_ms";
 impl Envelope {
     /// When the entry was written, unix ms: the `created_ms` metadata the response cache
     /// stamps, else the envelope's `timestamp` (seconds), else `None`.
-    pub fn stored_at_ms(&self) -> Option<u64> {
+    pub(crate) fn stored_at_ms(&self) -> Option<u64> {
         self.metadata
             .get(CREATED_MS)
             .and_then(serde_json::Value::as_u64)

@@ -717,25 +717,24 @@ async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn post_only(State(shared): State<Arc<Shared>>) -> Response {
-    let answer = async {
-        Answer::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "ERR use POST with a JSON body",
-            Outcome::NotFound,
-        )
-    };
-    timed(&shared, Route::Other, answer).await
+    refuse(
+        &shared,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "ERR use POST with a JSON body",
+    )
+    .await
 }
 
 async fn unknown(State(shared): State<Arc<Shared>>) -> Response {
-    let answer = async {
-        Answer::error(
-            StatusCode::NOT_FOUND,
-            "ERR unknown endpoint: POST /, /pipeline or /multi-exec; GET /healthz or /metrics",
-            Outcome::NotFound,
-        )
-    };
-    timed(&shared, Route::Other, answer).await
+    let message =
+        "ERR unknown endpoint: POST /, /pipeline or /multi-exec; GET /healthz or /metrics";
+    refuse(&shared, StatusCode::NOT_FOUND, message).await
+}
+
+/// A request no route serves, counted like any other.
+async fn refuse(shared: &Shared, status: StatusCode, message: &str) -> Response {
+    let answer = Answer::error(status, message, Outcome::NotFound);
+    timed(shared, Route::Other, std::future::ready(answer)).await
 }
 
 impl IntoResponse for Answer {

@@ -48,6 +48,11 @@ pub struct Envelope {
     /// Tags for invalidation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The events of a streamed answer, for replay (absent for an answer that was not
+    /// streamed). `response` holds their aggregated text, so readers that do not know
+    /// this field still see the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::stream::Recording>,
 }
 
 /// What a stored value turned out to be.
@@ -108,6 +113,7 @@ impl Envelope {
             fresh_until: None,
             stale_until: None,
             tags: Vec::new(),
+            stream: None,
         }
     }
 
@@ -192,6 +198,7 @@ impl Envelope {
             fresh_until: None,
             stale_until: None,
             tags: Vec::new(),
+            stream: None,
         })
     }
 }

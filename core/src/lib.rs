@@ -23,6 +23,7 @@ pub mod redis;
 pub mod response;
 pub mod rest;
 pub mod runtime;
+pub mod stream;
 pub mod tiered;
 pub mod transport;
 pub mod value;

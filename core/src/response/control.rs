@@ -46,6 +46,9 @@ pub struct CacheControl {
     pub namespace: Option<String>,
     /// Tags.
     pub tags: Vec<String>,
+    /// Replaying a recorded stream: space the events as they arrived, each gap capped at
+    /// this (`None`: as fast as the caller reads).
+    pub pace: Option<Duration>,
 }
 
 /// The namespace of requests that name none.
@@ -68,6 +71,14 @@ impl CacheControl {
     #[must_use]
     pub fn no_cache(mut self) -> Self {
         self.no_cache = true;
+        self
+    }
+
+    /// Replays a recorded stream at the pace it was recorded, no gap longer than
+    /// `max_gap` (by default a replay is as fast as the caller reads).
+    #[must_use]
+    pub fn pace(mut self, max_gap: Duration) -> Self {
+        self.pace = Some(max_gap);
         self
     }
 

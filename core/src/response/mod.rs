@@ -71,8 +71,11 @@ mod control;
 mod keys;
 mod request;
 mod stampede;
+mod streaming;
 mod warm;
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 
@@ -184,6 +187,9 @@ struct Inner {
     corrupt: AtomicU64,
     errors: AtomicU64,
     stampede: Stampede,
+    max_stream_bytes: usize,
+    /// Streams in flight, by flight key, for callers that join them.
+    streams: Mutex<HashMap<String, std::sync::Weak<crate::stream::tee::Tee>>>,
 }
 
 enum Backend {
@@ -282,6 +288,7 @@ pub struct ResponseCacheBuilder {
     lease_ttl: Duration,
     max_wait: Duration,
     max_polls: u32,
+    max_stream_bytes: usize,
 }
 
 impl fmt::Debug for ResponseCacheBuilder {
@@ -319,6 +326,7 @@ impl ResponseCacheBuilder {
             lease_ttl: stampede::DEFAULT_LEASE_TTL,
             max_wait: stampede::DEFAULT_MAX_WAIT,
             max_polls: stampede::DEFAULT_MAX_POLLS,
+            max_stream_bytes: crate::stream::DEFAULT_MAX_STREAM_BYTES,
         }
     }
 
@@ -453,12 +461,26 @@ impl ResponseCacheBuilder {
         self
     }
 
+    /// The size (bytes received) past which a streamed answer is passed through but not
+    /// stored, and no longer joinable by new callers. Default
+    /// [`DEFAULT_MAX_STREAM_BYTES`](crate::stream::DEFAULT_MAX_STREAM_BYTES).
+    pub fn max_stream_bytes(mut self, bytes: usize) -> Self {
+        self.max_stream_bytes = bytes;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a prefix with `{` or `}`.
+    /// [`Error::InvalidInput`] for a prefix with `{` or `}`, or a zero
+    /// [`max_stream_bytes`](Self::max_stream_bytes).
     pub fn build(self) -> Result<ResponseCache> {
+        if self.max_stream_bytes == 0 {
+            return Err(Error::InvalidInput(
+                "max_stream_bytes must be greater than zero".into(),
+            ));
+        }
         let scheme = match (self.prefix, self.mode) {
             (Some(p), _) => p?,
             (None, Mode::GoDeepAgent) => KeyScheme::new(GO_DEEP_AGENT_PREFIX)?,
@@ -496,6 +518,8 @@ impl ResponseCacheBuilder {
                 corrupt: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 stampede: Stampede::new(lease),
+                max_stream_bytes: self.max_stream_bytes,
+                streams: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -806,16 +830,7 @@ impl ResponseCache {
         let (lookup, lookup_ok) = if skip_lookup {
             (Lookup::default(), true)
         } else {
-            match self.lookup(&t, !control.no_cache).await {
-                Ok(l) => (l, true),
-                Err(e) => {
-                    self.failed("lookup", &e);
-                    if !self.inner.fail_open {
-                        return Err(ComputeError::Cache(e));
-                    }
-                    (Lookup::default(), false)
-                }
-            }
+            self.lookup_fail_open(&t, control).await?
         };
         let generation = lookup.generation;
         let mut fallback = None;
@@ -860,6 +875,7 @@ impl ResponseCache {
                 self.observe("try_get_with", &t, Some(Status::Coalesced), started);
                 Ok(answer_of(e, Status::Coalesced, &t))
             }
+            Ok(Got::Live(..)) => unreachable!("answer flights never carry streams"),
             Err(ComputeError::Compute(err)) => match fallback {
                 Some(e) => {
                     tracing::warn!(
@@ -971,6 +987,26 @@ impl ResponseCache {
                 outcome
             })
             .await
+    }
+
+    /// The lookup of a get-or-compute call: a failure is the caller's error only when the
+    /// cache is not fail-open; otherwise it is logged and the call goes on as a miss that
+    /// is not stored (`false`).
+    async fn lookup_fail_open<E>(
+        &self,
+        t: &Target,
+        control: &CacheControl,
+    ) -> std::result::Result<(Lookup, bool), ComputeError<E>> {
+        match self.lookup(t, !control.no_cache).await {
+            Ok(l) => Ok((l, true)),
+            Err(e) => {
+                self.failed("lookup", &e);
+                if !self.inner.fail_open {
+                    return Err(ComputeError::Cache(e));
+                }
+                Ok((Lookup::default(), false))
+            }
+        }
     }
 
     /// Re-reads a request's entry while waiting for another process's computation.
@@ -1430,6 +1466,20 @@ impl ResponseCache {
         response: &LlmResponse,
         generation: u64,
     ) -> Result<()> {
+        self.store_recorded(t, request, control, response, generation, None)
+            .await
+    }
+
+    /// Writes an answer, with the events of the stream it came from.
+    async fn store_recorded(
+        &self,
+        t: &Target,
+        request: &LlmRequest,
+        control: &CacheControl,
+        response: &LlmResponse,
+        generation: u64,
+        stream: Option<crate::stream::Recording>,
+    ) -> Result<()> {
         let now = self.inner.clock.now_ms();
         let ttl = control.ttl.or(self.inner.default_ttl);
         let stale = self.inner.stale_window;
@@ -1465,6 +1515,7 @@ impl ResponseCache {
                     (Some(f), Some(s)) => Some(f.saturating_add(duration_ms(s))),
                     _ => None,
                 };
+                e.stream = stream;
                 e.with_windows(fresh_until, stale_until)
                     .with_tags(control.tags.iter().cloned())
                     .encode()

@@ -44,6 +44,8 @@ pub(crate) enum Got {
     Joined(LlmResponse),
     /// Written by another process while this one waited for its lease.
     Found(Envelope),
+    /// A stream in flight (`true`: started by another caller in this process).
+    Live(Arc<crate::stream::tee::Tee>, bool),
 }
 
 impl Got {
@@ -51,6 +53,7 @@ impl Got {
     fn joined(self) -> Self {
         match self {
             Got::Computed(r) => Got::Joined(r),
+            Got::Live(tee, _) => Got::Live(tee, true),
             other => other,
         }
     }
@@ -110,6 +113,11 @@ impl Stampede {
             flights: Arc::new(Flights::default()),
             lease,
         }
+    }
+
+    /// The lease's TTL (the default when none is configured).
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.lease.as_ref().map_or(DEFAULT_LEASE_TTL, |l| l.ttl)
     }
 
     /// Whether a distributed lease is configured.

@@ -1,0 +1,358 @@
+//! [`ResponseCache::stream_with`]: streamed answers recorded, replayed and shared.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value as Json, json};
+
+use super::stampede::{Got, Leased};
+use super::{CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache};
+use super::{Target, Usage, short};
+use crate::compute::{ComputeError, Status};
+use crate::envelope::Envelope;
+use crate::stream::UpstreamError;
+use crate::stream::tee::{Outcome, Tee, TeeOptions, Upstream};
+use crate::stream::{Recording, Streamed, Summary};
+use crate::transport::{MaybeSend, MaybeSync};
+
+/// Metadata members a streamed answer adds to its envelope (docs/KEY_FORMAT.md §9).
+pub(crate) mod stream_meta {
+    /// Why the model stopped (`stop`, `tool_calls`, `end_turn`, …).
+    pub(crate) const FINISH_REASON: &str = "finish_reason";
+    /// Tool calls, `[{"id","name","arguments"}]`.
+    pub(crate) const TOOL_CALLS: &str = "tool_calls";
+    /// Reasoning text the stream carried.
+    pub(crate) const REASONING: &str = "reasoning";
+    /// Input tokens the provider served from its own prompt cache.
+    pub(crate) const CACHE_READ_TOKENS: &str = "cache_read_tokens";
+    /// Input tokens the provider wrote to its own prompt cache.
+    pub(crate) const CACHE_WRITE_TOKENS: &str = "cache_write_tokens";
+}
+
+impl ResponseCache {
+    /// Answers a streamed request from the cache, or streams it from the upstream while
+    /// recording it.
+    ///
+    /// `open` starts the upstream call and returns its body: the server-sent events of an
+    /// OpenAI Chat Completions, OpenAI Responses or Anthropic Messages stream (detected
+    /// from the first event), as byte chunks split anywhere.
+    ///
+    /// - A fresh entry recorded from a stream is a [HIT](Status::Hit): its events are
+    ///   replayed (as fast as the caller reads, or paced with [`CacheControl::pace`]).
+    ///   An entry stored from a call that did not stream is a miss for a streaming caller
+    ///   (its events cannot be rebuilt byte for byte) and is replaced by the recording.
+    /// - Otherwise `open` runs and its events are passed on as they arrive
+    ///   ([MISS](Status::Miss)). The recording is stored when the stream ends with the
+    ///   format's terminal event (`[DONE]`, `response.completed`/`.incomplete`,
+    ///   `message_stop`), within [`max_stream_bytes`](super::ResponseCacheBuilder::max_stream_bytes),
+    ///   without an error event; an upstream error, a cut stream, or a stream whose last
+    ///   reader went away stores nothing.
+    /// - Concurrent identical requests in this process share one upstream stream: they
+    ///   attach to it from its first event and read at their own pace
+    ///   ([COALESCED](Status::Coalesced)). A reader that goes away does not end the stream
+    ///   for the others. Other processes wait for the lease and replay the stored recording.
+    /// - If `open` fails while a recorded entry is inside its stale window (or fresh, with
+    ///   [`force_refresh`](CacheControl::force_refresh)), that entry is replayed as
+    ///   [STALE](Status::Stale).
+    ///
+    /// The store (and the lease's release) runs when a reader reaches the end, before that
+    /// reader's stream returns `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`ComputeError::Compute`] when `open` failed with nothing to fall back to;
+    /// [`ComputeError::Cache`] for invalid controls, and for cache failures when the cache
+    /// is not [fail-open](super::ResponseCacheBuilder::fail_open). Errors of the stream
+    /// itself arrive as its last item ([`StreamError`](crate::stream::StreamError)).
+    pub async fn stream_with<F, Fut, S, E>(
+        &self,
+        request: &LlmRequest,
+        control: &CacheControl,
+        open: F,
+    ) -> Result<Streamed, ComputeError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<S, E>>,
+        S: Stream<Item = Result<Bytes, E>> + MaybeSend + 'static,
+        E: std::error::Error + MaybeSend + MaybeSync + 'static,
+    {
+        let t = self.target(request, control)?;
+        let started = self.inner.clock.now_ms();
+        let (lookup, lookup_ok) = self.lookup_fail_open(&t, control).await?;
+        let generation = lookup.generation;
+        let mut fallback = None;
+        match lookup.entry {
+            Some(Entry::Fresh(e)) if e.stream.is_some() && !control.skips_read() => {
+                self.record_hit(&t, &e);
+                self.observe("stream_with", &t, Some(Status::Hit), started);
+                return Ok(self.replay(e, Status::Hit, control));
+            }
+            Some(Entry::Fresh(e)) if e.stream.is_some() && control.force_refresh => {
+                fallback = Some(e);
+            }
+            Some(Entry::Stale(e)) if e.stream.is_some() => {
+                if !control.skips_read() {
+                    self.record_miss(&t);
+                }
+                if !control.no_cache {
+                    fallback = Some(e);
+                }
+            }
+            _ => {
+                if !control.skips_read() && lookup_ok {
+                    self.record_miss(&t);
+                }
+            }
+        }
+        let miss = Miss {
+            generation,
+            store: !control.skips_write() && lookup_ok && self.inner.mode == Mode::Larder,
+            fail_open: self.inner.fail_open,
+        };
+        let status = |s| {
+            self.observe("stream_with", &t, Some(s), started);
+            s
+        };
+        let mut open = Some(open);
+        let opened = loop {
+            match self
+                .share_stream(&t, request, control, miss, &mut open)
+                .await
+            {
+                Ok(Got::Live(tee, joined)) => match tee.attach() {
+                    Some(c) => {
+                        let s = status(if joined {
+                            Status::Coalesced
+                        } else {
+                            Status::Miss
+                        });
+                        return Ok(Streamed::live(c, s));
+                    }
+                    // The shared stream passed its size limit between this caller finding
+                    // it and attaching: it cannot be read whole; lead a stream of its own.
+                    None if open.is_some() => continue,
+                    None => {
+                        return Err(ComputeError::Cache(crate::Error::Transport(
+                            crate::TransportError::new(
+                                crate::ErrorKind::Unavailable,
+                                "a new shared stream could not be attached to",
+                            ),
+                        )));
+                    }
+                },
+                other => break other,
+            }
+        };
+        match opened {
+            Ok(Got::Live(..)) => unreachable!("handled above"),
+            Ok(Got::Found(e)) => {
+                status(Status::Coalesced);
+                Ok(self.replay(e, Status::Coalesced, control))
+            }
+            Ok(Got::Computed(_) | Got::Joined(_)) => {
+                unreachable!("stream flights produce streams")
+            }
+            Err(ComputeError::Compute(err)) => match fallback {
+                Some(e) => {
+                    tracing::warn!(
+                        key = %short(&t.key),
+                        "opening the upstream stream failed; replaying the stale answer"
+                    );
+                    status(Status::Stale);
+                    Ok(self.replay(e, Status::Stale, control))
+                }
+                None => Err(ComputeError::Compute(err)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn replay(&self, mut e: Envelope, status: Status, control: &CacheControl) -> Streamed {
+        let stored_at = e.stored_at_ms();
+        let recording = e.stream.take().expect("only recorded entries are replayed");
+        let pace = control.pace.map(|cap| (cap, self.inner.clock.clone()));
+        Streamed::replay(recording, status, stored_at, pace)
+    }
+
+    /// One upstream stream per key among concurrent callers: joins a live one, or leads
+    /// (lease, open, share).
+    async fn share_stream<F, Fut, S, E>(
+        &self,
+        t: &Target,
+        request: &LlmRequest,
+        control: &CacheControl,
+        miss: Miss,
+        open: &mut Option<F>,
+    ) -> Result<Got, ComputeError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<S, E>>,
+        S: Stream<Item = Result<Bytes, E>> + MaybeSend + 'static,
+        E: std::error::Error + MaybeSend + MaybeSync + 'static,
+    {
+        let flight = format!(
+            "stream\u{0}{}\u{0}{}{}",
+            t.key,
+            u8::from(miss.store),
+            u8::from(miss.fail_open)
+        );
+        if let Some(tee) = self.live_stream(&flight) {
+            return Ok(Got::Live(tee, true));
+        }
+        let stampede = &self.inner.stampede;
+        stampede
+            .coalesce(&flight, open, |open: &mut Option<F>| {
+                let flight = flight.clone();
+                async move {
+                    // A stream that started after this caller looked is joined, not repeated.
+                    if let Some(tee) = self.live_stream(&flight) {
+                        return Ok(Got::Live(tee, true));
+                    }
+                    let accepts_cached = !control.skips_read();
+                    let recheck = || async move {
+                        match self.recheck(t).await {
+                            Some(e) if accepts_cached && e.stream.is_some() => Some(e),
+                            _ => None,
+                        }
+                    };
+                    let leased = if miss.store && stampede.has_lease() {
+                        stampede.acquire(&self.inner.clock, &t.user, recheck).await
+                    } else {
+                        Leased::Unleased
+                    };
+                    let held = match leased {
+                        Leased::Found(e) => return Ok(Got::Found(e)),
+                        Leased::Held(h) => Some(Arc::new(h)),
+                        Leased::Unleased => None,
+                    };
+                    let open = open.take().expect("a caller leads its flight at most once");
+                    let body = match stampede
+                        .keep_alive(&self.inner.clock, held.as_deref(), open())
+                        .await
+                    {
+                        Ok(body) => body,
+                        Err(e) => {
+                            if let Some(h) = held
+                                && let Err(e) = h.release().await
+                            {
+                                self.failed("release lease", &e);
+                            }
+                            return Err(ComputeError::Compute(Arc::new(e)));
+                        }
+                    };
+                    let upstream: Upstream =
+                        Box::pin(body.map(|r| r.map_err(|e| Arc::new(e) as UpstreamError)));
+                    let keep_alive = held.clone().map(|h| {
+                        let clock = self.inner.clock.clone();
+                        let ttl = stampede.lease_ttl();
+                        Box::pin(async move { h.keep_alive(&*clock, ttl).await }) as _
+                    });
+                    let this = self.clone();
+                    let (t, request, control) = (t.clone(), request.clone(), control.clone());
+                    let forget = flight.clone();
+                    let on_end = Box::new(move |outcome: Outcome| {
+                        Box::pin(async move {
+                            if let Outcome::Complete {
+                                events,
+                                format,
+                                summary,
+                            } = outcome
+                                && miss.store
+                            {
+                                let recording = Recording::new(format, events);
+                                let response = response_of(*summary);
+                                if let Err(e) = this
+                                    .store_recorded(
+                                        &t,
+                                        &request,
+                                        &control,
+                                        &response,
+                                        miss.generation,
+                                        Some(recording),
+                                    )
+                                    .await
+                                {
+                                    this.failed("store", &e);
+                                }
+                            }
+                            if let Some(h) = held
+                                && let Err(e) = h.release().await
+                            {
+                                this.failed("release lease", &e);
+                            }
+                            this.forget_stream(&forget);
+                        }) as _
+                    });
+                    let tee = Tee::new(
+                        upstream,
+                        TeeOptions {
+                            format: None,
+                            limit: self.inner.max_stream_bytes,
+                            clock: self.inner.clock.clone(),
+                            keep_alive,
+                            on_end,
+                        },
+                    );
+                    self.inner
+                        .streams
+                        .lock()
+                        .insert(flight.clone(), Arc::downgrade(&tee));
+                    Ok(Got::Live(tee, false))
+                }
+            })
+            .await
+    }
+
+    /// A live stream of `flight` that a new caller may join.
+    fn live_stream(&self, flight: &str) -> Option<Arc<Tee>> {
+        let mut streams = self.inner.streams.lock();
+        match streams.get(flight).map(Weak::upgrade) {
+            Some(Some(tee)) if tee.joinable() => Some(tee),
+            Some(_) => {
+                streams.remove(flight);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn forget_stream(&self, flight: &str) {
+        let mut streams = self.inner.streams.lock();
+        streams.remove(flight);
+        streams.retain(|_, w| w.strong_count() > 0);
+    }
+}
+
+/// The answer a stream amounted to, as the non-streaming API returns it.
+fn response_of(s: Summary) -> LlmResponse {
+    let mut r = LlmResponse::new(s.text);
+    if let Some(model) = s.model {
+        r = r.with_model(model);
+    }
+    if let Some(u) = &s.usage {
+        r = r.with_usage(Usage::new(u.input_tokens, u.output_tokens));
+        if u.cache_read_tokens > 0 {
+            r = r.with_metadata(stream_meta::CACHE_READ_TOKENS, u.cache_read_tokens);
+        }
+        if u.cache_write_tokens > 0 {
+            r = r.with_metadata(stream_meta::CACHE_WRITE_TOKENS, u.cache_write_tokens);
+        }
+    }
+    if let Some(f) = s.finish_reason {
+        r = r.with_metadata(stream_meta::FINISH_REASON, f);
+    }
+    if !s.tool_calls.is_empty() {
+        let calls: Vec<Json> = s
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments}))
+            .collect();
+        r = r.with_metadata(stream_meta::TOOL_CALLS, calls);
+    }
+    if !s.reasoning.is_empty() {
+        r = r.with_metadata(stream_meta::REASONING, s.reasoning);
+    }
+    r
+}

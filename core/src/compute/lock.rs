@@ -552,6 +552,11 @@ impl HeldLease {
     }
 
     /// Releases the lease (once) and notifies waiters.
+    /// The lease's token (the lock key's value while it is held).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub(crate) async fn release(&self) -> Result<bool> {
         if self.released.swap(true, Ordering::AcqRel) {
             return Ok(false);

@@ -65,6 +65,12 @@ impl ResponseKeys {
         concat(&[&self.head, "analytics:model:", &escape(model)])
     }
 
+    /// The Redis Stream a leader publishes an in-flight stream on: `{prefix}:live:{user}:{token}`
+    /// (its lease token, so a new leader never writes into an old stream).
+    pub(crate) fn live_key(&self, user: &str, token: &str) -> String {
+        concat(&[&self.head, "live:", user, ":", token])
+    }
+
     pub(crate) fn analytics_models_key(&self) -> String {
         concat(&[&self.head, "analytics:models"])
     }

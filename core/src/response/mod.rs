@@ -120,6 +120,9 @@ use stampede::{Got, Lease, Leased, Stampede};
 /// [`Mode::GoDeepAgent`].
 pub const GO_DEEP_AGENT_DEFAULT_TTL: Duration = Duration::from_secs(300);
 
+/// How often a follower of another process's stream reads it without a notification.
+const DEFAULT_STREAM_POLL: Duration = Duration::from_millis(50);
+
 /// How many analytics events may be pending before a lookup carries them to Redis.
 const DEFAULT_FLUSH_EVERY: u64 = 64;
 
@@ -188,6 +191,8 @@ struct Inner {
     errors: AtomicU64,
     stampede: Stampede,
     max_stream_bytes: usize,
+    publish_streams: bool,
+    stream_poll: Duration,
     /// Streams in flight, by flight key, for callers that join them.
     streams: Mutex<HashMap<String, std::sync::Weak<crate::stream::tee::Tee>>>,
 }
@@ -289,6 +294,8 @@ pub struct ResponseCacheBuilder {
     max_wait: Duration,
     max_polls: u32,
     max_stream_bytes: usize,
+    publish_streams: bool,
+    stream_poll: Duration,
 }
 
 impl fmt::Debug for ResponseCacheBuilder {
@@ -327,6 +334,8 @@ impl ResponseCacheBuilder {
             max_wait: stampede::DEFAULT_MAX_WAIT,
             max_polls: stampede::DEFAULT_MAX_POLLS,
             max_stream_bytes: crate::stream::DEFAULT_MAX_STREAM_BYTES,
+            publish_streams: true,
+            stream_poll: DEFAULT_STREAM_POLL,
         }
     }
 
@@ -469,6 +478,23 @@ impl ResponseCacheBuilder {
         self
     }
 
+    /// Whether a stream in flight is published to Redis (a Redis Stream under the lease's
+    /// key, one pipelined `XADD` batch per upstream chunk) so that identical requests in
+    /// other processes follow it from its first event instead of waiting for it to end
+    /// (default true; needs the [lease](Self::lease)).
+    pub fn publish_streams(mut self, on: bool) -> Self {
+        self.publish_streams = on;
+        self
+    }
+
+    /// How often a process following another's stream reads it when no notification
+    /// arrives: on transports without pub/sub (HTTP) this is the polling interval; with
+    /// pub/sub, a safety net for a lost message. Default 50 ms.
+    pub fn stream_poll_interval(mut self, every: Duration) -> Self {
+        self.stream_poll = every;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Errors
@@ -476,6 +502,11 @@ impl ResponseCacheBuilder {
     /// [`Error::InvalidInput`] for a prefix with `{` or `}`, or a zero
     /// [`max_stream_bytes`](Self::max_stream_bytes).
     pub fn build(self) -> Result<ResponseCache> {
+        if self.stream_poll.is_zero() {
+            return Err(Error::InvalidInput(
+                "stream_poll_interval must be greater than zero".into(),
+            ));
+        }
         if self.max_stream_bytes == 0 {
             return Err(Error::InvalidInput(
                 "max_stream_bytes must be greater than zero".into(),
@@ -519,6 +550,8 @@ impl ResponseCacheBuilder {
                 errors: AtomicU64::new(0),
                 stampede: Stampede::new(lease),
                 max_stream_bytes: self.max_stream_bytes,
+                publish_streams: self.publish_streams,
+                stream_poll: self.stream_poll,
                 streams: Mutex::new(HashMap::new()),
             }),
         })
@@ -875,7 +908,9 @@ impl ResponseCache {
                 self.observe("try_get_with", &t, Some(Status::Coalesced), started);
                 Ok(answer_of(e, Status::Coalesced, &t))
             }
-            Ok(Got::Live(..)) => unreachable!("answer flights never carry streams"),
+            Ok(Got::Live(..) | Got::Remote(_)) => {
+                unreachable!("answer flights never carry streams")
+            }
             Err(ComputeError::Compute(err)) => match fallback {
                 Some(e) => {
                     tracing::warn!(

@@ -46,6 +46,8 @@ pub(crate) enum Got {
     Found(Envelope),
     /// A stream in flight (`true`: started by another caller in this process).
     Live(Arc<crate::stream::tee::Tee>, bool),
+    /// A stream in flight in another process, published under its lease token.
+    Remote(String),
 }
 
 impl Got {
@@ -96,15 +98,15 @@ impl fmt::Debug for Lease {
     }
 }
 
-/// What the lease phase decided.
-pub(crate) enum Leased {
+/// What the lease phase decided; `F` is what a wait can find.
+pub(crate) enum Leased<F = Envelope> {
     /// This process holds the lease: compute, store, then release it.
     Held(HeldLease),
     /// Compute without the lease (no lease configured, Redis failing, or the wait bound
     /// passed).
     Unleased,
-    /// Another process stored the answer while we waited.
-    Found(Envelope),
+    /// Another process stored the answer (or started streaming it) while we waited.
+    Found(F),
 }
 
 impl Stampede {
@@ -118,6 +120,11 @@ impl Stampede {
     /// The lease's TTL (the default when none is configured).
     pub(crate) fn lease_ttl(&self) -> Duration {
         self.lease.as_ref().map_or(DEFAULT_LEASE_TTL, |l| l.ttl)
+    }
+
+    /// The lease's lock (for listening to its channel).
+    pub(crate) fn lock(&self) -> Option<&Arc<dyn LockBackend>> {
+        self.lease.as_ref().map(|l| &l.lock)
     }
 
     /// Whether a distributed lease is configured.
@@ -162,10 +169,15 @@ impl Stampede {
 
     /// Takes the lease of `id`, or waits for its holder: `recheck` re-reads the entry after
     /// each wake-up and ends the wait when it finds a fresh one.
-    pub(crate) async fn acquire<R, RFut>(&self, clock: &SharedClock, id: &str, recheck: R) -> Leased
+    pub(crate) async fn acquire<F, R, RFut>(
+        &self,
+        clock: &SharedClock,
+        id: &str,
+        recheck: R,
+    ) -> Leased<F>
     where
         R: Fn() -> RFut,
-        RFut: Future<Output = Option<Envelope>>,
+        RFut: Future<Output = Option<F>>,
     {
         let Some(lease) = &self.lease else {
             return Leased::Unleased;
@@ -174,7 +186,7 @@ impl Stampede {
         // Taking the lease proves nobody is computing now, not that nobody just finished:
         // a holder may have stored the answer and released between our lookup and our
         // `SET NX`. So every acquisition re-reads the entry before computing.
-        let taken = async || -> Option<Leased> {
+        let taken = async || -> Option<Leased<F>> {
             match lease.lock.try_acquire(id, &token, lease.ttl).await {
                 Ok(true) => {
                     let held = HeldLease::new(lease.lock.clone(), id, token.clone(), None);
@@ -271,7 +283,7 @@ mod tests {
         let t = MemTransport::new();
         let s = stampede(&t);
         let clock = t.shared_clock();
-        let got = block_on(s.acquire(&clock, "h2", || async { None }));
+        let got: Leased = block_on(s.acquire(&clock, "h2", || async { None }));
         assert!(matches!(got, Leased::Held(_)));
         assert!(block_on(t.get(b"p:lock:h2")).unwrap().is_some());
     }

@@ -552,6 +552,163 @@ mod across_tasks {
             "the lease was released"
         );
     }
+
+    /// A transport without pub/sub, as over HTTP: followers poll.
+    #[derive(Debug, Clone)]
+    struct Polling(MemTransport);
+
+    #[async_trait::async_trait]
+    impl Transport for Polling {
+        async fn exec(&self, cmd: Cmd) -> std::result::Result<Value, crate::TransportError> {
+            self.0.exec(cmd).await
+        }
+        async fn pipeline(
+            &self,
+            cmds: Vec<Cmd>,
+        ) -> std::result::Result<Vec<Value>, crate::TransportError> {
+            self.0.pipeline(cmds).await
+        }
+        async fn scan_page(
+            &self,
+            cursor: crate::transport::ScanCursor,
+            pattern: &[u8],
+            count: usize,
+        ) -> std::result::Result<(crate::transport::ScanCursor, Vec<Bytes>), crate::TransportError>
+        {
+            self.0.scan_page(cursor, pattern, count).await
+        }
+    }
+
+    fn process<T: Transport + Clone + 'static>(
+        t: &T,
+        clock: &Arc<TokioClock>,
+    ) -> ResponseCacheBuilder {
+        ResponseCache::redis(RedisCache::builder(t.clone()).prefix("p").build().unwrap())
+            .clock(clock.clone())
+    }
+
+    /// Reads a stream, noting when (virtual ms) its first event and its end arrived.
+    async fn timed(mut s: Streamed) -> (Vec<Event>, Option<StreamError>, u64, u64) {
+        let start = tokio::time::Instant::now();
+        let mut first = None;
+        let mut events = Vec::new();
+        let mut err = None;
+        while let Some(item) = s.next().await {
+            first.get_or_insert_with(|| start.elapsed().as_millis() as u64);
+            match item {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let end = start.elapsed().as_millis() as u64;
+        (events, err, first.unwrap_or(end), end)
+    }
+
+    async fn leader_and_follower<T: Transport + Clone + 'static>(t: T, poll_ms: u64) {
+        let clock = TokioClock::shared();
+        let (a, b) = (
+            process(&t, &clock)
+                .stream_poll_interval(Duration::from_millis(poll_ms))
+                .build()
+                .unwrap(),
+            process(&t, &clock)
+                .stream_poll_interval(Duration::from_millis(poll_ms))
+                .build()
+                .unwrap(),
+        );
+        let opens = Arc::new(AtomicUsize::new(0));
+        let bytes = fixture("anthropic_tools");
+        let chunks = bytes.chunks(40).count() as u64;
+        let lead = a
+            .stream_with(&question(), &none(), slow(&opens, &bytes))
+            .await
+            .unwrap();
+        let leader = tokio::spawn(timed(lead));
+        // The follower arrives 30 ms in, while the leader is still streaming.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let follower = b
+            .stream_with(&question(), &none(), slow(&opens, &bytes))
+            .await
+            .unwrap();
+        assert_eq!(follower.status(), Status::Coalesced);
+        let (events, err, first, end) = timed(follower).await;
+        let (lead_events, lead_err, _, lead_end) = leader.await.unwrap();
+        assert!(err.is_none() && lead_err.is_none(), "{err:?} {lead_err:?}");
+        assert_eq!(opens.load(Ordering::SeqCst), 1, "one upstream call");
+        assert_eq!(events, lead_events, "the same events, from the first");
+        assert_eq!(wire(&events), bytes);
+        assert!(
+            first + 30 < lead_end,
+            "the follower's first event ({first} ms after it asked) came before the leader's \
+             stream ended ({lead_end} ms)"
+        );
+        assert!(
+            end <= lead_end + poll_ms,
+            "the follower ended {end} ms after it asked, the leader's stream at {lead_end} ms \
+             of {} ms",
+            chunks * 20
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_process_follows_the_stream_in_flight_woken_by_pubsub() {
+        let clock = TokioClock::shared();
+        leader_and_follower(MemTransport::with_clock(clock), 1_000).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_process_follows_the_stream_in_flight_by_polling() {
+        let clock = TokioClock::shared();
+        leader_and_follower(Polling(MemTransport::with_clock(clock)), 50).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_the_leading_process_dies_followers_get_an_error_not_a_short_answer() {
+        let clock = TokioClock::shared();
+        let t = MemTransport::with_clock(clock.clone());
+        let lease = Duration::from_secs(3);
+        let a = process(&t, &clock).lease_ttl(lease).build().unwrap();
+        let b = process(&t, &clock).lease_ttl(lease).build().unwrap();
+        let opens = Arc::new(AtomicUsize::new(0));
+        let bytes = fixture("openai_chat_text");
+        let mut lead = a
+            .stream_with(&question(), &none(), slow(&opens, &bytes))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            assert!(lead.next().await.is_some_and(|e| e.is_ok()));
+        }
+        let follower = tokio::spawn({
+            let b = b.clone();
+            let open = slow(&opens, &bytes);
+            async move {
+                let s = b.stream_with(&question(), &none(), open).await.unwrap();
+                let status = s.status();
+                (status, timed(s).await)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The leading process dies: its stream and lease are dropped, nothing released.
+        drop(lead);
+        drop(a);
+        let (status, (events, err, _, end)) = follower.await.unwrap();
+        assert_eq!(status, Status::Coalesced);
+        assert!(!events.is_empty(), "it had the events published before");
+        assert!(matches!(err, Some(StreamError::LeaderGone)), "{err:?}");
+        assert!(
+            end <= (lease + Duration::from_secs(2)).as_millis() as u64,
+            "gave up {end} ms in, about when the lease lapsed"
+        );
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
+        let after = b
+            .stream_with(&question(), &none(), slow(&opens, &bytes))
+            .await
+            .unwrap();
+        assert_eq!(after.status(), Status::Miss, "nothing was stored");
+    }
 }
 
 /// The stored envelope of a recorded stream, byte for byte (docs/KEY_FORMAT.md §9): every

@@ -8,14 +8,20 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value as Json, json};
 
 use super::stampede::{Got, Leased};
-use super::{CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache};
+use super::{Backend, CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache};
 use super::{Target, Usage, short};
-use crate::compute::{ComputeError, Status};
+use crate::clock::duration_ms;
+use crate::compute::{ComputeError, Listener, Status, event_channel};
 use crate::envelope::Envelope;
+use crate::stream::Event;
 use crate::stream::UpstreamError;
+use crate::stream::remote::{EndMark, Follow, follow, xadd, xadd_end};
+use crate::stream::tee::Publish;
 use crate::stream::tee::{Outcome, Tee, TeeOptions, Upstream};
 use crate::stream::{Recording, Streamed, Summary};
+use crate::transport::SharedTransport;
 use crate::transport::{MaybeSend, MaybeSync};
+use crate::value::{Cmd, Value};
 
 /// Metadata members a streamed answer adds to its envelope (docs/KEY_FORMAT.md §9).
 pub(crate) mod stream_meta {
@@ -151,6 +157,10 @@ impl ResponseCache {
                 status(Status::Coalesced);
                 Ok(self.replay(e, Status::Coalesced, control))
             }
+            Ok(Got::Remote(token)) => {
+                status(Status::Coalesced);
+                Ok(self.follow(&t, &token))
+            }
             Ok(Got::Computed(_) | Got::Joined(_)) => {
                 unreachable!("stream flights produce streams")
             }
@@ -211,19 +221,15 @@ impl ResponseCache {
                         return Ok(Got::Live(tee, true));
                     }
                     let accepts_cached = !control.skips_read();
-                    let recheck = || async move {
-                        match self.recheck(t).await {
-                            Some(e) if accepts_cached && e.stream.is_some() => Some(e),
-                            _ => None,
-                        }
-                    };
+                    let recheck = || async move { self.recheck_stream(t, accepts_cached).await };
                     let leased = if miss.store && stampede.has_lease() {
                         stampede.acquire(&self.inner.clock, &t.user, recheck).await
                     } else {
                         Leased::Unleased
                     };
                     let held = match leased {
-                        Leased::Found(e) => return Ok(Got::Found(e)),
+                        Leased::Found(Found::Stored(e)) => return Ok(Got::Found(e)),
+                        Leased::Found(Found::Live(token)) => return Ok(Got::Remote(token)),
                         Leased::Held(h) => Some(Arc::new(h)),
                         Leased::Unleased => None,
                     };
@@ -249,6 +255,9 @@ impl ResponseCache {
                         let ttl = stampede.lease_ttl();
                         Box::pin(async move { h.keep_alive(&*clock, ttl).await }) as _
                     });
+                    let publish = held
+                        .as_ref()
+                        .and_then(|h| self.publisher(&t.user, h.token()));
                     let this = self.clone();
                     let (t, request, control) = (t.clone(), request.clone(), control.clone());
                     let forget = flight.clone();
@@ -293,6 +302,7 @@ impl ResponseCache {
                             clock: self.inner.clock.clone(),
                             keep_alive,
                             on_end,
+                            publish,
                         },
                     );
                     self.inner
@@ -303,6 +313,99 @@ impl ResponseCache {
                 }
             })
             .await
+    }
+
+    /// Whether streams in flight are published for other processes (Redis, with the lease).
+    fn publishes_streams(&self) -> Option<&SharedTransport> {
+        match &self.inner.backend {
+            Backend::Redis { transport }
+                if self.inner.publish_streams && self.inner.stampede.has_lease() =>
+            {
+                Some(transport)
+            }
+            _ => None,
+        }
+    }
+
+    /// While waiting for another process's lease: the answer it stored, or the stream it is
+    /// publishing.
+    async fn recheck_stream(&self, t: &Target, accepts_cached: bool) -> Option<Found> {
+        if let Some(e) = self.recheck(t).await
+            && accepts_cached
+            && e.stream.is_some()
+        {
+            return Some(Found::Stored(e));
+        }
+        let transport = self.publishes_streams()?;
+        let lock_key = self.inner.keys.scheme().lock_key(&t.user);
+        let token = match transport.exec(Cmd::new("GET").arg(lock_key.as_str())).await {
+            Ok(Value::Bulk(b)) => String::from_utf8(b.to_vec()).ok()?,
+            _ => return None,
+        };
+        let live = self.inner.keys.live_key(&t.user, &token);
+        let first = Cmd::new("XRANGE")
+            .arg(live.as_str())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg("1");
+        match transport.exec(first).await {
+            Ok(Value::Array(entries)) if !entries.is_empty() => Some(Found::Live(token)),
+            _ => None,
+        }
+    }
+
+    /// Publishes this process's stream under its lease `token`.
+    fn publisher(&self, user: &str, token: &str) -> Option<Publish> {
+        let transport = self.publishes_streams()?.clone();
+        let live = self.inner.keys.live_key(user, token);
+        let channel = event_channel(self.inner.keys.scheme(), "lock");
+        let user = user.to_owned();
+        let lease_ms = duration_ms(self.inner.stampede.lease_ttl())
+            .max(1)
+            .to_string();
+        Some(Box::new(move |events: Vec<Event>, end: Option<EndMark>| {
+            let mut cmds: Vec<Cmd> = events.iter().map(|e| xadd(&live, e)).collect();
+            if let Some(mark) = end {
+                cmds.push(xadd_end(&live, mark));
+            }
+            // While it runs the stream lives as long as the lease; once ended, long enough
+            // for slow followers to finish reading.
+            let keep = if end.is_some() {
+                ENDED_STREAM_KEEP_MS.to_string()
+            } else {
+                lease_ms.clone()
+            };
+            cmds.push(Cmd::new("PEXPIRE").arg(live.as_str()).arg(keep));
+            cmds.push(Cmd::new("PUBLISH").arg(channel.as_str()).arg(user.as_str()));
+            let transport = transport.clone();
+            Box::pin(async move {
+                if let Err(e) = transport.pipeline(cmds).await {
+                    tracing::warn!(error = %e, "publishing a stream for other processes failed");
+                }
+            }) as _
+        }))
+    }
+
+    /// Follows the stream another process publishes under its lease `token`.
+    fn follow(&self, t: &Target, token: &str) -> Streamed {
+        let transport = self
+            .publishes_streams()
+            .expect("only found where streams are published")
+            .clone();
+        let listener = match self.inner.stampede.lock() {
+            Some(lock) => lock.listen(&t.user),
+            None => Listener::polling(),
+        };
+        Streamed::remote(follow(Follow {
+            transport,
+            live_key: self.inner.keys.live_key(&t.user, token),
+            lock_key: self.inner.keys.scheme().lock_key(&t.user),
+            lock_token: Bytes::from(token.to_owned()),
+            listener,
+            clock: self.inner.clock.clone(),
+            poll: self.inner.stream_poll,
+        }))
     }
 
     /// A live stream of `flight` that a new caller may join.
@@ -324,6 +427,16 @@ impl ResponseCache {
         streams.retain(|_, w| w.strong_count() > 0);
     }
 }
+
+/// What a wait for another process's lease found.
+enum Found {
+    Stored(Envelope),
+    /// A stream it publishes under this lease token.
+    Live(String),
+}
+
+/// How long a finished stream stays readable for followers still reading it.
+const ENDED_STREAM_KEEP_MS: u64 = 60_000;
 
 /// The answer a stream amounted to, as the non-streaming API returns it.
 fn response_of(s: Summary) -> LlmResponse {

@@ -13,6 +13,7 @@
 //! - [`Recording`]: the events a cache entry keeps, and [`Streamed`]: what a caller reads.
 
 mod format;
+pub(crate) mod remote;
 mod sse;
 pub(crate) mod tee;
 
@@ -77,9 +78,22 @@ pub enum StreamError {
     /// The upstream sent bytes that are not server-sent events.
     Malformed(SseError),
     /// This caller read so slowly that the shared stream, past its size limit, dropped
-    /// events it had not read yet.
+    /// events it had not read yet (or, following a stream in another process, that stream
+    /// passed the size limit and was no longer published).
     Lagged,
+    /// The stream was being read from another process, which stopped (died, or every one of
+    /// its readers went away) before the stream ended: its lease lapsed without an end.
+    LeaderGone,
+    /// Following a stream in another process, the cache failed.
+    Cache(Arc<crate::Error>),
 }
+
+/// A boxed stream of events (`Send` on native targets).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<Event, StreamError>> + Send>>;
+/// A boxed stream of events.
+#[cfg(target_arch = "wasm32")]
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<Event, StreamError>>>>;
 
 impl fmt::Display for StreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -92,6 +106,10 @@ impl fmt::Display for StreamError {
             StreamError::Lagged => {
                 f.write_str("this reader fell too far behind a shared stream past its size limit")
             }
+            StreamError::LeaderGone => {
+                f.write_str("the process streaming this answer stopped before the stream ended")
+            }
+            StreamError::Cache(e) => write!(f, "following a shared stream failed: {e}"),
         }
     }
 }
@@ -101,7 +119,8 @@ impl std::error::Error for StreamError {
         match self {
             StreamError::Upstream(e) => Some(&**e),
             StreamError::Malformed(e) => Some(e),
-            StreamError::Cut | StreamError::Lagged => None,
+            StreamError::Cache(e) => Some(&**e),
+            StreamError::Cut | StreamError::Lagged | StreamError::LeaderGone => None,
         }
     }
 }
@@ -109,8 +128,9 @@ impl std::error::Error for StreamError {
 /// A streamed answer: its [`Status`] and its events, read as a [`Stream`].
 ///
 /// - [MISS](Status::Miss): this caller's upstream stream, passed on as it arrives;
-/// - [COALESCED](Status::Coalesced): another caller's stream still in flight, from its
-///   first event (or, when the other caller was in another process, its stored recording);
+/// - [COALESCED](Status::Coalesced): another caller's stream still in flight, in this
+///   process or another, from its first event (or its stored recording, when it ended
+///   while this caller waited);
 /// - [HIT](Status::Hit) and [STALE](Status::Stale): a recording replayed.
 ///
 /// Each event is what the upstream sent (event name, id and data byte for byte);
@@ -124,6 +144,7 @@ pub struct Streamed {
 
 enum Source {
     Live(tee::Consumer),
+    Remote(EventStream),
     Replay(Replay),
 }
 
@@ -150,6 +171,14 @@ impl Streamed {
             status,
             stored_at_ms: None,
             source: Source::Live(consumer),
+        }
+    }
+
+    pub(crate) fn remote(events: EventStream) -> Self {
+        Streamed {
+            status: Status::Coalesced,
+            stored_at_ms: None,
+            source: Source::Remote(events),
         }
     }
 
@@ -192,6 +221,7 @@ impl Stream for Streamed {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.get_mut().source {
             Source::Live(c) => c.poll_next(cx),
+            Source::Remote(s) => s.as_mut().poll_next(cx),
             Source::Replay(r) => r.poll_next(cx),
         }
     }

@@ -21,6 +21,7 @@ use futures_util::Stream;
 use crate::clock::SharedClock;
 use crate::runtime::BoxFuture;
 
+use super::remote::EndMark;
 use super::{Event, Format, Recorder, SseParser, StreamError, Summary, UpstreamError};
 
 /// The upstream's body: SSE bytes, failing with the upstream's own error.
@@ -49,6 +50,16 @@ pub(crate) type OnEnd = Box<dyn FnOnce(Outcome) -> BoxFuture<'static, ()> + Send
 /// Runs once when the stream ends (store, release the lease, forget the flight).
 #[cfg(target_arch = "wasm32")]
 pub(crate) type OnEnd = Box<dyn FnOnce(Outcome) -> BoxFuture<'static, ()>>;
+
+/// Publishes events (and, at the end, how the stream ended) for followers in other
+/// processes; one call's future finishes before the next call.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) type Publish =
+    Box<dyn FnMut(Vec<Event>, Option<EndMark>) -> BoxFuture<'static, ()> + Send>;
+/// Publishes events (and, at the end, how the stream ended) for followers in other
+/// processes; one call's future finishes before the next call.
+#[cfg(target_arch = "wasm32")]
+pub(crate) type Publish = Box<dyn FnMut(Vec<Event>, Option<EndMark>) -> BoxFuture<'static, ()>>;
 
 /// The shared stream.
 pub(crate) struct Tee {
@@ -79,6 +90,10 @@ struct State {
     keep_alive: Option<BoxFuture<'static, ()>>,
     on_end: Option<OnEnd>,
     finishing: Option<BoxFuture<'static, ()>>,
+    publish: Option<Publish>,
+    /// Events not yet handed to `publish`.
+    unpublished: Vec<Event>,
+    publishing: Option<BoxFuture<'static, ()>>,
     parser: SseParser,
     recorder: Option<Recorder>,
     parsed: Vec<Event>,
@@ -110,6 +125,8 @@ pub(crate) struct TeeOptions {
     /// Polled while the upstream is live (extends the lease); never completes.
     pub(crate) keep_alive: Option<BoxFuture<'static, ()>>,
     pub(crate) on_end: OnEnd,
+    /// Where events go for followers in other processes, if anywhere.
+    pub(crate) publish: Option<Publish>,
 }
 
 impl Tee {
@@ -120,6 +137,9 @@ impl Tee {
                 keep_alive: options.keep_alive,
                 on_end: Some(options.on_end),
                 finishing: None,
+                publish: options.publish,
+                unpublished: Vec::new(),
+                publishing: None,
                 parser: SseParser::new(),
                 recorder: options.format.map(Recorder::new),
                 parsed: Vec::new(),
@@ -194,32 +214,29 @@ impl Tee {
             self.wakers.register(id, cx.waker());
             let waker = Waker::from(self.wakers.clone());
             let mut shared_cx = Context::from_waker(&waker);
-            match &st.end {
-                Some(End::Failed(e)) => {
-                    let e = e.clone();
-                    drop(st);
-                    self.wakers.unregister(id);
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Some(End::Done) => {
-                    if let Some(f) = st.finishing.as_mut() {
-                        if f.as_mut().poll(&mut shared_cx).is_pending() {
-                            return Poll::Pending;
-                        }
-                        st.finishing = None;
-                        drop(st);
-                        self.wakers.wake_all();
-                    } else {
-                        drop(st);
+            if st.end.is_some() {
+                // The end is given out only once the store, the lease's release and the
+                // last publication are done, so a caller that saw the end and asks again
+                // finds the entry (or a free lease).
+                if let Some(f) = st.finishing.as_mut() {
+                    if f.as_mut().poll(&mut shared_cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    self.wakers.unregister(id);
-                    return Poll::Ready(None);
+                    st.finishing = None;
+                    self.wakers.wake_all();
                 }
-                None => {}
+                let item = match &st.end {
+                    Some(End::Failed(e)) => Some(Err(e.clone())),
+                    _ => None,
+                };
+                drop(st);
+                self.wakers.unregister(id);
+                return Poll::Ready(item);
             }
             if let Some(k) = st.keep_alive.as_mut() {
                 let _ = k.as_mut().poll(&mut shared_cx);
             }
+            st.pump_publish(&mut shared_cx);
             let Some(upstream) = st.upstream.as_mut() else {
                 unreachable!("the upstream is only taken when the stream ends");
             };
@@ -266,6 +283,9 @@ impl State {
                 .recorder
                 .get_or_insert_with(|| Recorder::new(Format::detect(&ev)));
             recorder.push(&ev);
+            if self.publish.is_some() {
+                self.unpublished.push(ev.clone());
+            }
             self.retained += ev.encoded_len();
             self.events.push_back(ev);
         }
@@ -279,6 +299,18 @@ impl State {
         }
         if self.within_limit && self.total > self.limit {
             self.within_limit = false;
+            // Followers elsewhere cannot be given the rest; tell them, then stop.
+            self.unpublished.clear();
+            if let Some(mut publish) = self.publish.take() {
+                let before = self.publishing.take();
+                let mark = publish(Vec::new(), Some(EndMark::TooLarge));
+                self.publishing = Some(Box::pin(async move {
+                    if let Some(f) = before {
+                        f.await;
+                    }
+                    mark.await;
+                }));
+            }
             tracing::info!(
                 limit = self.limit,
                 "a streamed answer passed the size limit; it is passed through, not stored"
@@ -361,10 +393,49 @@ impl State {
         self.finish(outcome);
     }
 
-    fn finish(&mut self, outcome: Outcome) {
-        if let Some(on_end) = self.on_end.take() {
-            self.finishing = Some(on_end(outcome));
+    /// Hands new events to `publish`, one batch in flight at a time.
+    fn pump_publish(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if let Some(f) = self.publishing.as_mut() {
+                if f.as_mut().poll(cx).is_pending() {
+                    return;
+                }
+                self.publishing = None;
+            }
+            match self.publish.as_mut() {
+                Some(publish) if !self.unpublished.is_empty() => {
+                    self.publishing = Some(publish(std::mem::take(&mut self.unpublished), None));
+                }
+                _ => return,
+            }
         }
+    }
+
+    /// Runs, in order: what is still being published, the rest of the events and how the
+    /// stream ended, then `on_end` (store, release the lease).
+    fn finish(&mut self, outcome: Outcome) {
+        let Some(on_end) = self.on_end.take() else {
+            return;
+        };
+        let before = self.publishing.take();
+        let mark = match (&self.end, &outcome) {
+            (Some(End::Done), _) => EndMark::Done,
+            _ => EndMark::Failed,
+        };
+        let last = self
+            .publish
+            .take()
+            .map(|mut p| p(std::mem::take(&mut self.unpublished), Some(mark)));
+        let end = on_end(outcome);
+        self.finishing = Some(Box::pin(async move {
+            if let Some(f) = before {
+                f.await;
+            }
+            if let Some(f) = last {
+                f.await;
+            }
+            end.await;
+        }));
     }
 }
 

@@ -29,7 +29,12 @@ pub(super) enum Data {
     Str(Bytes),
     Hash(BTreeMap<Bytes, Bytes>),
     Set(BTreeSet<Bytes>),
+    /// A stream: entries in id order, each its id and field/value list.
+    Stream(Vec<(StreamId, Vec<Bytes>)>),
 }
+
+/// A stream entry id: milliseconds and sequence number.
+pub(super) type StreamId = (u64, u64);
 
 impl Data {
     fn type_name(&self) -> &'static str {
@@ -37,6 +42,7 @@ impl Data {
             Data::Str(_) => "string",
             Data::Hash(_) => "hash",
             Data::Set(_) => "set",
+            Data::Stream(_) => "stream",
         }
     }
 }
@@ -339,7 +345,9 @@ fn arity(name: &str) -> Option<i32> {
         "setnx" | "getset" | "incrby" | "decrby" | "incrbyfloat" | "append" | "publish"
         | "hget" | "hexists" | "sismember" => 3,
         "setex" | "psetex" | "hincrby" => 4,
-        "getex" | "mget" | "del" | "unlink" | "exists" | "scan" | "script" => -2,
+        "getex" | "mget" | "del" | "unlink" | "exists" | "scan" | "script" | "xlen" => -2,
+        "xadd" => -5,
+        "xrange" => -4,
         "hset" | "hmset" => -4,
         _ => return None,
     })
@@ -393,6 +401,13 @@ fn run_db(db: &mut Db, now: u64, name: &str, a: &[Bytes]) -> Value {
             _ => wrong_args("ping"),
         },
         "echo" => Value::Bulk(a[0].clone()),
+        "xadd" => cmd_xadd(db, now, a),
+        "xrange" => cmd_xrange(db, now, a),
+        "xlen" => match db.lookup(&a[0], now).map(|e| &e.data) {
+            None => Value::Int(0),
+            Some(Data::Stream(entries)) => int(entries.len()),
+            Some(_) => err(WRONGTYPE),
+        },
         "select" => match parse_i64(&a[0]) {
             Some(0) => ok(),
             Some(_) => err("ERR DB index is out of range"),
@@ -995,4 +1010,109 @@ fn cmd_scan(db: &mut Db, now: u64, a: &[Bytes]) -> Value {
         Value::Bulk(Bytes::from(next.to_string())),
         Value::Array(keys),
     ])
+}
+
+// ---------------------------------------------------------------------------------------
+// Streams (the subset larder uses: `XADD key * field value …`, `XRANGE` with exclusive
+// starts and `COUNT`, `XLEN`)
+
+fn stream_id_text(id: StreamId) -> Bytes {
+    Bytes::from(format!("{}-{}", id.0, id.1))
+}
+
+fn parse_stream_id(b: &[u8], default_seq: u64) -> Option<StreamId> {
+    let s = std::str::from_utf8(b).ok()?;
+    match s.split_once('-') {
+        Some((ms, seq)) => Some((ms.parse().ok()?, seq.parse().ok()?)),
+        None => Some((s.parse().ok()?, default_seq)),
+    }
+}
+
+fn cmd_xadd(db: &mut Db, now: u64, a: &[Bytes]) -> Value {
+    if &a[1][..] != b"*" {
+        return err("ERR only auto-generated ids (*) are emulated");
+    }
+    let fields = &a[2..];
+    if !fields.len().is_multiple_of(2) {
+        return wrong_args("xadd");
+    }
+    let last = match db.lookup(&a[0], now).map(|e| &e.data) {
+        None => None,
+        Some(Data::Stream(entries)) => entries.last().map(|(id, _)| *id),
+        Some(_) => return err(WRONGTYPE),
+    };
+    let id = match last {
+        Some((ms, seq)) if ms >= now => (ms, seq + 1),
+        _ => (now, 0),
+    };
+    match db.lookup_mut(&a[0], now) {
+        Some(Entry {
+            data: Data::Stream(entries),
+            ..
+        }) => entries.push((id, fields.to_vec())),
+        _ => db.insert(
+            a[0].clone(),
+            Data::Stream(vec![(id, fields.to_vec())]),
+            None,
+        ),
+    }
+    Value::Bulk(stream_id_text(id))
+}
+
+fn cmd_xrange(db: &mut Db, now: u64, a: &[Bytes]) -> Value {
+    let start = match &a[1][..] {
+        b"-" => Bound::Unbounded,
+        s if s.starts_with(b"(") => match parse_stream_id(&s[1..], 0) {
+            Some(id) => Bound::Excluded(id),
+            None => return err("ERR Invalid stream ID specified as stream command argument"),
+        },
+        s => match parse_stream_id(s, 0) {
+            Some(id) => Bound::Included(id),
+            None => return err("ERR Invalid stream ID specified as stream command argument"),
+        },
+    };
+    let end = match &a[2][..] {
+        b"+" => Bound::Unbounded,
+        s => match parse_stream_id(s, u64::MAX) {
+            Some(id) => Bound::Included(id),
+            None => return err("ERR Invalid stream ID specified as stream command argument"),
+        },
+    };
+    let count = match &a[3..] {
+        [] => usize::MAX,
+        [c, n] if c.eq_ignore_ascii_case(b"count") => match parse_i64(n) {
+            Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => return err(NOT_INT),
+        },
+        _ => return err(SYNTAX),
+    };
+    let entries = match db.lookup(&a[0], now).map(|e| &e.data) {
+        None => return Value::Array(Vec::new()),
+        Some(Data::Stream(entries)) => entries,
+        Some(_) => return err(WRONGTYPE),
+    };
+    let in_range = |id: &StreamId| {
+        (match start {
+            Bound::Unbounded => true,
+            Bound::Included(s) => *id >= s,
+            Bound::Excluded(s) => *id > s,
+        }) && (match end {
+            Bound::Unbounded => true,
+            Bound::Included(e) => *id <= e,
+            Bound::Excluded(e) => *id < e,
+        })
+    };
+    Value::Array(
+        entries
+            .iter()
+            .filter(|(id, _)| in_range(id))
+            .take(count)
+            .map(|(id, fields)| {
+                Value::Array(vec![
+                    Value::Bulk(stream_id_text(*id)),
+                    Value::Array(fields.iter().cloned().map(Value::Bulk).collect()),
+                ])
+            })
+            .collect(),
+    )
 }

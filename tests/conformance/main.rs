@@ -11,3 +11,4 @@ mod edge;
 mod mem;
 mod sentinel;
 mod standalone;
+mod streams;

@@ -9,6 +9,11 @@ use larder::{
     SharedTransport,
 };
 
+pub(crate) use crate::streams::{
+    stream_failures_store_nothing, stream_leader_death_is_an_error,
+    stream_over_the_limit_is_not_stored, stream_replay_per_format, stream_shared_between_instances,
+};
+
 /// What a backend provides to the suite.
 #[async_trait::async_trait]
 pub(crate) trait Backend: Send + Sync {
@@ -53,7 +58,10 @@ macro_rules! conformance_tests {
             clear_only_touches_own_prefix, clear_many_keys_in_batches,
             glob_chars_in_prefix_are_literal, stats_count_locally, stats_are_shared_in_redis,
             ping_answers, close_then_calls_fail, corrupt_value_is_a_counted_miss,
-            legacy_raw_value_reads_as_response, envelope_round_trip, pubsub_round_trip_or_refused
+            legacy_raw_value_reads_as_response, envelope_round_trip, pubsub_round_trip_or_refused,
+            stream_replay_per_format, stream_failures_store_nothing,
+            stream_over_the_limit_is_not_stored, stream_shared_between_instances,
+            stream_leader_death_is_an_error
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

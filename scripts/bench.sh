@@ -10,7 +10,7 @@
 #   memory     core/benches/memory.rs: MemoryCache vs lru, moka, quick_cache
 #   redis      native/benches/transport.rs (standalone and Cluster, vs raw redis-rs) and
 #              redis-benchmark for context
-#   scenarios  native/benches/scenarios.rs: tiered latency, stampede, outage
+#   scenarios  native/benches/scenarios.rs: tiered latency, stampede, streams, outage
 #   gateway    scripts/bench-gateway.sh: larder gateway vs webdis vs Redis directly
 #   edge       scripts/bench-edge.sh: the example Worker in workerd, wasm size
 #

@@ -5,8 +5,9 @@
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench -p larder-native --features test-util,gateway
 //! --bench scenarios`). With `LARDER_BENCH_JSON` set to a file path, every figure is also
-//! appended to it as one JSON line (suites `tiered`, `stampede`, `outage`).
-//! `LARDER_BENCH_ONLY` = `tiered`, `stampede` or `outage` runs one part.
+//! appended to it as one JSON line (suites `tiered`, `stampede`, `stream_follow`,
+//! `stream_replay`, `outage`).
+//! `LARDER_BENCH_ONLY` = `tiered`, `stampede`, `streams` or `outage` runs one part.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use larder_core::breaker::CircuitBreakerLayer;
 use larder_core::compute::{ComputeCache, RedisLock};
+use larder_core::response::{CacheControl, LlmRequest, ResponseCache};
+use larder_core::stream::Streamed;
 use larder_core::tiered::TieredCache;
 use larder_core::{Cache, MemoryCache, RedisCache, SharedClock, Transport};
 use larder_edge::RestTransport;
@@ -315,6 +318,208 @@ async fn stampedes(server: &RedisServer) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Streams: how soon a caller that joins a stream in flight gets its first event, and how
+// fast a recorded stream replays.
+
+#[derive(Debug)]
+struct NoUpstream;
+
+impl std::fmt::Display for NoUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no upstream")
+    }
+}
+
+impl std::error::Error for NoUpstream {}
+
+type SseBody =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, NoUpstream>> + Send>>;
+
+/// An OpenAI chat stream of `n` events (`n - 2` content chunks, the finish chunk, `[DONE]`).
+fn chat_events(n: usize) -> Vec<Bytes> {
+    let chunk = |delta: &str, finish: &str| {
+        Bytes::from(format!(
+            "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+             \"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{delta},\
+             \"finish_reason\":{finish}}}]}}\n\n"
+        ))
+    };
+    let mut out: Vec<Bytes> = (0..n.saturating_sub(2))
+        .map(|i| chunk(&format!("{{\"content\":\"token{i} \"}}"), "null"))
+        .collect();
+    out.push(chunk("{}", "\"stop\""));
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+/// A model that thinks `think`, then sends `events` one every `gap`.
+fn model(
+    events: Vec<Bytes>,
+    think: Duration,
+    gap: Duration,
+) -> impl FnOnce() -> std::future::Ready<Result<SseBody, NoUpstream>> + Send {
+    move || {
+        use futures_util::StreamExt;
+        let body = futures_util::stream::iter(events.into_iter().enumerate()).then(
+            move |(i, e)| async move {
+                tokio::time::sleep(if i == 0 { think } else { gap }).await;
+                Ok(e)
+            },
+        );
+        std::future::ready(Ok(Box::pin(body) as SseBody))
+    }
+}
+
+fn response_cache<T: Transport + Clone + 'static>(t: &T, prefix: &str) -> ResponseCache {
+    let redis = RedisCache::builder(t.clone())
+        .prefix(prefix)
+        .build()
+        .unwrap();
+    ResponseCache::redis(redis).build().unwrap()
+}
+
+/// Reads a stream; returns when its first and last events arrived (since `t0`) and how many
+/// there were.
+async fn read_timed(mut s: Streamed, t0: Instant) -> (Duration, Duration, usize) {
+    use futures_util::StreamExt;
+    let mut first = None;
+    let mut n = 0;
+    while let Some(e) = s.next().await {
+        e.expect("the stream completes");
+        first.get_or_insert_with(|| t0.elapsed());
+        n += 1;
+    }
+    (first.unwrap_or_default(), t0.elapsed(), n)
+}
+
+/// Time to first (and last) event of a follower that asks 5 ms after the leader, relative
+/// to the leader's, `runs` times.
+async fn follower_lag(label: &str, leader: &ResponseCache, follower: &ResponseCache, runs: usize) {
+    let events = chat_events(100);
+    let mut first_lag = Vec::new();
+    let mut last_lag = Vec::new();
+    let mut leader_first = Vec::new();
+    let mut statuses = BTreeMap::<String, u64>::new();
+    for run in 0..runs {
+        let request = LlmRequest::chat("gpt-4o-mini").user(format!("{label} run {run}"));
+        let t0 = Instant::now();
+        let lead = leader
+            .stream_with(
+                &request,
+                &CacheControl::default(),
+                model(
+                    events.clone(),
+                    Duration::from_millis(50),
+                    Duration::from_millis(1),
+                ),
+            )
+            .await
+            .expect("the leader opens");
+        let lead = tokio::spawn(read_timed(lead, t0));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let follow = follower
+            .stream_with(
+                &request,
+                &CacheControl::default(),
+                model(events.clone(), Duration::ZERO, Duration::ZERO),
+            )
+            .await
+            .expect("the follower opens");
+        *statuses.entry(follow.status().to_string()).or_default() += 1;
+        let (f_first, f_last, f_n) = read_timed(follow, t0).await;
+        let (l_first, l_last, l_n) = lead.await.expect("leader task");
+        assert_eq!((l_n, f_n), (events.len(), events.len()));
+        first_lag.push(f_first.saturating_sub(l_first));
+        last_lag.push(f_last.saturating_sub(l_last));
+        leader_first.push(l_first);
+    }
+    let ms = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[i].as_secs_f64() * 1e3
+    };
+    emit(json!({
+        "suite": "stream_follow", "mode": label, "runs": runs, "events": events.len(),
+        "statuses": statuses,
+        "leader_first_ms_p50": ms(&mut leader_first, 0.5),
+        "first_lag_ms_p50": ms(&mut first_lag, 0.5), "first_lag_ms_p99": ms(&mut first_lag, 0.99),
+        "last_lag_ms_p50": ms(&mut last_lag, 0.5), "last_lag_ms_p99": ms(&mut last_lag, 0.99),
+    }));
+}
+
+/// Events per second of replaying a recorded 1,000-event stream (lookup included).
+async fn replay_rate(label: &str, cache: &ResponseCache) {
+    let events = chat_events(1000);
+    let request = LlmRequest::chat("gpt-4o-mini").user(format!("replay {label}"));
+    let s = cache
+        .stream_with(
+            &request,
+            &CacheControl::default(),
+            model(events.clone(), Duration::ZERO, Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    read_timed(s, Instant::now()).await;
+    let mut rates = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline || rates.len() < 5 {
+        let t0 = Instant::now();
+        let s = cache
+            .stream_with(
+                &request,
+                &CacheControl::default(),
+                model(Vec::new(), Duration::ZERO, Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.status(), larder_core::Status::Hit);
+        let (_, took, n) = read_timed(s, t0).await;
+        assert_eq!(n, events.len());
+        rates.push(n as f64 / took.as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    emit(json!({
+        "suite": "stream_replay", "backend": label, "events": events.len(),
+        "replays": rates.len(), "events_per_s_p50": rates[rates.len() / 2],
+        "events_per_s_min": rates[0],
+    }));
+}
+
+async fn streams(server: &RedisServer) {
+    let native = transport(server).await;
+    let other = transport(server).await;
+    let gateway = Gateway::builder(Arc::new(native.clone()))
+        .token(Token::new(TOKEN).unwrap())
+        .build()
+        .unwrap()
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let rest = RestTransport::builder(gateway.url(), TOKEN)
+        .base64_args(true)
+        .build()
+        .expect("RestTransport with the native client");
+    let runs = 20;
+    let a = response_cache(&native, "bench-streams");
+    follower_lag("in-process", &a, &a, runs).await;
+    let b = response_cache(&other, "bench-streams");
+    follower_lag("cross-process, native (pub/sub)", &a, &b, runs).await;
+    let c = response_cache(&rest, "bench-streams");
+    follower_lag(
+        "cross-process, HTTP via the gateway (50 ms polling)",
+        &a,
+        &c,
+        runs,
+    )
+    .await;
+    let memory = ResponseCache::local(MemoryCache::builder().build().unwrap())
+        .build()
+        .unwrap();
+    replay_rate("memory", &memory).await;
+    replay_rate("Redis (native)", &a).await;
+    drop(gateway);
+}
+
+// ---------------------------------------------------------------------------------------
 // Outage: op latency while Redis is down.
 
 /// Runs `op` sequentially until `n` samples or `cap` elapsed; records latency and outcome.
@@ -479,6 +684,10 @@ fn main() {
         if part("stampede") {
             eprintln!("stampede");
             stampedes(&server).await;
+        }
+        if part("streams") {
+            eprintln!("streams");
+            streams(&server).await;
         }
         if part("outage") {
             eprintln!("outage");

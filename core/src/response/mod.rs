@@ -114,7 +114,7 @@ pub use warm::{ProgressHook, WarmOptions, WarmProgress, WarmReport};
 use analytics::{Alert, Counts, Recorder};
 use answer::meta;
 use keys::{ResponseKeys, model_tag};
-use stampede::{Got, Lease, Leased, Stampede};
+use stampede::{Got, Lease, Leased, Nap, Stampede};
 
 /// The TTL go-deep-agent uses when none is configured (5 minutes), and so the default of
 /// [`Mode::GoDeepAgent`].
@@ -487,9 +487,13 @@ impl ResponseCacheBuilder {
         self
     }
 
-    /// How often a process following another's stream reads it when no notification
-    /// arrives: on transports without pub/sub (HTTP) this is the polling interval; with
-    /// pub/sub, a safety net for a lost message. Default 50 ms.
+    /// How often a streaming caller waiting for another process looks again when no
+    /// notification arrives — for the other process's stream to start (up to
+    /// [`max_wait`](Self::max_wait), whatever [`max_polls`](Self::max_polls) says) and then
+    /// for its next events. On transports without pub/sub (HTTP) this is the polling
+    /// interval, so it bounds how far a follower trails the leader, and sets how many
+    /// requests a follower makes (mind a Worker's subrequest limit); with pub/sub it is a
+    /// safety net for a lost message. Default 50 ms.
     pub fn stream_poll_interval(mut self, every: Duration) -> Self {
         self.stream_poll = every;
         self
@@ -981,7 +985,9 @@ impl ResponseCache {
                     }
                 };
                 let leased = if stores && stampede.has_lease() {
-                    stampede.acquire(&self.inner.clock, &t.user, recheck).await
+                    stampede
+                        .acquire(&self.inner.clock, &t.user, Nap::Backoff, recheck)
+                        .await
                 } else {
                     Leased::Unleased
                 };

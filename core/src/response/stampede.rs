@@ -98,6 +98,23 @@ impl fmt::Debug for Lease {
     }
 }
 
+/// How a lease waiter paces its looks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Nap {
+    /// Jittered backoff, at most `max_polls` looks (an answer: nothing to see until it is
+    /// stored).
+    Backoff,
+    /// At most this long between looks, for up to `max_wait` (a stream: its first event
+    /// should be seen within one interval of being published).
+    Every(Duration),
+}
+
+/// How many looks `every` apart fit in `wait`.
+fn polls_within(wait: Duration, every: Duration) -> u32 {
+    let n = wait.as_millis() / every.as_millis().max(1);
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// What the lease phase decided; `F` is what a wait can find.
 pub(crate) enum Leased<F = Envelope> {
     /// This process holds the lease: compute, store, then release it.
@@ -173,6 +190,7 @@ impl Stampede {
         &self,
         clock: &SharedClock,
         id: &str,
+        nap: Nap,
         recheck: R,
     ) -> Leased<F>
     where
@@ -210,9 +228,18 @@ impl Stampede {
         let mut pacer = Pacer::new(Pacing {
             clock: &**clock,
             deadline_ms: clock.now_ms().saturating_add(duration_ms(lease.max_wait)),
-            max_polls: lease.max_polls,
-            backoff_min: BACKOFF_MIN,
-            backoff_max: BACKOFF_MAX,
+            max_polls: match nap {
+                Nap::Backoff => lease.max_polls,
+                Nap::Every(every) => lease.max_polls.max(polls_within(lease.max_wait, every)),
+            },
+            backoff_min: match nap {
+                Nap::Backoff => BACKOFF_MIN,
+                Nap::Every(every) => BACKOFF_MIN.min(every),
+            },
+            backoff_max: match nap {
+                Nap::Backoff => BACKOFF_MAX,
+                Nap::Every(every) => BACKOFF_MAX.min(every),
+            },
         });
         while pacer.nap(&mut listener).await {
             if let Some(found) = recheck().await {
@@ -266,7 +293,9 @@ mod tests {
         let s = stampede(&t);
         let clock = t.shared_clock();
         let stored = Envelope::new("Paris.", "m", 0);
-        let got = block_on(s.acquire(&clock, "h1", || async { Some(stored.clone()) }));
+        let got = block_on(s.acquire(&clock, "h1", Nap::Backoff, || async {
+            Some(stored.clone())
+        }));
         match got {
             Leased::Found(e) => assert_eq!(e.response, "Paris."),
             _ => panic!("expected the stored answer"),
@@ -283,7 +312,7 @@ mod tests {
         let t = MemTransport::new();
         let s = stampede(&t);
         let clock = t.shared_clock();
-        let got: Leased = block_on(s.acquire(&clock, "h2", || async { None }));
+        let got: Leased = block_on(s.acquire(&clock, "h2", Nap::Backoff, || async { None }));
         assert!(matches!(got, Leased::Held(_)));
         assert!(block_on(t.get(b"p:lock:h2")).unwrap().is_some());
     }

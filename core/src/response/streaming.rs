@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value as Json, json};
 
-use super::stampede::{Got, Leased};
+use super::stampede::{Got, Leased, Nap};
 use super::{Backend, CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache};
 use super::{Target, Usage, short};
 use crate::clock::duration_ms;
@@ -223,7 +223,14 @@ impl ResponseCache {
                     let accepts_cached = !control.skips_read();
                     let recheck = || async move { self.recheck_stream(t, accepts_cached).await };
                     let leased = if miss.store && stampede.has_lease() {
-                        stampede.acquire(&self.inner.clock, &t.user, recheck).await
+                        stampede
+                            .acquire(
+                                &self.inner.clock,
+                                &t.user,
+                                Nap::Every(self.inner.stream_poll),
+                                recheck,
+                            )
+                            .await
                     } else {
                         Leased::Unleased
                     };

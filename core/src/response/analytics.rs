@@ -118,6 +118,13 @@ pub struct ModelAnalytics {
     pub completion_tokens_saved: u64,
     /// Estimated USD saved (at the prices configured where each hit happened).
     pub cost_saved_usd: f64,
+    /// The provider's own prompt cache, on the answers stored (the misses that reached the
+    /// model): input tokens it served from its cache (OpenAI
+    /// `prompt_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens`).
+    pub provider_cache_read_tokens: u64,
+    /// Input tokens the provider wrote to its own prompt cache on those calls (Anthropic
+    /// `cache_creation_input_tokens`, OpenAI `cache_write_tokens`).
+    pub provider_cache_write_tokens: u64,
 }
 
 impl ModelAnalytics {
@@ -143,6 +150,8 @@ impl ModelAnalytics {
         self.prompt_tokens_saved += other.prompt_tokens_saved;
         self.completion_tokens_saved += other.completion_tokens_saved;
         self.cost_saved_usd += other.cost_saved_usd;
+        self.provider_cache_read_tokens += other.provider_cache_read_tokens;
+        self.provider_cache_write_tokens += other.provider_cache_write_tokens;
     }
 }
 
@@ -275,19 +284,23 @@ pub(crate) struct Counts {
     prompt_tokens_saved: i64,
     completion_tokens_saved: i64,
     cost_saved_nanos: i64,
+    provider_cache_read_tokens: i64,
+    provider_cache_write_tokens: i64,
 }
 
 impl Counts {
-    const FIELDS: [&'static str; 6] = [
+    const FIELDS: [&'static str; 8] = [
         "hits",
         "misses",
         "writes",
         "prompt_tokens_saved",
         "completion_tokens_saved",
         "cost_saved_nanos",
+        "provider_cache_read_tokens",
+        "provider_cache_write_tokens",
     ];
 
-    fn values(&self) -> [i64; 6] {
+    fn values(&self) -> [i64; 8] {
         [
             self.hits,
             self.misses,
@@ -295,6 +308,8 @@ impl Counts {
             self.prompt_tokens_saved,
             self.completion_tokens_saved,
             self.cost_saved_nanos,
+            self.provider_cache_read_tokens,
+            self.provider_cache_write_tokens,
         ]
     }
 
@@ -305,6 +320,8 @@ impl Counts {
         self.prompt_tokens_saved += o.prompt_tokens_saved;
         self.completion_tokens_saved += o.completion_tokens_saved;
         self.cost_saved_nanos += o.cost_saved_nanos;
+        self.provider_cache_read_tokens += o.provider_cache_read_tokens;
+        self.provider_cache_write_tokens += o.provider_cache_write_tokens;
     }
 
     fn events(&self) -> u64 {
@@ -320,6 +337,8 @@ impl Counts {
             prompt_tokens_saved: u(self.prompt_tokens_saved),
             completion_tokens_saved: u(self.completion_tokens_saved),
             cost_saved_usd: self.cost_saved_nanos as f64 / NANOS_PER_USD,
+            provider_cache_read_tokens: u(self.provider_cache_read_tokens),
+            provider_cache_write_tokens: u(self.provider_cache_write_tokens),
         }
     }
 
@@ -337,6 +356,8 @@ impl Counts {
                     Some(b"prompt_tokens_saved") => c.prompt_tokens_saved = n,
                     Some(b"completion_tokens_saved") => c.completion_tokens_saved = n,
                     Some(b"cost_saved_nanos") => c.cost_saved_nanos = n,
+                    Some(b"provider_cache_read_tokens") => c.provider_cache_read_tokens = n,
+                    Some(b"provider_cache_write_tokens") => c.provider_cache_write_tokens = n,
                     _ => {}
                 }
             }
@@ -449,12 +470,15 @@ impl Recorder {
         );
     }
 
-    /// An answer stored.
-    pub(crate) fn write(&self, model: &str) {
+    /// An answer stored, with the provider's own prompt-cache reads and writes on the call
+    /// that produced it.
+    pub(crate) fn write(&self, model: &str, cache_read: u64, cache_write: u64) {
         self.add(
             model,
             Counts {
                 writes: 1,
+                provider_cache_read_tokens: clamp(cache_read),
+                provider_cache_write_tokens: clamp(cache_write),
                 ..Counts::default()
             },
             [0, 0, 1],

@@ -1562,7 +1562,12 @@ impl ResponseCache {
                     .encode()
             }
         };
-        self.inner.recorder.write(&t.model);
+        let provider_cache = |k: &str| response.metadata.get(k).and_then(Json::as_u64);
+        self.inner.recorder.write(
+            &t.model,
+            provider_cache(streaming::stream_meta::CACHE_READ_TOKENS).unwrap_or(0),
+            provider_cache(streaming::stream_meta::CACHE_WRITE_TOKENS).unwrap_or(0),
+        );
         match &self.inner.backend {
             Backend::Redis { transport } => {
                 let cmd = SetOptions::ttl(total_ttl).command(t.key.as_bytes(), &bytes);

@@ -753,3 +753,47 @@ fn the_stored_envelope_matches_the_golden_vector() {
     assert_eq!(e["v"], 1);
     assert_eq!(e["stream"]["format"], "openai.chat");
 }
+
+#[test]
+fn analytics_count_the_providers_own_prompt_cache_apart_from_larders_hits() {
+    let t = MemTransport::new();
+    let cache = redis_cache(&t).build().unwrap();
+    let p = Provider::default();
+    // What the fixtures report: Anthropic cache_read_input_tokens, OpenAI cached_tokens.
+    let cached = |bytes: &[u8]| {
+        let mut events = Vec::new();
+        crate::stream::SseParser::new()
+            .push(bytes, &mut events)
+            .unwrap();
+        let mut r = crate::stream::Recorder::new(crate::stream::Format::detect(&events[0]));
+        events.iter().for_each(|e| r.push(e));
+        r.summary().usage.clone().expect("usage").cache_read_tokens
+    };
+    let mut expected = 0;
+    for name in ["anthropic_text", "openai_chat_text"] {
+        let bytes = fixture(name);
+        expected += cached(&bytes);
+        let control = none().namespace(name.replace('_', "-"));
+        block_on(drain(stream(&cache, &control, p.stream(&bytes, 64, None))));
+    }
+    assert!(expected > 0, "the fixtures carry provider-cached tokens");
+    let total = cache.local_analytics().total();
+    assert_eq!((total.writes, total.hits), (2, 0));
+    assert_eq!(total.provider_cache_read_tokens, expected);
+    // A larder hit counts as tokens saved, not as the provider's cache.
+    let control = none().namespace("anthropic-text");
+    let hit = stream(
+        &cache,
+        &control,
+        p.stream(&fixture("anthropic_text"), 64, None),
+    );
+    assert_eq!(hit.status(), Status::Hit);
+    let total = cache.local_analytics().total();
+    assert_eq!(total.hits, 1);
+    assert!(total.prompt_tokens_saved > 0);
+    assert_eq!(total.provider_cache_read_tokens, expected);
+    // And they reach Redis with the other counters.
+    block_on(cache.flush()).unwrap();
+    let shared = block_on(cache.analytics()).unwrap().total();
+    assert_eq!(shared.provider_cache_read_tokens, expected);
+}

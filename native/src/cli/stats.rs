@@ -42,6 +42,8 @@ fn model_json(m: &ModelAnalytics) -> serde_json::Value {
         "completion_tokens_saved": m.completion_tokens_saved,
         "tokens_saved": m.tokens_saved(),
         "cost_saved_usd": m.cost_saved_usd,
+        "provider_cache_read_tokens": m.provider_cache_read_tokens,
+        "provider_cache_write_tokens": m.provider_cache_write_tokens,
     })
 }
 

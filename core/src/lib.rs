@@ -19,6 +19,7 @@ pub mod fallback;
 pub mod keys;
 pub mod memory;
 pub mod observe;
+pub mod proxy;
 pub mod redis;
 pub mod response;
 pub mod rest;

@@ -35,7 +35,11 @@ pub mod fuzzing;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 mod options;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 mod runtime;
+#[cfg(feature = "gateway")]
+mod server;
 #[cfg(any(test, feature = "test-util"))]
 #[allow(unsafe_code)]
 pub mod testing;

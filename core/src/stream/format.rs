@@ -38,7 +38,8 @@ impl Format {
     ///
     /// - event name `message_start` (or data `"type":"message_start"`) → Anthropic Messages;
     /// - event name or data `type` starting with `response.` → OpenAI Responses;
-    /// - data JSON with `"object":"chat.completion.chunk"` → OpenAI Chat Completions;
+    /// - data JSON with `"object":"chat.completion.chunk"` → OpenAI Chat Completions (also
+    ///   `"text_completion"`: legacy completions, framed the same way);
     /// - anything else → [`Format::Unknown`].
     pub fn detect(first: &Event) -> Format {
         let name = first.event.as_deref().unwrap_or("");
@@ -54,7 +55,12 @@ impl Format {
         match data["type"].as_str() {
             Some("message_start") => Format::AnthropicMessages,
             Some(t) if t.starts_with("response.") => Format::OpenAiResponses,
-            _ if data["object"] == "chat.completion.chunk" => Format::OpenAiChat,
+            // Legacy completions stream the same way: data-only chunks, then `[DONE]`.
+            _ if data["object"] == "chat.completion.chunk"
+                || data["object"] == "text_completion" =>
+            {
+                Format::OpenAiChat
+            }
             _ => Format::Unknown,
         }
     }
@@ -310,7 +316,10 @@ impl Recorder {
     /// One `choices[]` entry of index 0.
     fn chat_choice(&mut self, choice: &Value) {
         let delta = &choice["delta"];
-        if let Some(text) = delta["content"].as_str() {
+        if let Some(text) = delta["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str())
+        {
             self.summary.text.push_str(text);
         }
         let reasoning = delta["reasoning_content"]

@@ -1,5 +1,6 @@
 //! The `larder` command line. `larder gateway` serves Redis over HTTP in the Upstash REST
-//! dialect, for Cloudflare Workers (larder-edge) and the official `@upstash/redis` clients.
+//! dialect, for Cloudflare Workers (larder-edge) and the official `@upstash/redis` clients;
+//! `larder proxy` is a caching proxy for OpenAI- and Anthropic-compatible APIs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,13 @@ enum Command {
     /// Tokens come from the environment (LARDER_GATEWAY_TOKEN, LARDER_GATEWAY_READONLY_TOKEN)
     /// or from files (--token-file, --read-only-token-file), never from the command line.
     Gateway(GatewayArgs),
+    /// A caching proxy for OpenAI- and Anthropic-compatible APIs: point an SDK's base URL
+    /// at it and identical requests are answered from the cache (docs/PROXY.md).
+    ///
+    /// Upstream keys the proxy holds come from the environment (LARDER_UPSTREAM_KEY,
+    /// LARDER_ANTHROPIC_KEY), never from the command line; without them each caller's own
+    /// credential is forwarded.
+    Proxy(ProxyArgs),
     // The cache commands (stats, get, purge, warm, bench) live in `larder_native::cli`.
     #[command(flatten)]
     Cache(larder_native::cli::CacheCommand),
@@ -99,35 +107,225 @@ struct GatewayArgs {
     log_level: tracing::Level,
 }
 
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "LARDER_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// The OpenAI-compatible upstream.
+    #[arg(
+        long,
+        env = "LARDER_UPSTREAM",
+        default_value = "https://api.openai.com"
+    )]
+    upstream: String,
+
+    /// The Anthropic upstream (for /v1/messages and requests with x-api-key or
+    /// anthropic-version).
+    #[arg(
+        long,
+        env = "LARDER_ANTHROPIC_UPSTREAM",
+        default_value = "https://api.anthropic.com"
+    )]
+    anthropic_upstream: String,
+
+    /// Redis to share the cache through: `redis://…` (several comma-separated URLs mean a
+    /// Cluster). Without it (and without --sentinel) answers are cached in this process's
+    /// memory.
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    redis_urls: Vec<String>,
+
+    /// Use Redis Sentinel: the sentinels' addresses (the master's password comes from
+    /// LARDER_REDIS_PASSWORD).
+    #[arg(long = "sentinel", env = "LARDER_SENTINELS", value_delimiter = ',')]
+    sentinels: Vec<String>,
+
+    /// The master's name in the sentinels' configuration (with --sentinel).
+    #[arg(long, env = "LARDER_SENTINEL_MASTER", default_value = "mymaster")]
+    sentinel_master: String,
+
+    /// The longest a Redis call may take, in milliseconds; past it the request goes on
+    /// without the cache.
+    #[arg(long, env = "LARDER_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    redis_timeout_ms: u64,
+
+    /// Key prefix in Redis.
+    #[arg(long, env = "LARDER_PREFIX", default_value = "larder")]
+    prefix: String,
+
+    /// Seconds an answer stays fresh, unless a request says otherwise (x-larder-ttl,
+    /// Cache-Control: max-age, cf-aig-cache-ttl).
+    #[arg(long, env = "LARDER_PROXY_TTL_SECS", default_value_t = 3600)]
+    ttl_secs: u64,
+
+    /// Seconds past freshness during which an answer is still served when the upstream
+    /// fails (5xx, 429, timeouts); 0 turns it off.
+    #[arg(long, env = "LARDER_PROXY_STALE_SECS", default_value_t = 86_400)]
+    stale_secs: u64,
+
+    /// Entries the in-memory cache holds (without Redis).
+    #[arg(long, env = "LARDER_PROXY_MEMORY_ENTRIES", default_value_t = 10_000)]
+    memory_entries: usize,
+
+    /// Let every caller share one cache instead of one per credential.
+    #[arg(long, env = "LARDER_PROXY_SHARED_TENANCY")]
+    shared_tenancy: bool,
+
+    /// Largest cached request body, in bytes; larger ones get HTTP 413.
+    #[arg(long, env = "LARDER_PROXY_BODY_LIMIT", default_value_t = larder_native::proxy::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+
+    /// Most connections open at once.
+    #[arg(long, env = "LARDER_PROXY_MAX_CONNECTIONS", default_value_t = larder_native::gateway::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Milliseconds the upstream may stay silent (before its headers, or between chunks).
+    #[arg(long, env = "LARDER_PROXY_READ_TIMEOUT_MS", default_value_t = larder_native::proxy::DEFAULT_READ_TIMEOUT.as_millis() as u64)]
+    read_timeout_ms: u64,
+
+    /// Milliseconds connecting to the upstream may take.
+    #[arg(long, env = "LARDER_PROXY_CONNECT_TIMEOUT_MS", default_value_t = larder_native::proxy::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
+    connect_timeout_ms: u64,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "LARDER_LOG", default_value = "info")]
+    log_level: tracing::Level,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Cache(command) => larder_native::cli::run(command),
-        Command::Gateway(args) => {
-            tracing_subscriber::fmt()
-                .with_max_level(args.log_level)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("larder gateway: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(gateway(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("larder gateway: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Gateway(args) => serve("gateway", args.log_level, gateway(args)),
+        Command::Proxy(args) => serve("proxy", args.log_level, proxy(args)),
+    }
+}
+
+/// Runs a server command on a multi-threaded runtime with logs on stderr.
+fn serve(
+    name: &str,
+    level: tracing::Level,
+    run: impl std::future::Future<Output = Result<(), String>>,
+) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("larder {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("larder {name}: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+async fn proxy(args: ProxyArgs) -> Result<(), String> {
+    use larder_core::response::ResponseCache;
+    use larder_core::{MemoryCache, RedisCache};
+
+    let ttl = Duration::from_secs(args.ttl_secs.max(1));
+    let stale = (args.stale_secs > 0).then(|| Duration::from_secs(args.stale_secs));
+    let redis = !args.redis_urls.iter().all(|u| u.trim().is_empty()) || !args.sentinels.is_empty();
+    let cache = if redis {
+        let connect = larder_native::cli::RedisArgs {
+            redis_urls: args.redis_urls.clone(),
+            sentinels: args.sentinels.clone(),
+            sentinel_master: args.sentinel_master.clone(),
+            redis_timeout_ms: args.redis_timeout_ms,
+        };
+        let transport = connect.connect().await?;
+        tracing::info!(
+            topology = transport.topology().as_str(),
+            "connected to Redis"
+        );
+        // No caller waits on a hung Redis longer than the timeout: the breaker cuts calls.
+        let transport = larder_core::breaker::CircuitBreakerLayer::new()
+            .call_timeout(Some(connect.timeout()))
+            .layer(transport);
+        let redis = RedisCache::builder(transport)
+            .prefix(&args.prefix)
+            .build()
+            .map_err(|e| format!("--prefix: {e}"))?;
+        ResponseCache::redis(redis)
+    } else {
+        tracing::info!(
+            entries = args.memory_entries,
+            "no Redis configured: caching in memory"
+        );
+        let memory = MemoryCache::builder()
+            .max_entries(args.memory_entries)
+            .build()
+            .map_err(|e| e.to_string())?;
+        ResponseCache::local(memory)
+    };
+    let mut cache = cache.default_ttl(ttl);
+    if let Some(s) = stale {
+        cache = cache.stale_window(s);
+    }
+    let cache = cache.build().map_err(|e| e.to_string())?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let mut builder = larder_native::proxy::Proxy::builder(cache, args.upstream.clone())
+        .anthropic_upstream(args.anthropic_upstream.clone())
+        .prometheus(prometheus)
+        .body_limit(args.body_limit)
+        .max_connections(args.max_connections)
+        .read_timeout(Duration::from_millis(args.read_timeout_ms.max(1)))
+        .connect_timeout(Duration::from_millis(args.connect_timeout_ms.max(1)));
+    if args.shared_tenancy {
+        builder = builder.tenancy(larder_core::proxy::Tenancy::Shared);
+    }
+    if let Ok(k) = std::env::var("LARDER_UPSTREAM_KEY")
+        && !k.trim().is_empty()
+    {
+        builder = builder.openai_key(k.trim());
+    }
+    if let Ok(k) = std::env::var("LARDER_ANTHROPIC_KEY")
+        && !k.trim().is_empty()
+    {
+        builder = builder.anthropic_key(k.trim());
+    }
+    let proxy = builder.build().map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!(
+        %addr,
+        upstream = %args.upstream,
+        anthropic_upstream = %args.anthropic_upstream,
+        storage = if redis { "redis" } else { "memory" },
+        shared_tenancy = args.shared_tenancy,
+        "larder proxy listening"
+    );
+    println!("listening on {addr}");
+    proxy
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn env_token(name: &str) -> Result<Option<Token>, String> {

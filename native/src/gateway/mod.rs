@@ -374,71 +374,19 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use hyper_util::rt::{TokioIo, TokioTimer};
-        use hyper_util::service::TowerToHyperService;
-
         let router = self.router();
-        let max = self.shared.max_connections;
-        let slots = Arc::new(tokio::sync::Semaphore::new(max));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            // A free slot first, then a connection: at the cap, clients wait in the backlog.
-            let permit = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            };
-            let stream = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
-                    ) => continue,
-                    Err(e) => {
-                        // EMFILE and friends: wait for connections to close.
-                        tracing::error!("cannot accept a connection: {e}; retrying in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let open = self.shared.metrics.connection();
-            let service = TowerToHyperService::new(router.clone());
-            let header_timeout = self.shared.header_read_timeout;
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let _slot = permit;
-                let _open = open;
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!("connection ended: {e}");
-                        }
-                    }
-                    () = async { let _ = stop.wait_for(|stopping| *stopping).await; } => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        // Every connection holds a slot: all slots back means all connections are done.
-        let _ = slots
-            .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
-            .await;
+        let metrics = self.shared.metrics.clone();
+        crate::server::serve(
+            router,
+            listener,
+            crate::server::Limits {
+                max_connections: self.shared.max_connections,
+                header_read_timeout: self.shared.header_read_timeout,
+            },
+            move || metrics.connection(),
+            shutdown,
+        )
+        .await;
         let _ = self.shared.transport.close().await;
         Ok(())
     }
@@ -453,63 +401,13 @@ impl Gateway {
     ///
     /// When the listener's address cannot be read.
     pub fn spawn(self, listener: tokio::net::TcpListener) -> std::io::Result<SpawnedGateway> {
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(self.serve(listener, async {
-            let _ = rx.await;
-        }));
-        Ok(SpawnedGateway {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        })
+        crate::server::Spawned::spawn(listener, |listener, stop| self.serve(listener, stop))
     }
 }
 
 /// A gateway serving in the background (see [`Gateway::spawn`]). Dropping it stops the
 /// gateway.
-#[derive(Debug)]
-pub struct SpawnedGateway {
-    addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl SpawnedGateway {
-    /// The address it listens on.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.addr
-    }
-
-    /// Its base URL, `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops accepting connections, waits for requests in flight, and returns how serving
-    /// ended.
-    ///
-    /// # Errors
-    ///
-    /// The error that ended serving, if any.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for SpawnedGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
+pub use crate::server::Spawned as SpawnedGateway;
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM: the usual signal for [`Gateway::serve`].
 pub async fn shutdown_signal() {

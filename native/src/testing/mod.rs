@@ -57,6 +57,8 @@
 //! ```
 
 mod cluster;
+#[cfg(feature = "gateway")]
+mod fake_llm;
 mod process;
 mod resp;
 mod sentinel;
@@ -66,6 +68,8 @@ use std::io;
 use std::time::Duration;
 
 pub use cluster::{CLUSTER_NODE_TIMEOUT_MS, RedisCluster};
+#[cfg(feature = "gateway")]
+pub use fake_llm::FakeLlm;
 pub use resp::{DEFAULT_TIMEOUT, RespConnection, RespValue, command};
 pub use sentinel::{
     MASTER_NAME, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS, SentinelSetup,

@@ -568,10 +568,11 @@ async fn the_readme_cli_lines_run_as_written() {
             .env("LARDER_LLM_ENDPOINT", &endpoint)
             .env("OPENAI_API_KEY", "test-key")
             .stdin(Stdio::null());
-        if args[0] == "gateway" {
+        if args[0] == "gateway" || args[0] == "proxy" {
             let mut child = cmd
                 .env("LARDER_GATEWAY_TOKEN", "a-token-for-the-readme-test-0123")
                 .env("LARDER_GATEWAY_LISTEN", "127.0.0.1:0")
+                .env("LARDER_PROXY_LISTEN", "127.0.0.1:0")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -599,7 +600,79 @@ async fn the_readme_cli_lines_run_as_written() {
     }
     assert_eq!(
         ran,
-        ["stats", "get", "purge", "warm", "bench", "gateway"],
+        ["stats", "get", "purge", "warm", "bench", "gateway", "proxy"],
         "every README line ran"
     );
+}
+
+/// `larder proxy` as users run it: the binary in front of a fake provider, on the in-memory
+/// default and on Redis; MISS then HIT, a bad upstream URL refused with a clear message.
+#[tokio::test(flavor = "multi_thread")]
+async fn larder_proxy_serves_misses_then_hits() {
+    let fake = larder_native::testing::FakeLlm::start().await.unwrap();
+    let server = RedisServer::start().expect("redis-server");
+    for redis in [None, Some(server.url())] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
+        cmd.args([
+            "proxy",
+            "--upstream",
+            &fake.url(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if let Some(url) = &redis {
+            cmd.env("REDIS_URL", url);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        let addr = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{first:?}"))
+            .to_owned();
+        let client = reqwest::Client::new();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let resp = client
+                .post(format!("http://{addr}/v1/chat/completions"))
+                .header("authorization", "Bearer sk-cli")
+                .header("content-type", "application/json")
+                .body(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"cli"}]}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            seen.push(
+                resp.headers()["x-larder-cache"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(seen, ["MISS", "HIT"], "redis: {redis:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args([
+            "proxy",
+            "--upstream",
+            "ftp://nowhere",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--upstream"), "{}", stderr(&out));
 }

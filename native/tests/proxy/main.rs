@@ -556,3 +556,51 @@ async fn metrics_count_requests_by_cache_status() {
     assert_eq!(line("MISS").as_deref(), Some("1"), "{text}");
     assert_eq!(line("HIT").as_deref(), Some("2"), "{text}");
 }
+
+/// The official SDKs against the proxy: `openai` and `anthropic` from PyPI
+/// (tests/proxy-sdk/sdk_test.py) and `openai` from npm (tests/proxy-sdk/openai.test.mjs),
+/// pinned and installed by `scripts/install-proxy-sdks.sh`. Skipped when they are not
+/// installed, unless `LARDER_SDK_TESTS=require` (CI) makes that a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_sdks() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/proxy-sdk");
+    let python = dir.join(".venv/bin/python");
+    let node_sdk = dir.join("node_modules/openai/package.json");
+    let required = std::env::var("LARDER_SDK_TESTS").is_ok_and(|v| v == "require");
+    if !python.exists() || !node_sdk.exists() {
+        assert!(
+            !required,
+            "the SDKs are not installed: bash scripts/install-proxy-sdks.sh"
+        );
+        eprintln!("skipped: bash scripts/install-proxy-sdks.sh installs the official SDKs");
+        return;
+    }
+    let s = setup().await;
+    let url = s.proxy.url();
+    for (what, program, args) in [
+        ("python", python.clone(), vec![dir.join("sdk_test.py")]),
+        (
+            "node",
+            std::path::PathBuf::from("node"),
+            vec!["--test".into(), dir.join("openai.test.mjs")],
+        ),
+    ] {
+        let url = url.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(program)
+                .args(args)
+                .env("LARDER_PROXY_URL", url)
+                .output()
+                .expect("run the SDK tests")
+        })
+        .await
+        .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("--- {what} ---\n{text}");
+        assert!(out.status.success(), "{what} SDK tests failed:\n{text}");
+    }
+}

@@ -11,6 +11,8 @@
 #   redis      native/benches/transport.rs (standalone and Cluster, vs raw redis-rs) and
 #              redis-benchmark for context
 #   scenarios  native/benches/scenarios.rs: tiered latency, stampede, streams, outage
+#   proxy      native/benches/proxy.rs: larder proxy vs LiteLLM's proxy (PyPI litellm[proxy],
+#              pinned, installed into a venv under $LARDER_TOOLS_DIR) with its Redis cache
 #   gateway    scripts/bench-gateway.sh: larder gateway vs webdis vs Redis directly
 #   edge       scripts/bench-edge.sh: the example Worker in workerd, wasm size
 #
@@ -21,7 +23,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 . "$ROOT/scripts/bench-lib.sh"
-PARTS="${LARDER_BENCH_PARTS:-memory redis scenarios gateway edge}"
+PARTS="${LARDER_BENCH_PARTS:-memory redis scenarios proxy gateway edge}"
 export LARDER_BENCH_SECS="${LARDER_BENCH_SECS:-1}"
 HTTP_SECS="${LARDER_BENCH_HTTP_SECS:-5}"
 OUT="${LARDER_BENCH_OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/bench}"
@@ -31,7 +33,7 @@ RESULTS="$OUT/results.jsonl"
 export LARDER_BENCH_JSON="$RESULTS"
 REPORT="${LARDER_BENCH_REPORT:-$ROOT/BENCHMARKS.md}"
 CHART="${LARDER_BENCH_CHART:-$ROOT/docs/bench.svg}"
-NATIVE_FEATURES=test-util,gateway
+NATIVE_FEATURES=test-util,gateway,proxy
 
 bench_need redis-server redis-cli redis-benchmark webdis wrk
 bench_init
@@ -45,7 +47,7 @@ PIDS+=($!)
 
 echo "==> building the benchmarks (not timed)" >&2
 cargo bench --quiet --no-run -p larder-core --bench memory
-cargo bench --quiet --no-run -p larder-native --features "$NATIVE_FEATURES" --bench transport --bench scenarios
+cargo bench --quiet --no-run -p larder-native --features "$NATIVE_FEATURES" --bench transport --bench scenarios --bench proxy
 build_larder
 
 timed() { # NAME COMMAND…
@@ -55,6 +57,18 @@ timed() { # NAME COMMAND…
   echo "==> $name" >&2
   "$@"
   echo "{\"suite\":\"timing\",\"part\":\"$name\",\"seconds\":$(($(date +%s) - start))}" >>"$RESULTS"
+}
+
+LITELLM_VERSION="1.108.7"
+proxy_part() {
+  local venv="${LARDER_TOOLS_DIR:-$ROOT/.larder-tools}/litellm-venv"
+  if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null)" != "$LITELLM_VERSION" ]; then
+    echo "==> pip install litellm[proxy]==$LITELLM_VERSION (once)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" >&2
+  fi
+  LITELLM_BIN="$venv/bin/litellm" cargo bench --quiet -p larder-native --features "$NATIVE_FEATURES" --bench proxy
 }
 
 redis_part() {
@@ -75,6 +89,7 @@ for part in $PARTS; do
     memory) timed memory cargo bench --quiet -p larder-core --bench memory ;;
     redis) timed redis redis_part ;;
     scenarios) timed scenarios cargo bench --quiet -p larder-native --features "$NATIVE_FEATURES" --bench scenarios ;;
+    proxy) timed proxy proxy_part ;;
     gateway) timed gateway env DURATION="$HTTP_SECS" CONNECTIONS=50 bash scripts/bench-gateway.sh ;;
     edge) timed edge env DURATION="$HTTP_SECS" bash scripts/bench-edge.sh ;;
     *)

@@ -1338,6 +1338,16 @@ impl ResponseCache {
         let usage = usage_of(e);
         let cost = usage.map_or(0.0, |u| self.inner.prices.cost(&t.model, u));
         self.inner.recorder.hit(&t.model, usage, cost);
+        if let Some(u) = usage {
+            // Per model and namespace (a proxy's tenant): one series per pair in use.
+            let labels = [
+                ("model", t.model.clone()),
+                ("namespace", t.namespace.clone()),
+            ];
+            metrics::counter!("larder_response_tokens_saved_total", &labels).increment(u.total());
+            metrics::counter!("larder_response_cost_saved_nanousd_total", &labels)
+                .increment((cost * 1e9).round() as u64);
+        }
         if let Some(alert) = &self.inner.alert {
             alert.record(true);
         }

@@ -526,15 +526,11 @@ async fn metrics_count_requests_by_cache_status() {
         .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let client = reqwest::Client::new();
+    // A model of its own: other tests in this process emit to the same recorder.
+    let mut body = chat("m");
+    body["model"] = json!("gpt-4o-metrics");
     for _ in 0..3 {
-        post_to(
-            &client,
-            &proxy.url(),
-            "/v1/chat/completions",
-            &chat("m"),
-            &[],
-        )
-        .await;
+        post_to(&client, &proxy.url(), "/v1/chat/completions", &body, &[]).await;
     }
     let text = client
         .get(format!("{}/metrics", proxy.url()))
@@ -555,6 +551,17 @@ async fn metrics_count_requests_by_cache_status() {
     };
     assert_eq!(line("MISS").as_deref(), Some("1"), "{text}");
     assert_eq!(line("HIT").as_deref(), Some("2"), "{text}");
+    // Tokens saved per model and tenant (the tenant's hashed namespace, never the key).
+    let saved = text
+        .lines()
+        .find(|l| {
+            l.starts_with("larder_response_tokens_saved_total")
+                && l.contains("model=\"gpt-4o-metrics\"")
+                && l.contains("namespace=\"t-")
+        })
+        .unwrap_or_else(|| panic!("no tokens-saved series: {text}"));
+    assert!(saved.ends_with(" 38"), "two hits of 12 + 7 tokens: {saved}");
+    assert!(!text.contains("sk-test"), "no credential in /metrics");
 }
 
 /// The official SDKs against the proxy: `openai` and `anthropic` from PyPI

@@ -37,6 +37,8 @@ struct Behaviour {
 struct Inner {
     calls: AtomicU64,
     behaviour: Mutex<Behaviour>,
+    /// The credential headers of the last model call (`authorization`, `x-api-key`).
+    last_credentials: Mutex<(Option<String>, Option<String>)>,
 }
 
 /// A fake provider listening on 127.0.0.1 (a free port). Stops when dropped.
@@ -73,6 +75,7 @@ impl FakeLlm {
         let inner = Arc::new(Inner {
             calls: AtomicU64::new(0),
             behaviour: Mutex::new(Behaviour::default()),
+            last_credentials: Mutex::new((None, None)),
         });
         let router = Router::new().fallback(answer).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -101,6 +104,12 @@ impl FakeLlm {
     /// Requests answered on the model routes (errors included).
     pub fn calls(&self) -> u64 {
         self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    /// The `Authorization` and `x-api-key` headers of the last model call (to check which
+    /// credential reached the provider).
+    pub fn last_credentials(&self) -> (Option<String>, Option<String>) {
+        self.inner.last_credentials.lock().clone()
     }
 
     /// The next `n` model calls fail with `status`.
@@ -147,6 +156,13 @@ async fn answer(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
     };
     let n = inner.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let credential = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    *inner.last_credentials.lock() = (credential("authorization"), credential("x-api-key"));
     let body = axum::body::to_bytes(req.into_body(), 64 << 20)
         .await
         .unwrap_or_default();

@@ -611,3 +611,96 @@ async fn official_sdks() {
         assert!(out.status.success(), "{what} SDK tests failed:\n{text}");
     }
 }
+
+/// The upstream gets the caller's credential, or the proxy's when it holds one; the
+/// caller's still names the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_callers_credential_or_the_proxys() {
+    let s = setup().await;
+    post(&s, "/v1/chat/completions", &chat("cred"), &[]).await;
+    assert_eq!(
+        s.fake.last_credentials().0.as_deref(),
+        Some("Bearer sk-test-a")
+    );
+    let fake = FakeLlm::start().await.unwrap();
+    let held = Proxy::builder(memory_cache(), fake.url())
+        .openai_key("sk-proxy-openai")
+        .anthropic_key("sk-proxy-anthropic")
+        .build()
+        .unwrap()
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let client = reqwest::Client::new();
+    let a = post_to(
+        &client,
+        &held.url(),
+        "/v1/chat/completions",
+        &chat("cred"),
+        &[],
+    )
+    .await;
+    assert_eq!(a.cache, "MISS");
+    assert_eq!(
+        fake.last_credentials().0.as_deref(),
+        Some("Bearer sk-proxy-openai"),
+        "the proxy's key replaced the caller's"
+    );
+    let m = json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                   "messages": [{"role": "user", "content": "cred"}]});
+    post_to(
+        &client,
+        &held.url(),
+        "/v1/messages",
+        &m,
+        &[("x-api-key", "sk-caller-ant")],
+    )
+    .await;
+    assert_eq!(
+        fake.last_credentials().1.as_deref(),
+        Some("sk-proxy-anthropic")
+    );
+    // Tenants still come from the caller's credential.
+    let b = post_to(
+        &client,
+        &held.url(),
+        "/v1/chat/completions",
+        &chat("cred"),
+        &[("authorization", "Bearer sk-other")],
+    )
+    .await;
+    assert_eq!(b.cache, "MISS", "another caller, another tenant");
+    let bad = Proxy::builder(memory_cache(), fake.url())
+        .openai_key("bad\nkey")
+        .build()
+        .unwrap_err();
+    assert!(bad.to_string().contains("OpenAI key"), "{bad}");
+}
+
+/// Shutting down lets a stream in flight finish: the client gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_streams_in_flight() {
+    let fake = FakeLlm::start().await.unwrap();
+    fake.set_chunk_gap(Duration::from_millis(30));
+    let proxy = proxy_for(memory_cache(), &fake).await;
+    let url = proxy.url();
+    let client = reqwest::Client::new();
+    let reading = tokio::spawn(async move {
+        post_to(
+            &client,
+            &url,
+            "/v1/chat/completions",
+            &streamed(chat("shut down slowly please")),
+            &[],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    proxy.shutdown().await.unwrap();
+    let answer = reading.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let text = String::from_utf8(answer.body).unwrap();
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "the whole stream arrived: {text}"
+    );
+}

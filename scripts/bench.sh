@@ -8,6 +8,7 @@
 #
 # Parts (each starts its own servers on free 127.0.0.1 ports and stops only those):
 #   memory     core/benches/memory.rs: MemoryCache vs lru, moka, quick_cache
+#   seal       core/benches/seal.rs: encryption at rest (AES-256-GCM) per KB, keyed hashes
 #   redis      native/benches/transport.rs (standalone and Cluster, vs raw redis-rs) and
 #              redis-benchmark for context
 #   scenarios  native/benches/scenarios.rs: tiered latency, stampede, streams, outage
@@ -23,7 +24,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 . "$ROOT/scripts/bench-lib.sh"
-PARTS="${LARDER_BENCH_PARTS:-memory redis scenarios proxy gateway edge}"
+PARTS="${LARDER_BENCH_PARTS:-memory seal redis scenarios proxy gateway edge}"
 export LARDER_BENCH_SECS="${LARDER_BENCH_SECS:-1}"
 HTTP_SECS="${LARDER_BENCH_HTTP_SECS:-5}"
 OUT="${LARDER_BENCH_OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/bench}"
@@ -46,7 +47,7 @@ done) &
 PIDS+=($!)
 
 echo "==> building the benchmarks (not timed)" >&2
-cargo bench --quiet --no-run -p larder-core --bench memory
+cargo bench --quiet --no-run -p larder-core --bench memory --bench seal
 cargo bench --quiet --no-run -p larder-native --features "$NATIVE_FEATURES" --bench transport --bench scenarios --bench proxy
 build_larder
 
@@ -87,6 +88,7 @@ redis_part() {
 for part in $PARTS; do
   case "$part" in
     memory) timed memory cargo bench --quiet -p larder-core --bench memory ;;
+    seal) timed seal cargo bench --quiet -p larder-core --bench seal ;;
     redis) timed redis redis_part ;;
     scenarios) timed scenarios cargo bench --quiet -p larder-native --features "$NATIVE_FEATURES" --bench scenarios ;;
     proxy) timed proxy proxy_part ;;

@@ -25,7 +25,7 @@ SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
 if [ "${#TARGETS[@]}" -eq 0 ]; then
-  TARGETS=(envelope_decode rest_codec keys_canonical resp_values gateway_request gateway_policy)
+  TARGETS=(envelope_decode sealed_open rest_codec keys_canonical resp_values gateway_request gateway_policy)
 fi
 
 log() { printf '[fuzz] %s\n' "$*" >&2; }

@@ -24,6 +24,7 @@ pub mod redis;
 pub mod response;
 pub mod rest;
 pub mod runtime;
+pub mod seal;
 pub mod stream;
 pub mod tiered;
 pub mod transport;

@@ -186,6 +186,7 @@ pub fn plan<'h>(
     body: &[u8],
     headers: impl IntoIterator<Item = (&'h str, &'h str)> + Clone,
     tenancy: Tenancy,
+    secret: Option<&crate::seal::HashKey>,
 ) -> Result<Plan> {
     let json: Json = serde_json::from_slice(body)
         .map_err(|e| Error::InvalidInput(format!("the request body is not JSON: {e}")))?;
@@ -292,7 +293,7 @@ pub fn plan<'h>(
     }
     let tenant = match tenancy {
         Tenancy::Shared => None,
-        Tenancy::PerCredential => Some(tenant_of(headers.clone())),
+        Tenancy::PerCredential => Some(tenant_of(headers.clone(), secret)),
     };
     let ns = match (&tenant, namespace) {
         (Some(t), Some(n)) => Some(format!("{t}:{n}")),
@@ -333,12 +334,15 @@ fn truthy(name: &str, v: &str) -> Result<bool> {
     }
 }
 
-/// The tenant of a request: `t-` and 16 hex digits of the SHA-256 of its credential
-/// headers, every value of each in order (so a request repeating a header is a tenant of
-/// its own), or `anonymous` without one.
-fn tenant_of<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)> + Clone) -> String {
-    let mut h = Sha256::new();
-    h.update(b"larder-tenant-v1\0");
+/// The tenant of a request: `t-` and 16 hex digits of the SHA-256 (with a `secret`, the
+/// HMAC-SHA-256) of its credential headers, every value of each in order (so a request
+/// repeating a header is a tenant of its own), or `anonymous` without one.
+fn tenant_of<'h>(
+    headers: impl IntoIterator<Item = (&'h str, &'h str)> + Clone,
+    secret: Option<&crate::seal::HashKey>,
+) -> String {
+    let mut h = Vec::new();
+    h.extend_from_slice(b"larder-tenant-v1\0");
     let mut any = false;
     for name in [
         "authorization",
@@ -353,21 +357,20 @@ fn tenant_of<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)> + Clone) 
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
         {
             any = true;
-            h.update(name.as_bytes());
-            h.update(b"\0");
-            h.update(v.trim().as_bytes());
-            h.update(b"\0");
+            h.extend_from_slice(name.as_bytes());
+            h.push(0);
+            h.extend_from_slice(v.trim().as_bytes());
+            h.push(0);
         }
     }
     if !any {
         return "anonymous".into();
     }
-    let digest = h.finalize();
-    let mut out = String::from("t-");
-    for b in &digest[..8] {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    let digest = match secret {
+        Some(k) => k.hash_hex(&h),
+        None => crate::transport::hex(&Sha256::digest(&h)),
+    };
+    format!("t-{}", &digest[..16])
 }
 
 /// What to do with the upstream's answer.
@@ -531,11 +534,18 @@ mod tests {
 
     #[test]
     fn the_key_covers_route_stream_and_answer_changing_headers_only() {
-        let base = plan(Api::ChatCompletions, BODY, h(&[]), Tenancy::Shared).unwrap();
-        let other_route = plan(Api::Completions, BODY, h(&[]), Tenancy::Shared).unwrap();
+        let base = plan(Api::ChatCompletions, BODY, h(&[]), Tenancy::Shared, None).unwrap();
+        let other_route = plan(Api::Completions, BODY, h(&[]), Tenancy::Shared, None).unwrap();
         assert_ne!(key(&base), key(&other_route));
         let streamed = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"temperature":0,"stream":true}"#;
-        let s = plan(Api::ChatCompletions, streamed, h(&[]), Tenancy::Shared).unwrap();
+        let s = plan(
+            Api::ChatCompletions,
+            streamed,
+            h(&[]),
+            Tenancy::Shared,
+            None,
+        )
+        .unwrap();
         assert!(s.stream);
         assert_ne!(
             key(&base),
@@ -549,6 +559,7 @@ mod tests {
             noisy,
             h(&[("X-Stainless-Retry-Count", "2"), ("User-Agent", "x")]),
             Tenancy::Shared,
+            None,
         )
         .unwrap();
         assert_eq!(key(&base), key(&n));
@@ -557,6 +568,7 @@ mod tests {
             BODY,
             h(&[("anthropic-version", "2023-06-01")]),
             Tenancy::Shared,
+            None,
         )
         .unwrap();
         let b = plan(
@@ -567,6 +579,7 @@ mod tests {
                 ("anthropic-beta", "tools-1"),
             ]),
             Tenancy::Shared,
+            None,
         )
         .unwrap();
         assert_ne!(key(&a), key(&b));
@@ -580,6 +593,7 @@ mod tests {
                 BODY,
                 h(&[("Authorization", auth)]),
                 Tenancy::PerCredential,
+                None,
             )
             .unwrap()
         };
@@ -600,6 +614,7 @@ mod tests {
                 ("Authorization", "Bearer sk-b"),
             ]),
             Tenancy::PerCredential,
+            None,
         )
         .unwrap();
         assert_ne!(
@@ -607,13 +622,34 @@ mod tests {
             "a repeated credential header is a tenant of its own"
         );
         assert_ne!(both.tenant, b.tenant);
-        let anon = plan(Api::ChatCompletions, BODY, h(&[]), Tenancy::PerCredential).unwrap();
+        let secret = crate::seal::HashKey::new(vec![5; 32]).unwrap();
+        let keyed = plan(
+            Api::ChatCompletions,
+            BODY,
+            h(&[("Authorization", "Bearer sk-a")]),
+            Tenancy::PerCredential,
+            Some(&secret),
+        )
+        .unwrap();
+        assert_ne!(
+            keyed.tenant, a.tenant,
+            "with a secret the tenant is an HMAC"
+        );
+        let anon = plan(
+            Api::ChatCompletions,
+            BODY,
+            h(&[]),
+            Tenancy::PerCredential,
+            None,
+        )
+        .unwrap();
         assert_eq!(anon.tenant.as_deref(), Some("anonymous"));
         let ns = plan(
             Api::ChatCompletions,
             BODY,
             h(&[("x-api-key", "k"), ("x-larder-namespace", "exp-1")]),
             Tenancy::PerCredential,
+            None,
         )
         .unwrap();
         assert!(ns.control.namespace.unwrap().ends_with(":exp-1"));
@@ -621,7 +657,8 @@ mod tests {
 
     #[test]
     fn controls_and_their_aliases() {
-        let p = |hs: &[(&str, &str)]| plan(Api::ChatCompletions, BODY, h(hs), Tenancy::Shared);
+        let p =
+            |hs: &[(&str, &str)]| plan(Api::ChatCompletions, BODY, h(hs), Tenancy::Shared, None);
         let c = p(&[("Cache-Control", "no-cache, max-age=60")]).unwrap();
         assert!(c.control.no_cache);
         assert_eq!(c.control.ttl, Some(Duration::from_secs(60)));
@@ -664,8 +701,8 @@ mod tests {
             let e = p(bad).unwrap_err();
             assert!(matches!(e, Error::InvalidInput(_)), "{bad:?}: {e}");
         }
-        assert!(plan(Api::ChatCompletions, b"[1]", h(&[]), Tenancy::Shared).is_err());
-        assert!(plan(Api::ChatCompletions, b"{", h(&[]), Tenancy::Shared).is_err());
+        assert!(plan(Api::ChatCompletions, b"[1]", h(&[]), Tenancy::Shared, None).is_err());
+        assert!(plan(Api::ChatCompletions, b"{", h(&[]), Tenancy::Shared, None).is_err());
     }
 
     #[test]
@@ -698,6 +735,7 @@ mod tests {
             BODY,
             h(&[("cf-aig-cache-ttl", "60")]),
             Tenancy::Shared,
+            None,
         )
         .unwrap();
         let hs = response_headers(

@@ -11,6 +11,7 @@ pub mod gateway_request;
 pub mod keys_canonical;
 pub mod resp_values;
 pub mod rest_codec;
+pub mod sealed_open;
 
 /// The tokio runtime the async targets run on (one per process: building one per input
 /// would dominate the time).

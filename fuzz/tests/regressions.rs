@@ -28,6 +28,11 @@ fn envelope_decode() {
 }
 
 #[test]
+fn sealed_open() {
+    replay("sealed_open", larder_fuzz::sealed_open::check);
+}
+
+#[test]
 fn rest_codec() {
     replay("rest_codec", larder_fuzz::rest_codec::check);
 }

@@ -65,6 +65,7 @@ pub struct ProxyBuilder {
     keys: UpstreamKeys,
     key_error: Option<String>,
     tenancy: Tenancy,
+    tenant_key: Option<larder_core::seal::HashKey>,
     body_limit: usize,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -123,6 +124,14 @@ impl ProxyBuilder {
     /// How callers are kept apart (default: per credential).
     pub fn tenancy(mut self, tenancy: Tenancy) -> Self {
         self.tenancy = tenancy;
+        self
+    }
+
+    /// Names tenants by an HMAC of their credential under this secret instead of its
+    /// SHA-256 (give the response cache the same key with
+    /// [`hash_key`](larder_core::response::ResponseCacheBuilder::hash_key)).
+    pub fn tenant_key(mut self, key: larder_core::seal::HashKey) -> Self {
+        self.tenant_key = Some(key);
         self
     }
 
@@ -197,6 +206,7 @@ impl ProxyBuilder {
                 anthropic,
                 keys: self.keys,
                 tenancy: self.tenancy,
+                tenant_key: self.tenant_key,
                 body_limit: self.body_limit,
                 limits: crate::server::Limits {
                     max_connections: self.max_connections,
@@ -246,6 +256,7 @@ struct Shared {
     anthropic: String,
     keys: UpstreamKeys,
     tenancy: Tenancy,
+    tenant_key: Option<larder_core::seal::HashKey>,
     body_limit: usize,
     limits: crate::server::Limits,
     name: String,
@@ -273,6 +284,7 @@ impl Proxy {
             keys: UpstreamKeys::default(),
             key_error: None,
             tenancy: Tenancy::default(),
+            tenant_key: None,
             body_limit: DEFAULT_BODY_LIMIT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
@@ -571,7 +583,13 @@ async fn cached(s: &Shared, api: Api, req: Request) -> Response {
         .iter()
         .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
         .collect();
-    let plan = match decide::plan(api, &bytes, header_pairs.iter().copied(), s.tenancy) {
+    let plan = match decide::plan(
+        api,
+        &bytes,
+        header_pairs.iter().copied(),
+        s.tenancy,
+        s.tenant_key.as_ref(),
+    ) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };

@@ -75,6 +75,8 @@ mod streaming;
 mod warm;
 
 #[cfg(test)]
+mod seal_tests;
+#[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
 mod tests;
@@ -193,6 +195,10 @@ struct Inner {
     max_stream_bytes: usize,
     publish_streams: bool,
     stream_poll: Duration,
+    /// Seals and opens stored values (encryption at rest).
+    keyring: Option<Arc<crate::seal::Keyring>>,
+    /// Keys request hashes (HMAC instead of SHA-256), per namespace.
+    hash_key: Option<crate::seal::HashKey>,
     /// Streams in flight, by flight key, for callers that join them.
     streams: Mutex<HashMap<String, std::sync::Weak<crate::stream::tee::Tee>>>,
 }
@@ -296,6 +302,8 @@ pub struct ResponseCacheBuilder {
     max_stream_bytes: usize,
     publish_streams: bool,
     stream_poll: Duration,
+    keyring: Option<Arc<crate::seal::Keyring>>,
+    hash_key: Option<crate::seal::HashKey>,
 }
 
 impl fmt::Debug for ResponseCacheBuilder {
@@ -336,6 +344,8 @@ impl ResponseCacheBuilder {
             max_stream_bytes: crate::stream::DEFAULT_MAX_STREAM_BYTES,
             publish_streams: true,
             stream_poll: DEFAULT_STREAM_POLL,
+            keyring: None,
+            hash_key: None,
         }
     }
 
@@ -499,13 +509,38 @@ impl ResponseCacheBuilder {
         self
     }
 
+    /// Encrypts stored answers (AES-256-GCM, the Redis key bound as associated data; see
+    /// [`crate::seal`]). Entries that do not open with this keyring — sealed with a key it
+    /// lacks, moved to another key, altered, or written in clear — are counted corrupt
+    /// misses. Needs [`Mode::Larder`].
+    pub fn encryption(mut self, keyring: crate::seal::Keyring) -> Self {
+        self.keyring = Some(Arc::new(keyring));
+        self
+    }
+
+    /// Keys request hashes: HMAC-SHA-256 with a per-namespace key derived from `key` (HKDF)
+    /// instead of SHA-256, so a key in Redis reveals nothing about its request. Every
+    /// instance sharing the cache needs the same secret. Needs [`Mode::Larder`].
+    pub fn hash_key(mut self, key: crate::seal::HashKey) -> Self {
+        self.hash_key = Some(key);
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a prefix with `{` or `}`, or a zero
-    /// [`max_stream_bytes`](Self::max_stream_bytes).
+    /// [`Error::InvalidInput`] for a prefix with `{` or `}`, a zero
+    /// [`max_stream_bytes`](Self::max_stream_bytes), or encryption or keyed hashes in
+    /// go-deep-agent mode (its keys and raw-text values are fixed by go-deep-agent).
     pub fn build(self) -> Result<ResponseCache> {
+        if self.mode == Mode::GoDeepAgent && (self.keyring.is_some() || self.hash_key.is_some()) {
+            return Err(Error::InvalidInput(
+                "encryption and keyed hashes need larder's format (Mode::Larder); \
+                 go-deep-agent reads raw text under its own keys"
+                    .into(),
+            ));
+        }
         if self.stream_poll.is_zero() {
             return Err(Error::InvalidInput(
                 "stream_poll_interval must be greater than zero".into(),
@@ -556,6 +591,8 @@ impl ResponseCacheBuilder {
                 max_stream_bytes: self.max_stream_bytes,
                 publish_streams: self.publish_streams,
                 stream_poll: self.stream_poll,
+                keyring: self.keyring,
+                hash_key: self.hash_key,
                 streams: Mutex::new(HashMap::new()),
             }),
         })
@@ -707,7 +744,10 @@ impl ResponseCache {
                 }
                 request.go_deep_agent_key()
             }
-            Mode::Larder => request.hash()?,
+            Mode::Larder => match &self.inner.hash_key {
+                Some(k) => request.keyed_hash(&k.for_tenant(&namespace))?,
+                None => request.hash()?,
+            },
         };
         let user = ResponseKeys::user_key(&namespace, &hash);
         let key = match &self.inner.backend {
@@ -1424,7 +1464,7 @@ impl ResponseCache {
                         }
                     }
                 }
-                let Some(envelope) = raw.and_then(|raw| self.decode(&raw, count)) else {
+                let Some(envelope) = raw.and_then(|raw| self.decode(&t.key, &raw, count)) else {
                     return Ok(Lookup {
                         entry: None,
                         generation,
@@ -1481,7 +1521,7 @@ impl ResponseCache {
                     }
                     r => r?,
                 };
-                let Some(envelope) = raw.and_then(|raw| self.decode(&raw, count)) else {
+                let Some(envelope) = raw.and_then(|raw| self.decode(&t.key, &raw, count)) else {
                     return Ok(Lookup {
                         entry: None,
                         generation,
@@ -1495,7 +1535,27 @@ impl ResponseCache {
         }
     }
 
-    fn decode(&self, raw: &[u8], count: bool) -> Option<Envelope> {
+    fn decode(&self, key: &str, raw: &[u8], count: bool) -> Option<Envelope> {
+        let opened;
+        let raw = match &self.inner.keyring {
+            None => raw,
+            Some(ring) => match ring.open(key.as_bytes(), raw) {
+                Some(plain) => {
+                    opened = plain;
+                    &opened[..]
+                }
+                None => {
+                    if count {
+                        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            sealed = crate::seal::is_sealed(raw),
+                            "a cached value that does not open with this keyring treated as a miss"
+                        );
+                    }
+                    return None;
+                }
+            },
+        };
         match Envelope::decode(raw) {
             Decoded::Envelope(e) | Decoded::Legacy(e) => Some(e),
             Decoded::Corrupt(why) => {
@@ -1567,9 +1627,14 @@ impl ResponseCache {
                     _ => None,
                 };
                 e.stream = stream;
-                e.with_windows(fresh_until, stale_until)
+                let plain = e
+                    .with_windows(fresh_until, stale_until)
                     .with_tags(control.tags.iter().cloned())
-                    .encode()
+                    .encode();
+                match &self.inner.keyring {
+                    Some(ring) => Bytes::from(ring.seal(t.key.as_bytes(), &plain)?),
+                    None => plain,
+                }
             }
         };
         let provider_cache = |k: &str| response.metadata.get(k).and_then(Json::as_u64);

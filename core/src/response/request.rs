@@ -263,6 +263,18 @@ impl LlmRequest {
         request_hash(&self.key_fields())
     }
 
+    /// The keyed request hash (64 lowercase hex digits): HMAC-SHA-256 under `key` of the
+    /// canonical JSON of [`key_fields`](LlmRequest::key_fields), which reveals nothing
+    /// about the request without the secret (docs/KEY_FORMAT.md §10).
+    ///
+    /// # Errors
+    ///
+    /// As [`hash`](LlmRequest::hash).
+    pub fn keyed_hash(&self, key: &crate::seal::HashKey) -> Result<String> {
+        let json = crate::keys::canonical_json(&self.key_fields())?;
+        Ok(key.hash_hex(json.as_bytes()))
+    }
+
     /// go-deep-agent's `GenerateCacheKey(model, prompt, temperature, system)` for this
     /// request: the [`prompt_text`](LlmRequest::prompt_text) (empty when none), the
     /// temperature (0 when unset, as the Go agent does) and the

@@ -15,7 +15,7 @@ use crate::compute::{ComputeError, Listener, Status, event_channel};
 use crate::envelope::Envelope;
 use crate::stream::Event;
 use crate::stream::UpstreamError;
-use crate::stream::remote::{EndMark, Follow, follow, xadd, xadd_end};
+use crate::stream::remote::{EndMark, Follow, Publisher, follow};
 use crate::stream::tee::Publish;
 use crate::stream::tee::{Outcome, Tee, TeeOptions, Upstream};
 use crate::stream::{Recording, Streamed, Summary};
@@ -371,11 +371,31 @@ impl ResponseCache {
         let lease_ms = duration_ms(self.inner.stampede.lease_ttl())
             .max(1)
             .to_string();
+        let mut entries = Publisher {
+            live_key: live.clone(),
+            keyring: self.inner.keyring.clone(),
+            seq: 0,
+        };
         Some(Box::new(move |events: Vec<Event>, end: Option<EndMark>| {
-            let mut cmds: Vec<Cmd> = events.iter().map(|e| xadd(&live, e)).collect();
-            if let Some(mark) = end {
-                cmds.push(xadd_end(&live, mark));
-            }
+            let built: Result<Vec<Cmd>, crate::Error> = (|| {
+                let mut cmds = Vec::with_capacity(events.len() + 3);
+                for e in &events {
+                    cmds.push(entries.event(e)?);
+                }
+                if let Some(mark) = end {
+                    cmds.push(entries.end(mark)?);
+                }
+                Ok(cmds)
+            })();
+            let mut cmds = match built {
+                Ok(cmds) => cmds,
+                Err(e) => {
+                    // Followers see the lease lapse without an end: an error, never a
+                    // short answer.
+                    tracing::warn!(error = %e, "cannot publish a stream for other processes");
+                    return Box::pin(async {}) as _;
+                }
+            };
             // While it runs the stream lives as long as the lease; once ended, long enough
             // for slow followers to finish reading.
             let keep = if end.is_some() {
@@ -412,6 +432,7 @@ impl ResponseCache {
             listener,
             clock: self.inner.clock.clone(),
             poll: self.inner.stream_poll,
+            keyring: self.inner.keyring.clone(),
         }))
     }
 

@@ -18,6 +18,7 @@ use super::{Event, EventStream, StreamError};
 use crate::clock::SharedClock;
 use crate::compute::Listener;
 use crate::error::{Error, Result};
+use crate::seal::Keyring;
 use crate::transport::SharedTransport;
 use crate::value::{Cmd, Value};
 
@@ -42,8 +43,63 @@ impl EndMark {
     }
 }
 
+/// What a sealed entry holds: an event, or how the stream ended.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Sealed {
+    #[serde(rename = "event")]
+    Event(Event),
+    #[serde(rename = "end")]
+    End(String),
+}
+
+/// Publishes entries, sealed when a keyring is given: each entry's fields are then one
+/// `s` = the entry sealed under `{live key}#{its position}`, so entries can be neither read,
+/// moved, reordered nor forged (a forged `end` would pass a cut stream off as whole).
+pub(crate) struct Publisher {
+    pub(crate) live_key: String,
+    pub(crate) keyring: Option<Arc<Keyring>>,
+    /// Entries published so far.
+    pub(crate) seq: u64,
+}
+
+impl Publisher {
+    /// The `XADD` of one event.
+    pub(crate) fn event(&mut self, e: &Event) -> Result<Cmd> {
+        match &self.keyring {
+            Some(ring) => self.sealed(ring.clone(), &Sealed::Event(e.clone())),
+            None => {
+                self.seq += 1;
+                Ok(xadd(&self.live_key, e))
+            }
+        }
+    }
+
+    /// The `XADD` of the last entry.
+    pub(crate) fn end(&mut self, mark: EndMark) -> Result<Cmd> {
+        match &self.keyring {
+            Some(ring) => self.sealed(ring.clone(), &Sealed::End(mark.as_str().to_owned())),
+            None => {
+                self.seq += 1;
+                Ok(xadd_end(&self.live_key, mark))
+            }
+        }
+    }
+
+    fn sealed(&mut self, ring: Arc<Keyring>, entry: &Sealed) -> Result<Cmd> {
+        let plain = serde_json::to_vec(entry).map_err(|e| Error::Serialize(e.to_string()))?;
+        let aad = format!("{}#{}", self.live_key, self.seq);
+        let sealed = ring.seal(aad.as_bytes(), &plain)?;
+        self.seq += 1;
+        Ok(Cmd::new("XADD")
+            .arg(self.live_key.as_str())
+            .arg("*")
+            .arg("s")
+            .arg(sealed))
+    }
+}
+
 /// The fields of one published event.
-pub(crate) fn xadd(live_key: &str, e: &Event) -> Cmd {
+fn xadd(live_key: &str, e: &Event) -> Cmd {
     let mut cmd = Cmd::new("XADD").arg(live_key).arg("*");
     if let Some(name) = &e.event {
         cmd = cmd.arg("e").arg(name.as_str());
@@ -58,7 +114,7 @@ pub(crate) fn xadd(live_key: &str, e: &Event) -> Cmd {
 }
 
 /// The last entry of a published stream.
-pub(crate) fn xadd_end(live_key: &str, mark: EndMark) -> Cmd {
+fn xadd_end(live_key: &str, mark: EndMark) -> Cmd {
     Cmd::new("XADD")
         .arg(live_key)
         .arg("*")
@@ -77,6 +133,8 @@ pub(crate) struct Follow {
     pub(crate) clock: SharedClock,
     /// The longest wait between two reads.
     pub(crate) poll: Duration,
+    /// Opens sealed entries (and refuses clear ones) when set.
+    pub(crate) keyring: Option<Arc<Keyring>>,
 }
 
 struct State {
@@ -86,6 +144,8 @@ struct State {
     buf: VecDeque<Event>,
     end: Option<Option<StreamError>>,
     done: bool,
+    /// Entries read so far.
+    seq: u64,
 }
 
 /// How many entries one `XRANGE` reads.
@@ -99,6 +159,7 @@ pub(crate) fn follow(f: Follow) -> EventStream {
         buf: VecDeque::new(),
         end: None,
         done: false,
+        seq: 0,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         let item = st.next().await?;
@@ -174,16 +235,24 @@ impl State {
         for entry in entries {
             let (id, fields) = entry_of(entry)?;
             self.last = id;
-            match fields.iter().position(|(k, _)| &k[..] == b"end") {
-                Some(i) => {
-                    self.end = Some(match &fields[i].1[..] {
-                        b"done" => None,
-                        b"too_large" => Some(StreamError::Lagged),
+            let entry = match &self.f.keyring {
+                Some(ring) => open_entry(ring, &self.f.live_key, self.seq, &fields)?,
+                None => match fields.iter().position(|(k, _)| &k[..] == b"end") {
+                    Some(i) => Sealed::End(String::from_utf8_lossy(&fields[i].1).into_owned()),
+                    None => Sealed::Event(event_of(fields)?),
+                },
+            };
+            self.seq += 1;
+            match entry {
+                Sealed::End(mark) => {
+                    self.end = Some(match mark.as_str() {
+                        "done" => None,
+                        "too_large" => Some(StreamError::Lagged),
                         _ => Some(StreamError::Cut),
                     });
                     break;
                 }
-                None => self.buf.push_back(event_of(fields)?),
+                Sealed::Event(e) => self.buf.push_back(e),
             }
         }
         Ok((got, alive))
@@ -221,6 +290,26 @@ fn entry_of(v: Value) -> Result<(String, Vec<(Bytes, Bytes)>)> {
         pairs.push((k, v));
     }
     Ok((id, pairs))
+}
+
+/// A sealed entry, opened: anything that does not open (clear, moved, reordered, altered,
+/// or under a key this ring lacks) is an error, never an event.
+fn open_entry(
+    ring: &Keyring,
+    live_key: &str,
+    seq: u64,
+    fields: &[(Bytes, Bytes)],
+) -> Result<Sealed> {
+    let sealed = fields
+        .iter()
+        .find(|(k, _)| &k[..] == b"s")
+        .map(|(_, v)| v)
+        .ok_or_else(|| unexpected("a clear entry in an encrypted stream".into()))?;
+    let aad = format!("{live_key}#{seq}");
+    let plain = ring
+        .open(aad.as_bytes(), sealed)
+        .ok_or_else(|| unexpected("an entry that does not open with this keyring".into()))?;
+    serde_json::from_slice(&plain).map_err(|e| unexpected(format!("a sealed entry: {e}")))
 }
 
 fn event_of(fields: Vec<(Bytes, Bytes)>) -> Result<Event> {

@@ -280,6 +280,14 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
     if let Some(s) = stale {
         cache = cache.stale_window(s);
     }
+    let (keys, hash) = larder_native::cli::secrets_from_env()?;
+    let encrypted = keys.is_some();
+    if let Some(k) = keys {
+        cache = cache.encryption(k);
+    }
+    if let Some(h) = &hash {
+        cache = cache.hash_key(h.clone());
+    }
     let cache = cache.build().map_err(|e| e.to_string())?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -293,6 +301,9 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
         .connect_timeout(Duration::from_millis(args.connect_timeout_ms.max(1)));
     if args.shared_tenancy {
         builder = builder.tenancy(larder_core::proxy::Tenancy::Shared);
+    }
+    if let Some(h) = hash.clone() {
+        builder = builder.tenant_key(h);
     }
     if let Ok(k) = std::env::var("LARDER_UPSTREAM_KEY")
         && !k.trim().is_empty()
@@ -317,6 +328,8 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
         anthropic_upstream = %args.anthropic_upstream,
         storage = if redis { "redis" } else { "memory" },
         shared_tenancy = args.shared_tenancy,
+        encrypted,
+        keyed_hashes = hash.is_some(),
         "larder proxy listening"
     );
     println!("listening on {addr}");

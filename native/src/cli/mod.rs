@@ -145,6 +145,33 @@ impl RedisArgs {
     }
 }
 
+/// Encryption at rest and keyed hashes, from the environment only (never flags, so secrets
+/// stay out of `ps` and shell history): `LARDER_ENCRYPTION_KEYS` (`id:base64key,…`, the
+/// current key first) and `LARDER_HASH_SECRET` (base64, at least 16 bytes). Every process
+/// sharing a cache needs the same values.
+///
+/// # Errors
+///
+/// A message naming the variable and what is wrong with it (never its value).
+pub fn secrets_from_env() -> Result<
+    (
+        Option<larder_core::seal::Keyring>,
+        Option<larder_core::seal::HashKey>,
+    ),
+    String,
+> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let keys = var("LARDER_ENCRYPTION_KEYS")
+        .map(|v| larder_core::seal::Keyring::parse(&v))
+        .transpose()
+        .map_err(|e| format!("LARDER_ENCRYPTION_KEYS: {e}"))?;
+    let hash = var("LARDER_HASH_SECRET")
+        .map(|v| larder_core::seal::HashKey::parse(&v))
+        .transpose()
+        .map_err(|e| format!("LARDER_HASH_SECRET: {e}"))?;
+    Ok((keys, hash))
+}
+
 /// Where the cache is and how it is laid out: shared by every cache command.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
@@ -196,11 +223,17 @@ impl ConnectArgs {
             .key_scheme(scheme.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let cache = ResponseCache::redis(redis)
+        let mut cache = ResponseCache::redis(redis)
             .mode(self.mode())
-            .prefix(scheme.prefix())
-            .build()
-            .map_err(|e| format!("--prefix: {e}"))?;
+            .prefix(scheme.prefix());
+        let (keys, hash) = secrets_from_env()?;
+        if let Some(k) = keys {
+            cache = cache.encryption(k);
+        }
+        if let Some(h) = hash {
+            cache = cache.hash_key(h);
+        }
+        let cache = cache.build().map_err(|e| e.to_string())?;
         Ok(Connected { transport, cache })
     }
 }

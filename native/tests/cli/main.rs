@@ -676,3 +676,95 @@ async fn larder_proxy_serves_misses_then_hits() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--upstream"), "{}", stderr(&out));
 }
+
+/// `larder proxy` with encryption at rest and keyed hashes from the environment: answers
+/// still hit, Redis holds only sealed values, and a malformed key is a clear error that
+/// never shows the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn larder_proxy_encrypts_at_rest_from_the_environment() {
+    let fake = larder_native::testing::FakeLlm::start().await.unwrap();
+    let server = RedisServer::start().expect("redis-server");
+    let keys = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args([
+            "proxy",
+            "--upstream",
+            &fake.url(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("REDIS_URL", server.url())
+        .env("LARDER_ENCRYPTION_KEYS", keys)
+        .env("LARDER_HASH_SECRET", "bGFyZGVyLWNsaS10ZXN0LWhhc2gtc2VjcmV0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let resp = client
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", "Bearer sk-cli")
+            .header("content-type", "application/json")
+            .body(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"secret question"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        seen.push(
+            resp.headers()["x-larder-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, ["MISS", "HIT"]);
+    let keys_in_redis = match server.cmd(&["KEYS", "larder:cache:*"]).unwrap() {
+        larder_native::testing::RespValue::Array(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(keys_in_redis.len(), 1);
+    let larder_native::testing::RespValue::Bulk(key) = &keys_in_redis[0] else {
+        panic!("a key")
+    };
+    let key = String::from_utf8(key.clone()).unwrap();
+    let value = match server.cmd(&["GET", &key]).unwrap() {
+        larder_native::testing::RespValue::Bulk(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert!(value.starts_with(b"\0LXE1"), "sealed at rest");
+    assert!(!value.windows(15).any(|w| w == b"secret question"));
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args([
+            "proxy",
+            "--upstream",
+            &fake.url(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("REDIS_URL")
+        .env("LARDER_ENCRYPTION_KEYS", "k1:c2hvcnQ=")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("LARDER_ENCRYPTION_KEYS") && err.contains("32 bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("c2hvcnQ"), "the key is never printed: {err}");
+}

@@ -29,7 +29,6 @@ use worker::{Context, Env, Method, Request, Response, Result, event};
 
 const KEY_VECTORS: &str = include_str!("../../../core/tests/data/key_vectors.json");
 const GO_KEY_VECTORS: &str = include_str!("../../../core/tests/data/go_key_vectors.json");
-const SEAL_VECTORS: &str = include_str!("../../../core/tests/data/seal_vectors.json");
 
 fn fail(status: u16, message: impl std::fmt::Display) -> Result<Response> {
     Ok(Response::from_json(&json!({ "error": message.to_string() }))?.with_status(status))
@@ -240,55 +239,6 @@ fn check_vectors() -> Json {
         if !(json_ok && key_ok) {
             mismatches.push(format!("go:{}", s("name")));
         }
-    }
-    // Encryption at rest (docs/KEY_FORMAT.md §10): the sealed value, its opening, and the
-    // keyed hashes, computed with this Worker's AES-GCM, HMAC and HKDF.
-    let seal: Json = serde_json::from_str(SEAL_VECTORS).unwrap_or_default();
-    let sv = |a: &str, b: &str| seal[a][b].as_str().unwrap_or_default().to_owned();
-    let b64 = |s: &str| {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .unwrap_or_default()
-    };
-    match larder_core::seal::Keyring::parse(seal["keys"].as_str().unwrap_or_default()) {
-        Ok(ring) => {
-            let redis_key = sv("seal", "redis_key");
-            let sealed = b64(&sv("seal", "sealed_b64"));
-            let nonce: [u8; 12] = b64(&sv("seal", "nonce_b64")).try_into().unwrap_or([0; 12]);
-            checked += 2;
-            if ring.seal_with_nonce(
-                redis_key.as_bytes(),
-                sv("seal", "plaintext").as_bytes(),
-                nonce,
-            ) != sealed
-            {
-                mismatches.push("seal:sealed".to_owned());
-            }
-            if ring.open(redis_key.as_bytes(), &sealed).as_deref()
-                != Some(sv("seal", "plaintext").as_bytes())
-            {
-                mismatches.push("seal:open".to_owned());
-            }
-        }
-        Err(_) => mismatches.push("seal:keys".to_owned()),
-    }
-    match larder_core::seal::HashKey::new(sv("hash", "secret").into_bytes()) {
-        Ok(hk) => {
-            let canonical = sv("hash", "canonical");
-            checked += 2;
-            if hk.hash_hex(canonical.as_bytes()) != sv("hash", "hmac_sha256_hex") {
-                mismatches.push("seal:hmac".to_owned());
-            }
-            if hk
-                .for_tenant(&sv("hash", "tenant"))
-                .hash_hex(canonical.as_bytes())
-                != sv("hash", "tenant_hmac_sha256_hex")
-            {
-                mismatches.push("seal:tenant_hmac".to_owned());
-            }
-        }
-        Err(_) => mismatches.push("seal:secret".to_owned()),
     }
     json!({ "checked": checked, "mismatches": mismatches })
 }

@@ -214,6 +214,7 @@ impl ProxyBuilder {
                 },
                 name: self.name,
                 prometheus: self.prometheus,
+                rejections: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -261,6 +262,9 @@ struct Shared {
     limits: crate::server::Limits,
     name: String,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Recent 4xx answers by request (namespace and key): a caller that joined the call
+    /// that got one must not be served a stale answer instead.
+    rejections: Mutex<std::collections::HashMap<String, (Instant, Reply)>>,
 }
 
 impl fmt::Debug for Proxy {
@@ -528,9 +532,58 @@ impl Failure {
     }
 }
 
-/// Reads a non-2xx answer whole, and notes a rejection (4xx), which must reach the caller
-/// even where a stale answer exists.
-async fn failed_reply(resp: reqwest::Response, rejected: &Mutex<Option<Reply>>) -> Failure {
+/// How long a rejection is remembered for the callers that joined its upstream call.
+const REJECTION_MEMORY: Duration = Duration::from_secs(10);
+
+/// The 4xx a request's upstream call got (its own, or that of the call it joined): such an
+/// answer must reach the caller even where a stale answer exists (a revoked key must not
+/// read the cache).
+struct Rejected<'a> {
+    shared: &'a Shared,
+    request: String,
+    mine: Mutex<Option<Reply>>,
+    /// When this caller started: only a rejection recorded since can be of a call it
+    /// joined.
+    since: Instant,
+}
+
+impl<'a> Rejected<'a> {
+    fn new(shared: &'a Shared, plan: &Plan, key: &str) -> Self {
+        let ns = plan.control.namespace.as_deref().unwrap_or("");
+        Rejected {
+            shared,
+            request: format!("{ns}\0{key}"),
+            mine: Mutex::new(None),
+            since: Instant::now(),
+        }
+    }
+
+    fn record(&self, reply: &Reply) {
+        *self.mine.lock() = Some(reply.clone());
+        let mut all = self.shared.rejections.lock();
+        all.retain(|_, (at, _)| at.elapsed() < REJECTION_MEMORY);
+        all.insert(self.request.clone(), (Instant::now(), reply.clone()));
+    }
+
+    /// The rejection to answer with instead of `status`: this call's own, or, when the
+    /// answer is a stale one, one recorded for the same request since this caller started
+    /// (the call it joined).
+    fn instead_of(&self, status: Option<Status>) -> Option<Reply> {
+        if let Some(r) = self.mine.lock().take() {
+            return Some(r);
+        }
+        if status != Some(Status::Stale) {
+            return None;
+        }
+        let all = self.shared.rejections.lock();
+        all.get(&self.request)
+            .filter(|(at, _)| *at >= self.since)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+/// Reads a non-2xx answer whole, and notes a rejection (4xx).
+async fn failed_reply(resp: reqwest::Response, rejected: &Rejected<'_>) -> Failure {
     let status = resp.status().as_u16();
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let body = match resp.bytes().await {
@@ -543,7 +596,7 @@ async fn failed_reply(resp: reqwest::Response, rejected: &Mutex<Option<Reply>>) 
         body,
     };
     if decide::upstream_verdict(status) == UpstreamVerdict::Reject {
-        *rejected.lock() = Some(reply.clone());
+        rejected.record(&reply);
     }
     Failure::Status(reply)
 }
@@ -614,7 +667,7 @@ async fn cached(s: &Shared, api: Api, req: Request) -> Response {
         )
         .send()
     };
-    let rejected = Mutex::new(None::<Reply>);
+    let rejected = Rejected::new(s, &plan, &key);
     let response = if plan.cache_use == CacheUse::Bypass {
         match send().await {
             Ok(resp) => with_headers(relay(resp), &plan, None, &key, None),
@@ -652,7 +705,7 @@ async fn whole<F, Fut>(
     plan: &Plan,
     key: &str,
     send: F,
-    rejected: &Mutex<Option<Reply>>,
+    rejected: &Rejected<'_>,
 ) -> Response
 where
     F: FnOnce() -> Fut,
@@ -680,7 +733,7 @@ where
             })
             .await
     };
-    if let Some(reply) = rejected.lock().take() {
+    if let Some(reply) = rejected.instead_of(fetched.as_ref().ok().map(|f| f.status)) {
         return reply.into_response();
     }
     match fetched {
@@ -717,7 +770,7 @@ async fn streamed<F, Fut>(
     plan: &Plan,
     key: &str,
     send: F,
-    rejected: &Mutex<Option<Reply>>,
+    rejected: &Rejected<'_>,
 ) -> Response
 where
     F: FnOnce() -> Fut,
@@ -742,7 +795,7 @@ where
             Ok(resp.bytes_stream().map_err(Failure::Transport))
         })
         .await;
-    if let Some(reply) = rejected.lock().take() {
+    if let Some(reply) = rejected.instead_of(opened.as_ref().ok().map(|s| s.status())) {
         return reply.into_response();
     }
     match opened {

@@ -704,3 +704,40 @@ async fn shutdown_finishes_streams_in_flight() {
         "the whole stream arrived: {text}"
     );
 }
+
+/// Callers that joined an upstream call that got a 4xx get that 4xx too, never a stale
+/// answer in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_callers_of_a_rejected_call_are_not_served_stale() {
+    let s = setup().await;
+    let ok = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("revoked"),
+        &[("x-larder-ttl", "1")],
+    )
+    .await;
+    assert_eq!(ok.cache, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.fake.set_latency(Duration::from_millis(300));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.proxy.url());
+            tokio::spawn(async move {
+                post_to(
+                    &client,
+                    &url,
+                    "/v1/chat/completions",
+                    &chat("revoked"),
+                    &[("x-fake-status", "401")],
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "cache {}", a.cache);
+    }
+    assert!(s.fake.calls() <= 3, "the callers shared the upstream call");
+}

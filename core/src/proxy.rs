@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compute::Status;
 use crate::error::{Error, Result};
-use crate::response::{CacheControl, LlmRequest, LlmResponse, Usage};
+use crate::response::{CacheControl, LlmRequest, LlmResponse, Usage, meta};
 use crate::stream::Format;
 
 /// Body fields a proxy also leaves out of the key: they steer the provider's own caching
@@ -420,10 +420,10 @@ pub fn response_of(api: Api, body: &[u8]) -> LlmResponse {
         .or_else(|| n(&u["input_tokens_details"]["cached_tokens"]))
         .or_else(|| n(&u["cache_read_input_tokens"]));
     if let Some(c) = cache_read.filter(|c| *c > 0) {
-        r = r.with_metadata("cache_read_tokens", c);
+        r = r.with_metadata(meta::CACHE_READ_TOKENS, c);
     }
     if let Some(c) = n(&u["cache_creation_input_tokens"]).filter(|c| *c > 0) {
-        r = r.with_metadata("cache_write_tokens", c);
+        r = r.with_metadata(meta::CACHE_WRITE_TOKENS, c);
     }
     r.with_metadata(BODY_META, text)
 }
@@ -463,7 +463,7 @@ pub fn stored_body(r: &LlmResponse) -> Option<&str> {
 }
 
 /// The cache-status word of an answer (`BYPASS` when the cache was not used).
-pub fn status_word(status: Option<Status>) -> &'static str {
+fn status_word(status: Option<Status>) -> &'static str {
     match status {
         None => "BYPASS",
         Some(s) => s.as_str(),
@@ -722,7 +722,7 @@ mod tests {
         assert_eq!(r.text, "Hello!");
         assert_eq!(r.usage, Some(Usage::new(9, 2)));
         assert_eq!(stored_body(&r).unwrap().as_bytes(), body);
-        assert_eq!(r.metadata["cache_read_tokens"], 4);
+        assert_eq!(r.metadata[meta::CACHE_READ_TOKENS], 4);
         let m = br#"{"model":"claude","content":[{"type":"text","text":"Hi"},{"type":"tool_use","id":"t"}],"usage":{"input_tokens":5,"output_tokens":1,"cache_read_input_tokens":3}}"#;
         let r = response_of(Api::Messages, m);
         assert_eq!((r.text.as_str(), r.usage), ("Hi", Some(Usage::new(5, 1))));

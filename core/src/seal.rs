@@ -153,8 +153,12 @@ impl Keyring {
 
     /// [`seal`](Self::seal) with a given nonce: for test vectors only (a nonce must never
     /// be used twice with one key).
-    #[doc(hidden)]
-    pub fn seal_with_nonce(&self, redis_key: &[u8], plaintext: &[u8], nonce: [u8; 12]) -> Vec<u8> {
+    pub(crate) fn seal_with_nonce(
+        &self,
+        redis_key: &[u8],
+        plaintext: &[u8],
+        nonce: [u8; 12],
+    ) -> Vec<u8> {
         let key = &self.keys[0];
         let header = header(&key.id, &nonce);
         let aad = aad(&header, redis_key);

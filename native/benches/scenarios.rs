@@ -280,8 +280,11 @@ where
     ));
 }
 
-async fn stampedes(server: &RedisServer) {
-    let native = transport(server).await;
+/// `larder gateway` in this process over `native`, and larder-edge's `RestTransport` (native
+/// reqwest client) to it: the Workers path.
+async fn http_via_gateway(
+    native: &RedisTransport,
+) -> (larder_native::gateway::SpawnedGateway, RestTransport) {
     let gateway = Gateway::builder(Arc::new(native.clone()))
         .token(Token::new(TOKEN).unwrap())
         .build()
@@ -292,6 +295,12 @@ async fn stampedes(server: &RedisServer) {
         .base64_args(true)
         .build()
         .expect("RestTransport with the native client");
+    (gateway, rest)
+}
+
+async fn stampedes(server: &RedisServer) {
+    let native = transport(server).await;
+    let (gateway, rest) = http_via_gateway(&native).await;
     let mut run = 0;
     for (processes, tasks) in [(1, 1000), (1000, 1)] {
         run += 1;
@@ -488,16 +497,7 @@ async fn replay_rate(label: &str, cache: &ResponseCache) {
 async fn streams(server: &RedisServer) {
     let native = transport(server).await;
     let other = transport(server).await;
-    let gateway = Gateway::builder(Arc::new(native.clone()))
-        .token(Token::new(TOKEN).unwrap())
-        .build()
-        .unwrap()
-        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .unwrap();
-    let rest = RestTransport::builder(gateway.url(), TOKEN)
-        .base64_args(true)
-        .build()
-        .expect("RestTransport with the native client");
+    let (gateway, rest) = http_via_gateway(&native).await;
     let runs = 20;
     let a = response_cache(&native, "bench-streams");
     follower_lag("in-process", &a, &a, runs).await;

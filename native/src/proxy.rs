@@ -646,8 +646,10 @@ async fn cached(s: &Shared, api: Api, req: Request) -> Response {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let key = match plan.request.hash() {
-        Ok(k) => k,
+    // The hash the entry is stored under (keyed, with a hash secret): what `x-larder-key`
+    // shows and logs name, never the plain SHA-256 of the request.
+    let key = match s.cache.key(&plan.request, &plan.control) {
+        Ok(k) => k.rsplit(':').next().unwrap_or_default().to_owned(),
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let anthropic = is_anthropic(Some(api), &parts.headers);

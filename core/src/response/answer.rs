@@ -102,6 +102,17 @@ pub(crate) mod meta {
     pub(crate) const GENERATION: &str = "ns_generation";
     /// When the entry was written, unix ms (tag invalidation compares with it).
     pub(crate) use crate::envelope::CREATED_MS;
+    /// Why the model stopped (`stop`, `tool_calls`, `end_turn`, …), from a stream.
+    pub(crate) const FINISH_REASON: &str = "finish_reason";
+    /// Tool calls of a streamed answer, `[{"id","name","arguments"}]`.
+    pub(crate) const TOOL_CALLS: &str = "tool_calls";
+    /// Reasoning text a stream carried.
+    pub(crate) const REASONING: &str = "reasoning";
+    /// Input tokens the provider served from its own prompt cache (counted apart in the
+    /// analytics).
+    pub(crate) const CACHE_READ_TOKENS: &str = "cache_read_tokens";
+    /// Input tokens the provider wrote to its own prompt cache.
+    pub(crate) const CACHE_WRITE_TOKENS: &str = "cache_write_tokens";
 }
 
 impl LlmResponse {

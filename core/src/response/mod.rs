@@ -114,7 +114,7 @@ pub use request::{EXCLUDED_FIELDS, LlmRequest};
 pub use warm::{ProgressHook, WarmOptions, WarmProgress, WarmReport};
 
 use analytics::{Alert, Counts, Recorder};
-use answer::meta;
+pub(crate) use answer::meta;
 use keys::{ResponseKeys, model_tag};
 use stampede::{Got, Lease, Leased, Nap, Stampede};
 
@@ -1640,8 +1640,8 @@ impl ResponseCache {
         let provider_cache = |k: &str| response.metadata.get(k).and_then(Json::as_u64);
         self.inner.recorder.write(
             &t.model,
-            provider_cache(streaming::stream_meta::CACHE_READ_TOKENS).unwrap_or(0),
-            provider_cache(streaming::stream_meta::CACHE_WRITE_TOKENS).unwrap_or(0),
+            provider_cache(meta::CACHE_READ_TOKENS).unwrap_or(0),
+            provider_cache(meta::CACHE_WRITE_TOKENS).unwrap_or(0),
         );
         match &self.inner.backend {
             Backend::Redis { transport } => {

@@ -9,7 +9,7 @@ use serde_json::{Value as Json, json};
 
 use super::stampede::{Got, Leased, Nap};
 use super::{Backend, CacheControl, Entry, LlmRequest, LlmResponse, Miss, Mode, ResponseCache};
-use super::{Target, Usage, short};
+use super::{Target, Usage, meta, short};
 use crate::clock::duration_ms;
 use crate::compute::{ComputeError, Listener, Status, event_channel};
 use crate::envelope::Envelope;
@@ -22,20 +22,6 @@ use crate::stream::{Recording, Streamed, Summary};
 use crate::transport::SharedTransport;
 use crate::transport::{MaybeSend, MaybeSync};
 use crate::value::{Cmd, Value};
-
-/// Metadata members a streamed answer adds to its envelope (docs/KEY_FORMAT.md §9).
-pub(crate) mod stream_meta {
-    /// Why the model stopped (`stop`, `tool_calls`, `end_turn`, …).
-    pub(crate) const FINISH_REASON: &str = "finish_reason";
-    /// Tool calls, `[{"id","name","arguments"}]`.
-    pub(crate) const TOOL_CALLS: &str = "tool_calls";
-    /// Reasoning text the stream carried.
-    pub(crate) const REASONING: &str = "reasoning";
-    /// Input tokens the provider served from its own prompt cache.
-    pub(crate) const CACHE_READ_TOKENS: &str = "cache_read_tokens";
-    /// Input tokens the provider wrote to its own prompt cache.
-    pub(crate) const CACHE_WRITE_TOKENS: &str = "cache_write_tokens";
-}
 
 impl ResponseCache {
     /// Answers a streamed request from the cache, or streams it from the upstream while
@@ -58,7 +44,10 @@ impl ResponseCache {
     /// - Concurrent identical requests in this process share one upstream stream: they
     ///   attach to it from its first event and read at their own pace
     ///   ([COALESCED](Status::Coalesced)). A reader that goes away does not end the stream
-    ///   for the others. Other processes wait for the lease and replay the stored recording.
+    ///   for the others. Over Redis, identical requests in other processes follow it from
+    ///   its first event through a Redis Stream the lease holder publishes (see
+    ///   [`publish_streams`](super::ResponseCacheBuilder::publish_streams)); a follower
+    ///   whose leader dies ends with [`StreamError::LeaderGone`](crate::stream::StreamError).
     /// - If `open` fails while a recorded entry is inside its stale window (or fresh, with
     ///   [`force_refresh`](CacheControl::force_refresh)), that entry is replayed as
     ///   [STALE](Status::Stale).
@@ -475,14 +464,14 @@ fn response_of(s: Summary) -> LlmResponse {
     if let Some(u) = &s.usage {
         r = r.with_usage(Usage::new(u.input_tokens, u.output_tokens));
         if u.cache_read_tokens > 0 {
-            r = r.with_metadata(stream_meta::CACHE_READ_TOKENS, u.cache_read_tokens);
+            r = r.with_metadata(meta::CACHE_READ_TOKENS, u.cache_read_tokens);
         }
         if u.cache_write_tokens > 0 {
-            r = r.with_metadata(stream_meta::CACHE_WRITE_TOKENS, u.cache_write_tokens);
+            r = r.with_metadata(meta::CACHE_WRITE_TOKENS, u.cache_write_tokens);
         }
     }
     if let Some(f) = s.finish_reason {
-        r = r.with_metadata(stream_meta::FINISH_REASON, f);
+        r = r.with_metadata(meta::FINISH_REASON, f);
     }
     if !s.tool_calls.is_empty() {
         let calls: Vec<Json> = s
@@ -490,10 +479,10 @@ fn response_of(s: Summary) -> LlmResponse {
             .iter()
             .map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments}))
             .collect();
-        r = r.with_metadata(stream_meta::TOOL_CALLS, calls);
+        r = r.with_metadata(meta::TOOL_CALLS, calls);
     }
     if !s.reasoning.is_empty() {
-        r = r.with_metadata(stream_meta::REASONING, s.reasoning);
+        r = r.with_metadata(meta::REASONING, s.reasoning);
     }
     r
 }

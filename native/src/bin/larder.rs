@@ -237,6 +237,17 @@ fn serve(
     }
 }
 
+/// Listens on `addr` (port 0: a free one) and returns the address bound.
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    Ok((listener, bound))
+}
+
 async fn proxy(args: ProxyArgs) -> Result<(), String> {
     use larder_core::response::ResponseCache;
     use larder_core::{MemoryCache, RedisCache};
@@ -316,12 +327,7 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
         builder = builder.anthropic_key(k.trim());
     }
     let proxy = builder.build().map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let (listener, addr) = bind(args.listen).await?;
     tracing::info!(
         %addr,
         upstream = %args.upstream,
@@ -421,12 +427,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
     }
     let gateway = builder.build().map_err(|e| e.to_string())?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let (listener, addr) = bind(args.listen).await?;
     tracing::info!(
         %addr,
         full_tokens = tokens,

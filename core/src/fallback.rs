@@ -306,6 +306,10 @@ impl<T: Transport + Clone + 'static> Transport for LazyTransport<T> {
     async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
         self.transport().await?.subscribe(channel).await
     }
+
+    async fn psubscribe(&self, pattern: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.transport().await?.psubscribe(pattern).await
+    }
 }
 
 /// A cache that uses its primary (Redis) and, whenever a primary call fails with an outage

@@ -19,6 +19,15 @@
 //!   gateway understands it; Upstash does not (clients only send it when told the server is
 //!   a larder gateway).
 //!
+//! - `POST {base}/subscribe/{channel}` and `POST {base}/psubscribe/{pattern}` (body `[]`)
+//!   answer a server-sent event stream that lasts while the client keeps it open: first
+//!   `data: subscribe,{channel},1` (or `psubscribe,…`), then `data: message,{channel},{payload}`
+//!   (or `pmessage,{pattern},{channel},{payload}`) for each message published. The name is the
+//!   last path segment(s), percent-encoded as any URL path. [`PubSubFrame`] writes and reads
+//!   these lines. larder extension: with the request header `Larder-PubSub-Encoding: base64`
+//!   every name and payload in the frames is base64 (the plain frames cannot carry a line end
+//!   and are ambiguous when a channel name holds a comma).
+//!
 //! # Examples
 //!
 //! ```
@@ -58,6 +67,174 @@ pub const ARG_ENCODING_HEADER: &str = "larder-arg-encoding";
 pub const SYNC_TOKEN_HEADER: &str = "upstash-sync-token";
 /// The value of the encoding headers that selects base64.
 pub const BASE64: &str = "base64";
+/// Request header (larder extension) asking for base64 names and payloads in subscription
+/// frames (value [`BASE64`]).
+pub const PUBSUB_ENCODING_HEADER: &str = "larder-pubsub-encoding";
+
+/// One line of a subscription's event stream (`POST /subscribe/…`, `/psubscribe/…`): the
+/// `data:` field of one server-sent event.
+///
+/// ```
+/// use larder_core::rest::{Encoding, PubSubFrame};
+///
+/// let frame = PubSubFrame::Message { channel: "chat".into(), payload: "a,b".into() };
+/// assert_eq!(frame.encode(Encoding::Text), "message,chat,a,b");
+/// assert_eq!(PubSubFrame::parse("message,chat,a,b", Encoding::Text), Some(frame.clone()));
+/// let b64 = frame.encode(Encoding::Base64);
+/// assert_eq!(b64, "message,Y2hhdA==,YSxi");
+/// assert_eq!(PubSubFrame::parse(&b64, Encoding::Base64), Some(frame));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PubSubFrame {
+    /// The subscription is in place (`subscribe,{name},{count}` or `psubscribe,…`).
+    Subscribed {
+        /// Whether `name` is a pattern (`PSUBSCRIBE`).
+        pattern: bool,
+        /// The channel or pattern.
+        name: Bytes,
+        /// How many subscriptions this stream holds (1: one per stream).
+        count: i64,
+    },
+    /// A message published to a subscribed channel (`message,{channel},{payload}`).
+    Message {
+        /// The channel.
+        channel: Bytes,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// A message published to a channel matching a subscribed pattern
+    /// (`pmessage,{pattern},{channel},{payload}`).
+    PMessage {
+        /// The pattern subscribed to.
+        pattern: Bytes,
+        /// The channel the message was published to.
+        channel: Bytes,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+impl PubSubFrame {
+    /// The frame as the `data:` text of one event. In [`Encoding::Text`] names and payloads
+    /// are written as they are (bytes that are not UTF-8 become U+FFFD, as in the
+    /// Upstash dialect); in [`Encoding::Base64`] each is base64.
+    pub fn encode(&self, encoding: Encoding) -> String {
+        let field = |b: &[u8]| match encoding {
+            Encoding::Text => String::from_utf8_lossy(b).into_owned(),
+            Encoding::Base64 => base64_encode(b),
+        };
+        match self {
+            PubSubFrame::Subscribed {
+                pattern,
+                name,
+                count,
+            } => {
+                let kind = if *pattern { "psubscribe" } else { "subscribe" };
+                format!("{kind},{},{count}", field(name))
+            }
+            PubSubFrame::Message { channel, payload } => {
+                format!("message,{},{}", field(channel), field(payload))
+            }
+            PubSubFrame::PMessage {
+                pattern,
+                channel,
+                payload,
+            } => format!(
+                "pmessage,{},{},{}",
+                field(pattern),
+                field(channel),
+                field(payload)
+            ),
+        }
+    }
+
+    /// Reads the `data:` text of one event; `None` for anything else (an unknown kind, a
+    /// missing field, bad base64). In [`Encoding::Text`] a payload is everything after the
+    /// channel (commas included), as the official client reads it.
+    pub fn parse(data: &str, encoding: Encoding) -> Option<PubSubFrame> {
+        let field = |s: &str| -> Option<Bytes> {
+            match encoding {
+                Encoding::Text => Some(Bytes::copy_from_slice(s.as_bytes())),
+                Encoding::Base64 => base64_decode(s.as_bytes()).map(Bytes::from),
+            }
+        };
+        let (kind, rest) = data.split_once(',')?;
+        match kind {
+            "subscribe" | "psubscribe" => {
+                let (name, count) = rest.rsplit_once(',')?;
+                Some(PubSubFrame::Subscribed {
+                    pattern: kind == "psubscribe",
+                    name: field(name)?,
+                    count: count.parse().ok()?,
+                })
+            }
+            "message" => {
+                let (channel, payload) = rest.split_once(',')?;
+                Some(PubSubFrame::Message {
+                    channel: field(channel)?,
+                    payload: field(payload)?,
+                })
+            }
+            "pmessage" => {
+                let (pattern, rest) = rest.split_once(',')?;
+                let (channel, payload) = rest.split_once(',')?;
+                Some(PubSubFrame::PMessage {
+                    pattern: field(pattern)?,
+                    channel: field(channel)?,
+                    payload: field(payload)?,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Bytes a subscription path keeps as they are; every other byte is percent-encoded.
+const PATH_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b':');
+
+/// The path of a subscription, relative to the base URL: `subscribe/{channel}` or
+/// `psubscribe/{pattern}`, the name percent-encoded (any bytes, `/` included).
+///
+/// ```
+/// assert_eq!(larder_core::rest::subscribe_path(false, b"p:events:{a}/b"), "subscribe/p:events:%7Ba%7D%2Fb");
+/// ```
+pub fn subscribe_path(pattern: bool, name: &[u8]) -> String {
+    let kind = if pattern { "psubscribe" } else { "subscribe" };
+    format!(
+        "{kind}/{}",
+        percent_encoding::percent_encode(name, PATH_KEEP)
+    )
+}
+
+/// Reads a request path of the subscribe endpoints (`/subscribe/…`, `/psubscribe/…`; the
+/// leading `/` optional): whether it is a pattern, and the decoded name. Everything after
+/// the endpoint's segment is the name, so a name may hold `/`. `None` for any other path
+/// and for an empty name.
+///
+/// ```
+/// use larder_core::rest::parse_subscribe_path;
+/// assert_eq!(parse_subscribe_path("/psubscribe/user:*"), Some((true, b"user:*".to_vec())));
+/// assert_eq!(parse_subscribe_path("/subscribe/a%2Fb/c"), Some((false, b"a/b/c".to_vec())));
+/// assert_eq!(parse_subscribe_path("/subscribe/"), None);
+/// ```
+pub fn parse_subscribe_path(path: &str) -> Option<(bool, Vec<u8>)> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let (pattern, raw) = if let Some(raw) = path.strip_prefix("subscribe/") {
+        (false, raw)
+    } else if let Some(raw) = path.strip_prefix("psubscribe/") {
+        (true, raw)
+    } else {
+        return None;
+    };
+    let name: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    (!name.is_empty()).then_some((pattern, name))
+}
 
 /// How strings are written in a body: as JSON text or as base64 of their bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -590,6 +767,72 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn pubsub_frames_round_trip_and_refuse_garbage() {
+        let b = |s: &[u8]| Bytes::copy_from_slice(s);
+        let frames = [
+            PubSubFrame::Subscribed {
+                pattern: false,
+                name: b(b"a,b"),
+                count: 1,
+            },
+            PubSubFrame::Subscribed {
+                pattern: true,
+                name: b(b"user:*"),
+                count: 1,
+            },
+            PubSubFrame::Message {
+                channel: b(b"c"),
+                payload: b(b"x,y,z"),
+            },
+            PubSubFrame::PMessage {
+                pattern: b(b"u:*"),
+                channel: b(b"u:1"),
+                payload: b(b"{\"id\":1}"),
+            },
+        ];
+        for f in &frames {
+            assert_eq!(
+                PubSubFrame::parse(&f.encode(Encoding::Text), Encoding::Text).as_ref(),
+                Some(f)
+            );
+            assert_eq!(
+                PubSubFrame::parse(&f.encode(Encoding::Base64), Encoding::Base64).as_ref(),
+                Some(f)
+            );
+        }
+        // Base64 carries what text cannot: commas in names, line ends and any byte.
+        let odd = PubSubFrame::PMessage {
+            pattern: b(b"*,*"),
+            channel: b(b"a,b"),
+            payload: b(b"\r\n\xff\x00"),
+        };
+        let line = odd.encode(Encoding::Base64);
+        assert!(!line.contains(['\r', '\n']));
+        assert_eq!(PubSubFrame::parse(&line, Encoding::Base64), Some(odd));
+        for bad in [
+            "",
+            "message",
+            "message,c",
+            "hello,c,p",
+            "subscribe,c,x",
+            "message,!!,Zg==",
+        ] {
+            let enc = if bad.contains('!') {
+                Encoding::Base64
+            } else {
+                Encoding::Text
+            };
+            assert_eq!(PubSubFrame::parse(bad, enc), None, "{bad:?}");
+        }
+        // Names of any bytes survive the path.
+        let name = b"p:{x}/y z\xff%".to_vec();
+        let path = format!("/{}", subscribe_path(true, &name));
+        assert!(path.is_ascii() && !path[1..].contains("//"));
+        assert_eq!(parse_subscribe_path(&path), Some((true, name)));
+        assert_eq!(parse_subscribe_path("/pipeline"), None);
     }
 
     #[test]

@@ -163,6 +163,15 @@ pub trait Transport: MaybeSend + MaybeSync + Debug {
     async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
         Err(pubsub_unsupported(channel))
     }
+
+    /// Subscribes to every channel whose name matches the glob `pattern`
+    /// (`PSUBSCRIBE pattern`): like [`subscribe`](Transport::subscribe), each [`Message`]
+    /// naming the channel it was published to.
+    ///
+    /// The default answers `Err` of kind [`ErrorKind::Refused`](crate::ErrorKind::Refused).
+    async fn psubscribe(&self, pattern: &[u8]) -> Result<BoxSubscription, TransportError> {
+        Err(pubsub_unsupported(pattern))
+    }
 }
 
 /// The error of [`Transport::subscribe`] on a transport without pub/sub.
@@ -326,6 +335,9 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     }
     async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
         (**self).subscribe(channel).await
+    }
+    async fn psubscribe(&self, pattern: &[u8]) -> Result<BoxSubscription, TransportError> {
+        (**self).psubscribe(pattern).await
     }
 }
 

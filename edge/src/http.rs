@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use larder_core::{MaybeSend, MaybeSync, TransportError};
+use larder_core::{ErrorKind, MaybeSend, MaybeSync, TransportError};
 
 /// One `POST` the transport wants sent.
 ///
@@ -57,6 +57,49 @@ impl HttpResponse {
     }
 }
 
+/// A response body read as it arrives (see [`HttpClient::open`]): chunks, or the error that
+/// ended it.
+pub trait ByteStream:
+    futures_core::Stream<Item = Result<Bytes, TransportError>> + MaybeSend
+{
+}
+
+impl<S: futures_core::Stream<Item = Result<Bytes, TransportError>> + MaybeSend> ByteStream for S {}
+
+/// A response whose body is still arriving (see [`HttpClient::open`]).
+#[non_exhaustive]
+pub struct HttpStream {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `upstash-sync-token` response header, if any.
+    pub sync_token: Option<String>,
+    /// The body, as it arrives.
+    pub body: std::pin::Pin<Box<dyn ByteStream>>,
+}
+
+impl HttpStream {
+    /// A streamed response (for [`HttpClient`] implementations outside this crate).
+    pub fn new(
+        status: u16,
+        sync_token: Option<String>,
+        body: std::pin::Pin<Box<dyn ByteStream>>,
+    ) -> Self {
+        HttpStream {
+            status,
+            sync_token,
+            body,
+        }
+    }
+}
+
+impl fmt::Debug for HttpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStream")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Sends HTTP requests for a [`RestTransport`](crate::RestTransport).
 ///
 /// Built in: `FetchClient` on Cloudflare Workers (wasm32, feature `worker`) and
@@ -75,4 +118,27 @@ impl HttpResponse {
 pub trait HttpClient: MaybeSend + MaybeSync + fmt::Debug {
     /// Sends `request` and reads the whole response.
     async fn post(&self, request: HttpRequest) -> Result<HttpResponse, TransportError>;
+
+    /// Whether [`open`](Self::open) streams responses (no I/O). The default is false; the
+    /// transport then polls instead of subscribing.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Sends `request` and returns as soon as the response's headers are in (within
+    /// `request.timeout`), its body to be read as it arrives, for as long as it lasts. Used
+    /// for subscriptions (`/subscribe/…`: server-sent events).
+    ///
+    /// The default refuses (kind [`ErrorKind::Refused`]); so does `FetchClient`: the Workers
+    /// runtime ties a response body to the request that fetched it, and a subscription is
+    /// shared by every request of an isolate.
+    async fn open(&self, request: HttpRequest) -> Result<HttpStream, TransportError> {
+        Err(TransportError::new(
+            ErrorKind::Refused,
+            format!(
+                "this HTTP client does not stream responses, cannot open {}",
+                request.url
+            ),
+        ))
+    }
 }

@@ -42,7 +42,7 @@ mod native;
 #[cfg(all(target_arch = "wasm32", feature = "worker"))]
 mod workers;
 
-pub use http::{HttpClient, HttpRequest, HttpResponse};
+pub use http::{ByteStream, HttpClient, HttpRequest, HttpResponse, HttpStream};
 pub use larder_core as core;
 pub use transport::{
     BASE64_ARGS_ENV, ConfigError, RestTransport, RestTransportBuilder, TOKEN_ENV, URL_ENV,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use larder_core::rest::SYNC_TOKEN_HEADER;
 use larder_core::{ErrorKind, TransportError};
 
-use crate::http::{HttpClient, HttpRequest, HttpResponse};
+use crate::http::{HttpClient, HttpRequest, HttpResponse, HttpStream};
 
 /// Sends requests with a pooled `reqwest::Client` (keep-alive, HTTP/1.1 or HTTP/2 over
 /// rustls).
@@ -59,25 +59,68 @@ fn map_err(e: reqwest::Error) -> TransportError {
     TransportError::new(kind, format!("HTTP request failed: {message}")).with_source(e)
 }
 
-#[async_trait]
-impl HttpClient for ReqwestClient {
-    async fn post(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
-        let mut builder = self
-            .client
-            .post(&request.url)
-            .timeout(request.timeout)
-            .body(request.body);
+impl ReqwestClient {
+    fn builder(&self, request: HttpRequest) -> reqwest::RequestBuilder {
+        let mut builder = self.client.post(&request.url).body(request.body);
         for (name, value) in request.headers {
             builder = builder.header(name, value);
         }
-        let response = builder.send().await.map_err(map_err)?;
+        builder
+    }
+}
+
+fn sync_token(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(SYNC_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[async_trait]
+impl HttpClient for ReqwestClient {
+    async fn post(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let timeout = request.timeout;
+        let response = self
+            .builder(request)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(map_err)?;
         let status = response.status().as_u16();
-        let sync_token = response
-            .headers()
-            .get(SYNC_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let sync_token = sync_token(&response);
         let body = response.bytes().await.map_err(map_err)?;
         Ok(HttpResponse::new(status, sync_token, body))
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn open(&self, request: HttpRequest) -> Result<HttpStream, TransportError> {
+        let (timeout, url) = (request.timeout, request.url.clone());
+        // The timeout bounds the headers only: the body lasts as long as the subscription.
+        let response = tokio::time::timeout(timeout, self.builder(request).send())
+            .await
+            .map_err(|_| {
+                TransportError::new(
+                    ErrorKind::Timeout,
+                    format!("HTTP request failed: no response from {url} within {timeout:?}"),
+                )
+            })?
+            .map_err(map_err)?;
+        let status = response.status().as_u16();
+        let sync_token = sync_token(&response);
+        // `chunk()` rather than reqwest's `stream` feature, which would add a second
+        // `wasm-streams` to the lock file.
+        let body = futures_util::stream::unfold(Some(response), |response| async move {
+            let mut response = response?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
+                Ok(None) => None,
+                Err(e) => Some((Err(map_err(e)), None)),
+            }
+        });
+        Ok(HttpStream::new(status, sync_token, Box::pin(body)))
     }
 }

@@ -5,11 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use larder_core::rest::{self, Encoding};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use larder_core::rest::{self, Encoding, PubSubFrame};
+use larder_core::stream::SseParser;
+use larder_core::transport::{BoxSubscription, Message, Subscription, pubsub_unsupported};
 use larder_core::{Cmd, ErrorKind, Transport, TransportError, Value};
 use parking_lot::Mutex;
 
-use crate::http::{HttpClient, HttpRequest, HttpResponse};
+use crate::http::{ByteStream, HttpClient, HttpRequest, HttpResponse};
 
 /// The environment variable holding the REST URL (as the official SDKs).
 pub const URL_ENV: &str = "UPSTASH_REDIS_REST_URL";
@@ -68,6 +74,9 @@ struct Inner {
     sync_token: Mutex<Option<String>>,
     requests: AtomicU64,
     closed: AtomicBool,
+    /// The server answered a subscription with 404 or 405 (Upstash, or an older gateway):
+    /// waiters poll from then on.
+    no_pubsub: AtomicBool,
 }
 
 impl fmt::Debug for RestTransport {
@@ -180,6 +189,7 @@ impl RestTransportBuilder {
                 sync_token: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
+                no_pubsub: AtomicBool::new(false),
             }),
         })
     }
@@ -285,18 +295,17 @@ impl RestTransport {
         }
     }
 
-    async fn send(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-        args: Encoding,
-    ) -> Result<HttpResponse, TransportError> {
+    fn check_open(&self) -> Result<(), TransportError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(TransportError::new(
                 ErrorKind::Closed,
                 "the REST transport was closed; build a new one",
             ));
         }
+        Ok(())
+    }
+
+    fn headers(&self, args: Encoding) -> Vec<(&'static str, String)> {
         let mut headers = vec![
             ("authorization", format!("Bearer {}", self.inner.token)),
             ("content-type", "application/json".to_owned()),
@@ -308,18 +317,129 @@ impl RestTransport {
         if let Some(t) = self.inner.sync_token.lock().clone() {
             headers.push((rest::SYNC_TOKEN_HEADER, t));
         }
+        headers
+    }
+
+    fn keep_sync_token(&self, token: Option<&String>) {
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            *self.inner.sync_token.lock() = Some(t.clone());
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        args: Encoding,
+    ) -> Result<HttpResponse, TransportError> {
+        self.check_open()?;
         let request = HttpRequest {
             url: format!("{}/{path}", self.inner.base),
-            headers,
+            headers: self.headers(args),
             body,
             timeout: self.inner.timeout,
         };
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let response = self.inner.client.post(request).await?;
-        if let Some(t) = response.sync_token.as_ref().filter(|t| !t.is_empty()) {
-            *self.inner.sync_token.lock() = Some(t.clone());
-        }
+        self.keep_sync_token(response.sync_token.as_ref());
         Ok(response)
+    }
+
+    /// `POST /subscribe/{name}` (`/psubscribe/…`): the subscription is in place once the
+    /// response's headers are in (the server subscribes before it answers).
+    async fn open_subscription(
+        &self,
+        pattern: bool,
+        name: &[u8],
+    ) -> Result<BoxSubscription, TransportError> {
+        self.check_open()?;
+        if !self.supports_pubsub() {
+            return Err(pubsub_unsupported(name));
+        }
+        let mut headers = self.headers(Encoding::Text);
+        headers.push(("accept", "text/event-stream".to_owned()));
+        headers.push((rest::PUBSUB_ENCODING_HEADER, rest::BASE64.to_owned()));
+        let request = HttpRequest {
+            url: format!(
+                "{}/{}",
+                self.inner.base,
+                rest::subscribe_path(pattern, name)
+            ),
+            headers,
+            body: b"[]".to_vec(),
+            timeout: self.inner.timeout,
+        };
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        let response = self.inner.client.open(request).await?;
+        self.keep_sync_token(response.sync_token.as_ref());
+        match response.status {
+            200..=299 => Ok(Box::new(RestSubscription {
+                body: response.body,
+                parser: SseParser::with_max_line(MAX_FRAME),
+                pending: VecDeque::new(),
+                ended: false,
+            })),
+            // No such endpoint (Upstash, an older gateway), or refused by the server's
+            // policy: no later subscription would do better.
+            400 | 404 | 405 => {
+                self.inner.no_pubsub.store(true, Ordering::Release);
+                Err(pubsub_unsupported(name))
+            }
+            status => Err(status_error(status, b"")),
+        }
+    }
+}
+
+/// The longest subscription frame read (a message's payload, base64): 8 MiB.
+const MAX_FRAME: usize = 8 << 20;
+
+/// A subscription over HTTP: the event stream of `POST /subscribe/…`, read as it arrives.
+/// It ends (it does not resume) when the stream does; subscribe again.
+struct RestSubscription {
+    body: Pin<Box<dyn ByteStream>>,
+    parser: SseParser,
+    pending: VecDeque<Message>,
+    ended: bool,
+}
+
+impl fmt::Debug for RestSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestSubscription")
+            .field("pending", &self.pending.len())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription for RestSubscription {
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Poll::Ready(Some(m));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match self.body.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let mut events = Vec::new();
+                    if self.parser.push(&chunk, &mut events).is_err() {
+                        self.ended = true;
+                    }
+                    for event in events {
+                        match PubSubFrame::parse(&event.data, Encoding::Base64) {
+                            Some(PubSubFrame::Message { channel, payload })
+                            | Some(PubSubFrame::PMessage {
+                                channel, payload, ..
+                            }) => self.pending.push_back(Message::new(channel, payload)),
+                            _ => {}
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(_)) | None) => self.ended = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -397,6 +517,26 @@ impl Transport for RestTransport {
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
     }
+
+    /// True when the HTTP client streams responses ([`HttpClient::streams`]: `ReqwestClient`
+    /// does, `FetchClient` does not) and the server has not refused a subscription.
+    fn supports_pubsub(&self) -> bool {
+        self.inner.client.streams() && !self.inner.no_pubsub.load(Ordering::Acquire)
+    }
+
+    /// `POST {url}/subscribe/{channel}`: the server's event stream of the channel's
+    /// messages (`larder gateway` serves it; a server that answers 400, 404 or 405 makes this and
+    /// every later subscription fail at once with kind
+    /// [`Refused`](ErrorKind::Refused), and waiters poll). Each subscription is one HTTP
+    /// request held open; it ends (`None`) when the stream does.
+    async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.open_subscription(false, channel).await
+    }
+
+    /// `POST {url}/psubscribe/{pattern}`, as [`subscribe`](Transport::subscribe).
+    async fn psubscribe(&self, pattern: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.open_subscription(true, pattern).await
+    }
 }
 
 #[cfg(test)]
@@ -444,6 +584,126 @@ mod tests {
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
         futures_executor::block_on(f)
+    }
+
+    /// Opens every stream with `status` and a body of `chunks`, then its end.
+    #[derive(Debug)]
+    struct StreamFake {
+        status: u16,
+        chunks: Vec<&'static [u8]>,
+        sent: Mutex<Vec<HttpRequest>>,
+    }
+
+    struct Chunks(VecDeque<Bytes>);
+
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Bytes, TransportError>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for Arc<StreamFake> {
+        async fn post(&self, _: HttpRequest) -> Result<HttpResponse, TransportError> {
+            unreachable!("subscriptions only")
+        }
+        fn streams(&self) -> bool {
+            true
+        }
+        async fn open(&self, request: HttpRequest) -> Result<crate::HttpStream, TransportError> {
+            self.sent.lock().push(request);
+            let body = Chunks(self.chunks.iter().map(|c| Bytes::from_static(c)).collect());
+            Ok(crate::HttpStream::new(
+                self.status,
+                Some("7".into()),
+                Box::pin(body),
+            ))
+        }
+    }
+
+    fn streaming(status: u16, chunks: Vec<&'static [u8]>) -> (Arc<StreamFake>, RestTransport) {
+        let fake = Arc::new(StreamFake {
+            status,
+            chunks,
+            sent: Mutex::new(Vec::new()),
+        });
+        let t = RestTransport::builder("https://gw.test/", "s3cret")
+            .client(fake.clone())
+            .build()
+            .unwrap();
+        (fake, t)
+    }
+
+    #[test]
+    fn a_subscription_reads_frames_split_anywhere_and_ends_with_the_stream() {
+        use larder_core::transport::next_message;
+        // "message,<b64 a/b>,<b64 \n\x00>" cut mid-frame, a keep-alive, a pmessage, garbage.
+        let (fake, t) = streaming(
+            200,
+            vec![
+                b"data: subscribe,YS9i,1\n\ndata: mess",
+                b"age,YS9i,CgA=\n",
+                b"\n: keepalive\n\ndata: nonsense\n\n",
+                b"data: pmessage,YSo=,YS9j,eA==\n\n",
+            ],
+        );
+        assert!(t.supports_pubsub());
+        let mut sub = block(t.subscribe(b"a/b")).unwrap();
+        let m = block(next_message(&mut sub)).unwrap();
+        assert_eq!(
+            (&m.channel[..], &m.payload[..]),
+            (&b"a/b"[..], &b"\n\x00"[..])
+        );
+        let m = block(next_message(&mut sub)).unwrap();
+        assert_eq!((&m.channel[..], &m.payload[..]), (&b"a/c"[..], &b"x"[..]));
+        assert!(
+            block(next_message(&mut sub)).is_none(),
+            "ends with the stream"
+        );
+        let sent = fake.sent.lock();
+        assert_eq!(sent[0].url, "https://gw.test/subscribe/a%2Fb");
+        assert_eq!(sent[0].body, b"[]");
+        let header = |n: &str| {
+            sent[0]
+                .headers
+                .iter()
+                .find(|(h, _)| *h == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("authorization").as_deref(), Some("Bearer s3cret"));
+        assert_eq!(
+            header(rest::PUBSUB_ENCODING_HEADER).as_deref(),
+            Some("base64")
+        );
+        assert_eq!(
+            t.inner.sync_token.lock().as_deref(),
+            Some("7"),
+            "the token moves"
+        );
+    }
+
+    #[test]
+    fn a_server_without_subscriptions_is_asked_once_then_waiters_poll() {
+        let (fake, t) = streaming(404, vec![]);
+        let err = block(t.psubscribe(b"p:*")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+        assert!(!t.supports_pubsub());
+        assert_eq!(
+            block(t.subscribe(b"c")).unwrap_err().kind(),
+            ErrorKind::Refused
+        );
+        assert_eq!(fake.sent.lock().len(), 1, "no second request");
+        assert_eq!(fake.sent.lock()[0].url, "https://gw.test/psubscribe/p:%2A");
+        // A transient refusal (the server's cap) is an error, and the next one asks again.
+        let (fake, t) = streaming(503, vec![]);
+        assert_eq!(
+            block(t.subscribe(b"c")).unwrap_err().kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(t.supports_pubsub());
+        let _ = block(t.subscribe(b"c"));
+        assert_eq!(fake.sent.lock().len(), 2);
     }
 
     #[test]

@@ -510,7 +510,8 @@ pub(crate) async fn envelope_round_trip(be: &impl Backend) {
 }
 
 /// With pub/sub: a subscription hears what is published after `subscribe` returns (on a
-/// Cluster, whichever node the publish reaches), and dropping it unsubscribes. Without: `subscribe` is refused (`ErrorKind::Refused`).
+/// Cluster, whichever node the publish reaches), a pattern subscription hears every matching
+/// channel, and dropping it unsubscribes. Without: `subscribe` is refused (`ErrorKind::Refused`).
 pub(crate) async fn pubsub_round_trip_or_refused(be: &impl Backend) {
     use larder::transport::next_message;
     let t = be.transport();
@@ -544,6 +545,31 @@ pub(crate) async fn pubsub_round_trip_or_refused(be: &impl Backend) {
         (channel.as_bytes(), &b"one\x00\xff"[..])
     );
     drop(sub);
+    // A pattern hears every matching channel, and names the channel of each message.
+    let mut psub = t
+        .psubscribe(format!("{channel}:*").as_bytes())
+        .await
+        .unwrap();
+    for (suffix, payload) in [(":a", "first"), ("-no", "skipped"), (":b", "second")] {
+        t.exec(
+            Cmd::new("PUBLISH")
+                .arg(format!("{channel}{suffix}"))
+                .arg(payload),
+        )
+        .await
+        .unwrap();
+    }
+    for (suffix, payload) in [(":a", "first"), (":b", "second")] {
+        let m = tokio::time::timeout(Duration::from_secs(5), next_message(&mut psub))
+            .await
+            .expect("the pattern's message arrives")
+            .expect("the subscription is open");
+        assert_eq!(
+            (&m.channel[..], &m.payload[..]),
+            (format!("{channel}{suffix}").as_bytes(), payload.as_bytes())
+        );
+    }
+    drop(psub);
     if !counted {
         return;
     }

@@ -203,3 +203,56 @@ test("read-your-writes: the client's sync token moves after every write, reads s
   assert.notEqual(client.readYourWritesSyncToken, afterTx, "a script moves it");
   assert.equal(await client.get(k("ryw")), 4);
 });
+
+test("subscribe and psubscribe: the client's server-sent event streams, messages JSON-decoded", async () => {
+  const client = new Redis({ ...opts, enableAutoPipelining: false });
+  const events = [];
+  const waiters = [];
+  const seen = (pred) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out; saw ${JSON.stringify(events)}`)), 5000);
+      const check = () => {
+        const hit = events.find(pred);
+        if (hit) {
+          clearTimeout(timer);
+          resolve(hit);
+          return true;
+        }
+        return false;
+      };
+      if (!check()) waiters.push(check);
+    });
+  const push = (e) => {
+    events.push(e);
+    for (let i = waiters.length - 1; i >= 0; i--) if (waiters[i]()) waiters.splice(i, 1);
+  };
+  const chat = client.subscribe([k("chat")]);
+  chat.on("subscribe", (count) => push({ kind: "subscribe", count }));
+  chat.on("message", (m) => push({ kind: "message", ...m }));
+  chat.on("error", (e) => push({ kind: "error", error: String(e) }));
+  const users = client.psubscribe([k("user:*")]);
+  users.on("pmessage", (m) => push({ kind: "pmessage", ...m }));
+  users.on("error", (e) => push({ kind: "error", error: String(e) }));
+  await seen((e) => e.kind === "subscribe");
+  // The pattern's stream is open once the gateway answers its first frame; publish until
+  // both subscribers have heard (a publish before a subscription is in place is lost).
+  const deadline = Date.now() + 5000;
+  while ((await redis.publish(k("user:42"), JSON.stringify({ id: 1 }))) < 1) {
+    assert.ok(Date.now() < deadline, "the pattern subscription is in place");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(await redis.publish(k("chat"), JSON.stringify({ user: "a", text: "hi, there" })), 1);
+  const message = await seen((e) => e.kind === "message");
+  assert.deepEqual(
+    { channel: message.channel, message: message.message },
+    { channel: k("chat"), message: { user: "a", text: "hi, there" } },
+  );
+  const pmessage = await seen((e) => e.kind === "pmessage");
+  assert.deepEqual(
+    { pattern: pmessage.pattern, channel: pmessage.channel, message: pmessage.message },
+    { pattern: k("user:*"), channel: k("user:42"), message: { id: 1 } },
+  );
+  assert.equal(events.filter((e) => e.kind === "error").length, 0, JSON.stringify(events));
+  await chat.unsubscribe();
+  await users.unsubscribe();
+});

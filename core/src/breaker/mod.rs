@@ -309,6 +309,10 @@ impl<T: Transport> Transport for CircuitBreaker<T> {
     async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
         self.call(self.inner.transport.subscribe(channel)).await
     }
+
+    async fn psubscribe(&self, pattern: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.call(self.inner.transport.psubscribe(pattern)).await
+    }
 }
 
 #[cfg(test)]

@@ -276,6 +276,12 @@ impl<T: Transport> Transport for ViaCache<T> {
     ) -> std::result::Result<BoxSubscription, crate::TransportError> {
         self.0.transport().subscribe(channel).await
     }
+    async fn psubscribe(
+        &self,
+        pattern: &[u8],
+    ) -> std::result::Result<BoxSubscription, crate::TransportError> {
+        self.0.transport().psubscribe(pattern).await
+    }
 }
 
 /// Builds a [`ResponseCache`]; start with [`ResponseCache::redis`] or

@@ -290,8 +290,18 @@ impl MemTransport {
     /// Subscribes to `channel`: later `PUBLISH`es to it are queued on the subscription and
     /// counted in `PUBLISH`'s reply while the subscription lives.
     pub fn subscribe(&self, channel: &[u8]) -> MemSubscription {
+        self.subscribe_as(channel, false)
+    }
+
+    /// Subscribes to every channel matching the glob `pattern` (as `PSUBSCRIBE`).
+    pub fn psubscribe(&self, pattern: &[u8]) -> MemSubscription {
+        self.subscribe_as(pattern, true)
+    }
+
+    fn subscribe_as(&self, name: &[u8], pattern: bool) -> MemSubscription {
         let shared = Arc::new(SubShared {
-            channel: Bytes::copy_from_slice(channel),
+            channel: Bytes::copy_from_slice(name),
+            pattern,
             queue: Mutex::new(SubQueue::default()),
         });
         self.inner
@@ -412,6 +422,15 @@ impl Transport for MemTransport {
         self.before_call().await?;
         Ok(Box::new(MemTransport::subscribe(self, channel)))
     }
+
+    /// Subscribes like [`MemTransport::psubscribe`], as one call (counted, subject to faults).
+    async fn psubscribe(
+        &self,
+        pattern: &[u8],
+    ) -> Result<crate::transport::BoxSubscription, TransportError> {
+        self.before_call().await?;
+        Ok(Box::new(MemTransport::psubscribe(self, pattern)))
+    }
 }
 
 impl State {
@@ -423,9 +442,14 @@ impl State {
             let Some(sub) = weak.upgrade() else {
                 return false;
             };
-            if sub.channel == *channel {
+            let hit = if sub.pattern {
+                crate::cache::glob_match(&sub.channel, channel)
+            } else {
+                sub.channel == *channel
+            };
+            if hit {
                 let mut q = sub.queue.lock();
-                q.messages.push_back(message.clone());
+                q.messages.push_back((channel.clone(), message.clone()));
                 if let Some(w) = q.waker.take() {
                     w.wake();
                 }
@@ -438,13 +462,16 @@ impl State {
 }
 
 struct SubShared {
+    /// The channel, or the pattern when `pattern`.
     channel: Bytes,
+    pattern: bool,
     queue: Mutex<SubQueue>,
 }
 
 #[derive(Default)]
 struct SubQueue {
-    messages: VecDeque<Bytes>,
+    /// `(channel, payload)`, oldest first.
+    messages: VecDeque<(Bytes, Bytes)>,
     waker: Option<Waker>,
 }
 
@@ -455,14 +482,19 @@ pub struct MemSubscription {
 }
 
 impl MemSubscription {
-    /// The channel subscribed to.
+    /// The channel (or pattern) subscribed to.
     pub fn channel(&self) -> &Bytes {
         &self.shared.channel
     }
 
     /// The oldest message not yet received, if any.
     pub fn try_recv(&self) -> Option<Bytes> {
-        self.shared.queue.lock().messages.pop_front()
+        self.shared
+            .queue
+            .lock()
+            .messages
+            .pop_front()
+            .map(|(_, m)| m)
     }
 
     /// Waits for the next message. Never completes if nothing is published.
@@ -470,7 +502,7 @@ impl MemSubscription {
         std::future::poll_fn(|cx| {
             let mut q = self.shared.queue.lock();
             match q.messages.pop_front() {
-                Some(m) => Poll::Ready(m),
+                Some((_, m)) => Poll::Ready(m),
                 None => {
                     q.waker = Some(cx.waker().clone());
                     Poll::Pending

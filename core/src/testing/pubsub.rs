@@ -10,7 +10,7 @@ impl Subscription for MemSubscription {
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let mut q = self.shared.queue.lock();
         match q.messages.pop_front() {
-            Some(payload) => Poll::Ready(Some(Message::new(self.shared.channel.clone(), payload))),
+            Some((channel, payload)) => Poll::Ready(Some(Message::new(channel, payload))),
             None => {
                 q.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -48,6 +48,26 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(n.as_int(), Some(0), "dropping unsubscribes");
+        });
+    }
+
+    #[test]
+    fn psubscribe_receives_matching_channels_with_their_names() {
+        block_on(async {
+            let t = MemTransport::new();
+            let mut sub = Transport::psubscribe(&t, b"user:*").await.unwrap();
+            for (ch, m) in [("user:1", "a"), ("other", "b"), ("user:2", "c")] {
+                t.exec(Cmd::new("PUBLISH").arg(ch).arg(m)).await.unwrap();
+            }
+            let first = next_message(&mut sub).await.unwrap();
+            let second = next_message(&mut sub).await.unwrap();
+            assert_eq!(
+                [
+                    (&first.channel[..], &first.payload[..]),
+                    (&second.channel[..], &second.payload[..])
+                ],
+                [(&b"user:1"[..], &b"a"[..]), (&b"user:2"[..], &b"c"[..])]
+            );
         });
     }
 

@@ -65,6 +65,10 @@ struct GatewayArgs {
     #[arg(long, env = "LARDER_GATEWAY_MAX_CONNECTIONS", default_value_t = larder_native::gateway::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
 
+    /// Most subscription streams (/subscribe, /psubscribe) open at once; past it 503.
+    #[arg(long, env = "LARDER_GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = larder_native::gateway::DEFAULT_MAX_SUBSCRIPTIONS)]
+    max_subscriptions: usize,
+
     /// Milliseconds a client has to send a request's headers (also bounds idle kept-alive
     /// connections); then the connection is closed.
     #[arg(long, env = "LARDER_GATEWAY_HEADER_TIMEOUT_MS", default_value_t = larder_native::gateway::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
@@ -389,6 +393,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         .policy(policy)
         .body_limit(args.body_limit)
         .max_connections(args.max_connections)
+        .max_subscriptions(args.max_subscriptions)
         .header_read_timeout(Duration::from_millis(args.header_timeout_ms))
         .body_read_timeout(Duration::from_millis(args.body_timeout_ms))
         .max_reply_bytes(args.max_reply_bytes)
@@ -434,6 +439,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         read_only_tokens = read_only,
         body_limit = args.body_limit,
         max_connections = args.max_connections,
+        max_subscriptions = args.max_subscriptions,
         header_timeout_ms = args.header_timeout_ms,
         body_timeout_ms = args.body_timeout_ms,
         allow_query_token = args.allow_query_token,

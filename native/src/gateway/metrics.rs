@@ -40,6 +40,7 @@ pub(crate) enum Route {
     Single,
     Pipeline,
     MultiExec,
+    Subscribe,
     Other,
 }
 
@@ -49,6 +50,7 @@ impl Route {
             Route::Single => "command",
             Route::Pipeline => "pipeline",
             Route::MultiExec => "multi_exec",
+            Route::Subscribe => "subscribe",
             Route::Other => "other",
         }
     }
@@ -93,6 +95,12 @@ impl Metrics {
     pub(crate) fn denied(&self, n: usize) {
         metrics::counter!("larder_gateway_denied_commands_total", "gateway" => self.name.clone())
             .increment(n as u64);
+    }
+
+    /// Subscription streams opened (+1) or ended (-1).
+    pub(crate) fn subscriptions(&self, delta: f64) {
+        metrics::gauge!("larder_gateway_open_subscriptions", "gateway" => self.name.clone())
+            .increment(delta);
     }
 
     /// A connection was accepted; the returned guard counts it open until dropped.
@@ -142,6 +150,10 @@ pub(crate) fn describe() {
     metrics::describe_gauge!(
         "larder_gateway_open_connections",
         "TCP connections open now (at most the connection limit)."
+    );
+    metrics::describe_gauge!(
+        "larder_gateway_open_subscriptions",
+        "Subscription streams (/subscribe, /psubscribe) open now (at most the subscription limit)."
     );
 }
 

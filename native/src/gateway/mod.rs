@@ -11,6 +11,7 @@
 //! | `POST /` body `["SET","k","v"]` | `{"result":"OK"}`; a Redis error is HTTP 400 `{"error":"…"}` with Redis's text unchanged |
 //! | `POST /pipeline` body `[["GET","k"],["INCR","n"]]` | `[{"result":…},{"error":…}]`, one item per command, in order |
 //! | `POST /multi-exec` (same body) | the same shape, run as one `MULTI`/`EXEC` transaction; a transaction that fails as a whole is HTTP 400 `{"error":…}` |
+//! | `POST /subscribe/{channel}`, `/psubscribe/{pattern}` | a server-sent event stream of the messages published (see [`subscribe`](self#subscriptions)) |
 //! | `GET /healthz` | 200 `{"status":"ok"}` when Redis answers `PING`, else 503 (no token needed) |
 //! | `GET /metrics` | Prometheus text counters (no token needed) |
 //!
@@ -18,6 +19,15 @@
 //! `upstash-sync-token` on every answer, fresh after any request that may write, larder's `Larder-Arg-Encoding: base64` for binary
 //! arguments) is `larder_core::rest`, shared with the client. Repeated slashes in the path
 //! (`//pipeline`) and a trailing slash are tolerated.
+//!
+//! # Subscriptions
+//!
+//! `POST /subscribe/{channel}` and `/psubscribe/{pattern}` (as `@upstash/redis`'s
+//! `subscribe`/`psubscribe` send them) answer `text/event-stream`: `data: subscribe,{channel},1`,
+//! then `data: message,{channel},{payload}` per message (`pmessage,{pattern},{channel},{payload}`
+//! for patterns), and a `: keepalive` comment every 15 s. Every stream shares the transport's
+//! one pub/sub connection; at most [`GatewayBuilder::max_subscriptions`] are open at once.
+//! Read-only tokens may subscribe; patterns are capped like `MATCH` globs.
 //!
 //! # Security
 //!
@@ -73,11 +83,12 @@
 mod auth;
 mod metrics;
 pub mod policy;
+mod subscribe;
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -109,6 +120,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a client has to send a request's body once its headers are in: 15 s.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The default cap on subscription streams open at once: 2048.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 2048;
+
 /// The default cap on one answer's body: 16 MiB.
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -131,6 +145,7 @@ pub struct GatewayBuilder {
     header_read_timeout: Duration,
     body_read_timeout: Duration,
     max_reply_bytes: usize,
+    max_subscriptions: usize,
     name: String,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -230,6 +245,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// The most subscription streams (`/subscribe`, `/psubscribe`) open at once (default
+    /// [`DEFAULT_MAX_SUBSCRIPTIONS`]); past it a subscription is refused with 503 and the
+    /// client polls instead. Each stream holds a connection: keep it under
+    /// [`max_connections`](Self::max_connections) so commands still get through.
+    pub fn max_subscriptions(mut self, max: usize) -> Self {
+        self.max_subscriptions = max;
+        self
+    }
+
     /// Serves without any token: every request gets full access. Only for a gateway bound to
     /// a private interface in development.
     pub fn insecure_no_auth(mut self) -> Self {
@@ -283,6 +307,9 @@ impl GatewayBuilder {
                 max_reply_bytes: self.max_reply_bytes,
                 metrics: Arc::new(Metrics::new(self.name.into(), self.prometheus)),
                 sync: AtomicU64::new(0),
+                max_subscriptions: self.max_subscriptions,
+                subscriptions: AtomicUsize::new(0),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -321,6 +348,11 @@ struct Shared {
     max_reply_bytes: usize,
     metrics: Arc<Metrics>,
     sync: AtomicU64,
+    max_subscriptions: usize,
+    /// Subscription streams open now.
+    subscriptions: AtomicUsize,
+    /// Becomes true when the gateway shuts down: subscription streams end.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -338,6 +370,7 @@ impl Gateway {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             name: "gateway".to_owned(),
             prometheus: None,
         }
@@ -351,6 +384,14 @@ impl Gateway {
             .route("/", post(post_command).fallback(post_only))
             .route("/pipeline", post(post_pipeline).fallback(post_only))
             .route("/multi-exec", post(post_multi_exec).fallback(post_only))
+            .route(
+                "/subscribe/{*name}",
+                post(subscribe::post_subscribe).fallback(post_only),
+            )
+            .route(
+                "/psubscribe/{*name}",
+                post(subscribe::post_subscribe).fallback(post_only),
+            )
             .route("/healthz", get(healthz).fallback(unknown))
             .route("/metrics", get(metrics_text).fallback(unknown))
             .fallback(unknown)
@@ -359,7 +400,7 @@ impl Gateway {
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting connections,
-    /// lets requests in flight finish, and closes the transport.
+    /// ends subscription streams, lets requests in flight finish, and closes the transport.
     ///
     /// At most [`max_connections`](GatewayBuilder::max_connections) connections are open at
     /// once, and each must send its headers within the
@@ -376,6 +417,11 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let router = self.router();
         let metrics = self.shared.metrics.clone();
+        let shared = self.shared.clone();
+        let shutdown = async move {
+            shutdown.await;
+            shared.closing.send_replace(true);
+        };
         crate::server::serve(
             router,
             listener,
@@ -624,8 +670,8 @@ async fn post_only(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn unknown(State(shared): State<Arc<Shared>>) -> Response {
-    let message =
-        "ERR unknown endpoint: POST /, /pipeline or /multi-exec; GET /healthz or /metrics";
+    let message = "ERR unknown endpoint: POST /, /pipeline, /multi-exec, /subscribe/{channel} or \
+         /psubscribe/{pattern}; GET /healthz or /metrics";
     refuse(&shared, StatusCode::NOT_FOUND, message).await
 }
 
@@ -675,6 +721,36 @@ async fn command(shared: &Shared, request: Request, route: Route) -> Answer {
     answer
 }
 
+/// Who is asking: the access of the request's token, or the 401 to answer.
+fn authenticate(shared: &Shared, parts: &axum::http::request::Parts) -> Result<Access, Answer> {
+    if shared.tokens.is_empty() {
+        return Ok(Access::Full);
+    }
+    let header = parts.headers.get(header::AUTHORIZATION);
+    let query = auth::query_param(parts.uri.query(), "_token");
+    let granted = match (header, query) {
+        (_, Some(_)) if !shared.allow_query_token => {
+            return Err(Answer::error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: this gateway refuses tokens in the query string (?_token=); \
+                 send Authorization: Bearer <token> instead, and rotate a token that has \
+                 been sent in a URL",
+                Outcome::Unauthorized,
+            ));
+        }
+        (Some(h), _) => shared.tokens.check(Some(h.as_bytes())),
+        (None, Some(q)) => shared.tokens.check_secret(&q),
+        (None, None) => None,
+    };
+    granted.ok_or_else(|| {
+        Answer::error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: send Authorization: Bearer <token>",
+            Outcome::Unauthorized,
+        )
+    })
+}
+
 async fn command_inner(
     shared: &Shared,
     parts: &axum::http::request::Parts,
@@ -682,35 +758,9 @@ async fn command_inner(
     route: Route,
 ) -> Answer {
     // 1. Who is asking.
-    let access = if shared.tokens.is_empty() {
-        Access::Full
-    } else {
-        let header = parts.headers.get(header::AUTHORIZATION);
-        let query = auth::query_param(parts.uri.query(), "_token");
-        let granted = match (header, query) {
-            (_, Some(_)) if !shared.allow_query_token => {
-                return Answer::error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized: this gateway refuses tokens in the query string (?_token=); \
-                     send Authorization: Bearer <token> instead, and rotate a token that has \
-                     been sent in a URL",
-                    Outcome::Unauthorized,
-                );
-            }
-            (Some(h), _) => shared.tokens.check(Some(h.as_bytes())),
-            (None, Some(q)) => shared.tokens.check_secret(&q),
-            (None, None) => None,
-        };
-        match granted {
-            Some(a) => a,
-            None => {
-                return Answer::error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized: send Authorization: Bearer <token>",
-                    Outcome::Unauthorized,
-                );
-            }
-        }
+    let access = match authenticate(shared, parts) {
+        Ok(a) => a,
+        Err(answer) => return answer,
     };
 
     // 2. The body, within the limit.

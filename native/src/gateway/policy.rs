@@ -682,6 +682,34 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// `Ok` when any token may open a subscription stream to `name` (a channel, or a glob
+    /// pattern when `pattern`): `SUBSCRIBE`/`PSUBSCRIBE` not on the deny list, and a pattern
+    /// within the caps of `MATCH` globs (Redis matches every pattern subscribed against the
+    /// channel of every `PUBLISH`). Read-only tokens may subscribe.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Denied`] with the error text to answer.
+    pub fn check_subscribe(&self, pattern: bool, name: &[u8]) -> Result<(), Refusal> {
+        let command = if pattern { "PSUBSCRIBE" } else { "SUBSCRIBE" };
+        if self.denied.contains(command) {
+            return Err(Refusal::Denied(format!(
+                "NOPERM '{}' is denied by this gateway's policy",
+                command.to_ascii_lowercase()
+            )));
+        }
+        if pattern && glob_too_costly(name) {
+            return Err(Refusal::Denied(format!(
+                "ERR a pattern may be at most {MAX_MATCH_LEN} bytes with at most \
+                 {MAX_MATCH_WILDCARDS} wildcards through this gateway (Redis matches it \
+                 against every message published)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The policy's rules as the Markdown table in docs/SECURITY.md, generated from the lists
 /// above so the documentation cannot drift from the code.
 pub fn reference_table() -> String {

@@ -549,15 +549,31 @@ impl Transport for RedisTransport {
     /// by every subscription; see [`RedisTransport`]'s "Pub/sub" section). Returns once
     /// Redis confirmed the `SUBSCRIBE`, within [`call_timeout`](RedisTransport::call_timeout).
     async fn subscribe(&self, channel: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.subscribe_topic(false, channel).await
+    }
+
+    /// Like [`subscribe`](Transport::subscribe), with `PSUBSCRIBE` on the same connection.
+    async fn psubscribe(&self, pattern: &[u8]) -> Result<BoxSubscription, TransportError> {
+        self.subscribe_topic(true, pattern).await
+    }
+}
+
+impl RedisTransport {
+    async fn subscribe_topic(
+        &self,
+        pattern: bool,
+        name: &[u8],
+    ) -> Result<BoxSubscription, TransportError> {
         self.check_open()?;
-        let result = self
-            .inner
-            .pubsub
-            .subscribe(channel, self.inner.budget)
-            .await;
+        let topic = pubsub::Topic {
+            pattern,
+            name: Bytes::copy_from_slice(name),
+        };
+        let result = self.inner.pubsub.subscribe(topic, self.inner.budget).await;
         if let Err(e) = &result {
             tracing::warn!(
-                channel = %String::from_utf8_lossy(channel),
+                channel = %String::from_utf8_lossy(name),
+                pattern,
                 topology = self.topology().as_str(),
                 kind = e.kind().as_str(),
                 error = %e,

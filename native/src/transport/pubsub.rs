@@ -1,8 +1,9 @@
 //! Pub/sub for [`RedisTransport`](super::RedisTransport): one dedicated connection per
 //! transport, shared by every subscription.
 //!
-//! - **Multiplexed and reference-counted.** Each channel is `SUBSCRIBE`d once, however many
-//!   [`Subscription`]s want it; the last one dropped sends `UNSUBSCRIBE`. Subscribe and
+//! - **Multiplexed and reference-counted.** Each channel is `SUBSCRIBE`d (each pattern
+//!   `PSUBSCRIBE`d) once, however many [`Subscription`]s want it; the last one dropped sends
+//!   `UNSUBSCRIBE` (`PUNSUBSCRIBE`). Subscribe and
 //!   unsubscribe commands are sent under one lock, in the order the counts were decided, so
 //!   a subscribe racing the last unsubscribe of the same channel cannot lose.
 //! - **Lazy.** The connection opens on the first [`subscribe`](Hub::subscribe), in a
@@ -145,12 +146,29 @@ enum Event {
     Gap,
 }
 
+/// What a subscription listens to: a channel (`SUBSCRIBE`) or a pattern (`PSUBSCRIBE`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Topic {
+    pub(crate) pattern: bool,
+    pub(crate) name: Bytes,
+}
+
+impl Topic {
+    fn command(&self) -> &'static str {
+        if self.pattern {
+            "PSUBSCRIBE"
+        } else {
+            "SUBSCRIBE"
+        }
+    }
+}
+
 #[derive(Default)]
 struct Subs {
-    channels: HashMap<Bytes, HashMap<u64, Tx>>,
+    channels: HashMap<Topic, HashMap<u64, Tx>>,
     next_id: u64,
-    /// Channels whose last subscription was dropped: `UNSUBSCRIBE` them.
-    idle: HashSet<Bytes>,
+    /// Topics whose last subscription was dropped: unsubscribe them.
+    idle: HashSet<Topic>,
 }
 
 pub(crate) struct HubInner {
@@ -241,10 +259,10 @@ impl Hub {
         self.inner.shut_down();
     }
 
-    /// Subscribes to `channel`; returns once Redis confirmed it, within `budget`.
+    /// Subscribes to `topic`; returns once Redis confirmed it, within `budget`.
     pub(crate) async fn subscribe(
         &self,
-        channel: &[u8],
+        channel: Topic,
         budget: Duration,
     ) -> Result<BoxSubscription, TransportError> {
         let inner = &self.inner;
@@ -254,7 +272,6 @@ impl Hub {
                 "the Redis transport was closed; build a new one",
             ));
         }
-        let channel = Bytes::copy_from_slice(channel);
         let sub = inner.register(&channel);
         inner.start_driver();
         match tokio::time::timeout(budget, inner.confirm(&channel)).await {
@@ -266,7 +283,11 @@ impl Hub {
                     _ => String::new(),
                 };
                 let mut e = deadline_error(
-                    &format!("SUBSCRIBE {}", String::from_utf8_lossy(&channel)),
+                    &format!(
+                        "{} {}",
+                        channel.command(),
+                        String::from_utf8_lossy(&channel.name)
+                    ),
                     budget,
                 );
                 if !last.is_empty() {
@@ -280,7 +301,7 @@ impl Hub {
 }
 
 impl HubInner {
-    fn register(self: &Arc<Self>, channel: &Bytes) -> RedisSubscription {
+    fn register(self: &Arc<Self>, channel: &Topic) -> RedisSubscription {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let mut subs = self.subs.lock();
@@ -305,7 +326,7 @@ impl HubInner {
         }
     }
 
-    fn unregister(&self, channel: &Bytes, id: u64) {
+    fn unregister(&self, channel: &Topic, id: u64) {
         let mut subs = self.subs.lock();
         let Some(ids) = subs.channels.get_mut(channel) else {
             return;
@@ -341,7 +362,7 @@ impl HubInner {
     }
 
     /// Waits until `channel` is subscribed on a live connection.
-    async fn confirm(&self, channel: &Bytes) -> Result<(), TransportError> {
+    async fn confirm(&self, channel: &Topic) -> Result<(), TransportError> {
         let mut status = self.status.subscribe();
         let mut retried = false;
         loop {
@@ -350,10 +371,14 @@ impl HubInner {
                 Status::Up { .. } => {
                     let mut sink = self.sink.lock().await;
                     if let Some(s) = sink.as_mut() {
-                        let sent = tokio::time::timeout(
-                            self.settings.response_timeout(),
-                            s.subscribe(&channel[..]),
-                        )
+                        let name = &channel.name[..];
+                        let sent = tokio::time::timeout(self.settings.response_timeout(), async {
+                            if channel.pattern {
+                                s.psubscribe(name).await
+                            } else {
+                                s.subscribe(name).await
+                            }
+                        })
                         .await;
                         match sent {
                             Ok(Ok(())) => return Ok(()),
@@ -388,13 +413,8 @@ impl HubInner {
         }
     }
 
-    fn live_channels(&self) -> Vec<Vec<u8>> {
-        self.subs
-            .lock()
-            .channels
-            .keys()
-            .map(|c| c.to_vec())
-            .collect()
+    fn live_channels(&self) -> Vec<Topic> {
+        self.subs.lock().channels.keys().cloned().collect()
     }
 
     fn has_channels(&self) -> bool {
@@ -425,10 +445,24 @@ impl HubInner {
             return;
         };
         let channel = Bytes::from(channel);
+        let topic = if msg.from_pattern() {
+            let Ok(pattern) = msg.get_pattern::<Vec<u8>>() else {
+                return;
+            };
+            Topic {
+                pattern: true,
+                name: Bytes::from(pattern),
+            }
+        } else {
+            Topic {
+                pattern: false,
+                name: channel.clone(),
+            }
+        };
         let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
         self.messages.fetch_add(1, Ordering::Relaxed);
         let subs = self.subs.lock();
-        if let Some(ids) = subs.channels.get(&channel) {
+        if let Some(ids) = subs.channels.get(&topic) {
             for tx in ids.values() {
                 let m = Message::new(channel.clone(), payload.clone());
                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.tx.try_send(Event::Message(m)) {
@@ -507,32 +541,59 @@ impl HubInner {
         ))
     }
 
-    /// Subscribes every live channel on a new connection, in one command. If Redis refuses
-    /// it (an ACL that denies some channel), channel by channel: the subscriptions of a
-    /// refused channel end (`None`), the others carry on. `Err` means the connection failed.
+    /// Subscribes every live channel and pattern on a new connection, in one command per
+    /// kind. If Redis refuses it (an ACL that denies some channel), one by one: the
+    /// subscriptions of a refused topic end (`None`), the others carry on. `Err` means the
+    /// connection failed.
     async fn subscribe_all(
         &self,
         sink: &mut PubSubSink,
-        channels: Vec<Vec<u8>>,
+        topics: Vec<Topic>,
     ) -> Result<(), TransportError> {
         let limit = self.settings.response_timeout();
-        let timed_out = || deadline_error("SUBSCRIBE", limit);
-        match tokio::time::timeout(limit, sink.subscribe(&channels)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) if e.code().is_some() => {}
-            Ok(Err(e)) => return Err(transport_error(&e, "SUBSCRIBE")),
-            Err(_) => return Err(timed_out()),
-        }
-        for channel in channels {
-            match tokio::time::timeout(limit, sink.subscribe(&channel)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.code().is_some() => {
-                    tracing::warn!(error = %refused(&e, &channel), "larder: SUBSCRIBE refused");
-                    // Dropping the senders ends those subscriptions.
-                    self.subs.lock().channels.remove(&channel[..]);
+        for pattern in [false, true] {
+            let names: Vec<&[u8]> = topics
+                .iter()
+                .filter(|t| t.pattern == pattern)
+                .map(|t| &t.name[..])
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let what = if pattern { "PSUBSCRIBE" } else { "SUBSCRIBE" };
+            let sent = tokio::time::timeout(limit, async {
+                if pattern {
+                    sink.psubscribe(&names).await
+                } else {
+                    sink.subscribe(&names).await
                 }
-                Ok(Err(e)) => return Err(transport_error(&e, "SUBSCRIBE")),
-                Err(_) => return Err(timed_out()),
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) if e.code().is_some() => {}
+                Ok(Err(e)) => return Err(transport_error(&e, what)),
+                Err(_) => return Err(deadline_error(what, limit)),
+            }
+            for topic in topics.iter().filter(|t| t.pattern == pattern) {
+                let sent = tokio::time::timeout(limit, async {
+                    if pattern {
+                        sink.psubscribe(&topic.name[..]).await
+                    } else {
+                        sink.subscribe(&topic.name[..]).await
+                    }
+                })
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if e.code().is_some() => {
+                        tracing::warn!(error = %refused(&e, topic), "larder: subscription refused");
+                        // Dropping the senders ends those subscriptions.
+                        self.subs.lock().channels.remove(topic);
+                    }
+                    Ok(Err(e)) => return Err(transport_error(&e, what)),
+                    Err(_) => return Err(deadline_error(what, limit)),
+                }
             }
         }
         Ok(())
@@ -542,13 +603,13 @@ impl HubInner {
     /// lost.
     async fn unsubscribe_idle(&self) -> Result<(), ()> {
         let mut guard = self.sink.lock().await;
-        let idle: Vec<Vec<u8>> = {
+        let idle: Vec<Topic> = {
             let mut subs = self.subs.lock();
-            let idle: Vec<Vec<u8>> = subs
+            let idle: Vec<Topic> = subs
                 .idle
                 .iter()
                 .filter(|c| !subs.channels.contains_key(*c))
-                .map(|c| c.to_vec())
+                .cloned()
                 .collect();
             subs.idle.clear();
             idle
@@ -556,13 +617,28 @@ impl HubInner {
         let Some(sink) = guard.as_mut() else {
             return Ok(());
         };
-        if idle.is_empty() {
-            return Ok(());
+        for pattern in [false, true] {
+            let names: Vec<&[u8]> = idle
+                .iter()
+                .filter(|t| t.pattern == pattern)
+                .map(|t| &t.name[..])
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let sent = tokio::time::timeout(self.settings.response_timeout(), async {
+                if pattern {
+                    sink.punsubscribe(&names).await
+                } else {
+                    sink.unsubscribe(&names).await
+                }
+            })
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return Err(());
+            }
         }
-        match tokio::time::timeout(self.settings.response_timeout(), sink.unsubscribe(idle)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), ()> {
@@ -582,9 +658,10 @@ impl HubInner {
     }
 }
 
-/// The error of a `SUBSCRIBE` the server refused.
-fn refused(e: &redis::RedisError, channel: &[u8]) -> TransportError {
-    let channel = String::from_utf8_lossy(channel);
+/// The error of a `SUBSCRIBE` (`PSUBSCRIBE`) the server refused.
+fn refused(e: &redis::RedisError, topic: &Topic) -> TransportError {
+    let command = topic.command();
+    let channel = String::from_utf8_lossy(&topic.name);
     let text = match e.detail() {
         Some(detail) => format!("{} {detail}", e.code().unwrap_or("ERR")),
         None => e.code().unwrap_or("ERR").to_owned(),
@@ -593,14 +670,14 @@ fn refused(e: &redis::RedisError, channel: &[u8]) -> TransportError {
         TransportError::new(
             ErrorKind::Auth,
             format!(
-                "SUBSCRIBE {channel}: Redis refused it ({text}); grant the ACL user the \
+                "{command} {channel}: Redis refused it ({text}); grant the ACL user the \
                  channel (`&{channel}`, or `&<prefix>:events:*` for all of larder's)"
             ),
         )
     } else {
         TransportError::new(
             ErrorKind::Other,
-            format!("SUBSCRIBE {channel}: Redis answered {text}"),
+            format!("{command} {channel}: Redis answered {text}"),
         )
     }
 }
@@ -730,7 +807,7 @@ async fn serve(
 /// A [`Subscription`] of a [`RedisTransport`](super::RedisTransport).
 struct RedisSubscription {
     hub: Arc<HubInner>,
-    channel: Bytes,
+    channel: Topic,
     id: u64,
     rx: mpsc::Receiver<Event>,
     /// Gaps reported by the driver (reconnects).
@@ -742,7 +819,8 @@ struct RedisSubscription {
 impl fmt::Debug for RedisSubscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSubscription")
-            .field("channel", &String::from_utf8_lossy(&self.channel))
+            .field("channel", &String::from_utf8_lossy(&self.channel.name))
+            .field("pattern", &self.channel.pattern)
             .field("gaps", &self.gaps())
             .finish_non_exhaustive()
     }

@@ -14,5 +14,6 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod security;
+mod subscribe;
 mod upstash;
 mod worker;

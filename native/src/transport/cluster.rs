@@ -10,6 +10,19 @@
 //! - **Bounded failover stalls.** redis-rs waits at least 1.28 s between retries by default
 //!   (a master kill stalled one `SET` 7.8 s here); retries here wait 10–300 ms, and every
 //!   request is bounded by the call budget.
+//! - **Wedged connections replaced.** redis-rs 1.8.1 can deadlock a `ClusterConnection` for
+//!   good when slots move under load (`redis-cli --cluster reshard`/`rebalance`, a
+//!   failover): a `MOVED` triggers a slot refresh, which waits for the write lock of the
+//!   connection map (a fair tokio `RwLock`, held across the refresh's network calls) while a
+//!   redirected request that already holds a read permit is never polled again, since
+//!   redis-rs polls no request while a refresh is pending. Every request on that connection
+//!   then times out, forever; a new connection works. So each connection has a watchdog
+//!   task: when calls are waiting and the connection has answered nothing at all (no reply,
+//!   no error) for the response timeout (at least 500 ms), it is dropped from the pool (the
+//!   next call opens a new one), the calls waiting on it fail at once with a timeout, and
+//!   `larder_cluster_connections_replaced_total` counts it. Nothing is re-sent: a command
+//!   never runs twice. (Upstream fix: no write lock across the refresh's I/O, or keep polling
+//!   requests while refreshing.)
 //! - **Timeouts at both levels.** redis-rs's cluster client has no timeout by default. Here
 //!   the overall response timeout (the call budget) bounds a request with its retries, and
 //!   the per-node response timeout (`write_timeout + read_timeout`) bounds each node
@@ -19,9 +32,12 @@
 //!   overall timeout, at every refresh. The two timers cost ~7% of throughput under load
 //!   against an unbounded raw client (see `LARDER_BENCH_RAW_BOUNDED` in the benchmark).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
@@ -32,7 +48,7 @@ use redis::aio::ConnectionLike;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use super::convert::{
     deadline_error, from_redis_value, replies, reply, to_redis_cmd, to_redis_pipeline,
@@ -49,11 +65,147 @@ const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 10;
 /// Longest wait between retries, in ms.
 const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 300;
 
+/// How long a connection with requests outstanding may answer nothing at all (no reply, no
+/// error, to any of them) before it counts as wedged and is replaced (see the module docs).
+/// redis-rs bounds each node command by the response timeout, so a live connection with
+/// requests outstanding answers something well within this.
+fn stall_limit(response_timeout: Duration) -> Duration {
+    response_timeout.max(Duration::from_millis(500))
+}
+
+/// One connection of the pool, and what its watchdog looks at.
+struct Entry {
+    conn: ClusterConnection,
+    /// Milliseconds since [`Slot::epoch`] of the last reply or error from redis-rs (timeouts
+    /// aside), or of the moment the connection went from idle to busy.
+    answered: AtomicU64,
+    /// Calls waiting on the connection now.
+    in_flight: AtomicUsize,
+    /// Set (and `died` notified) when the watchdog gave the connection up.
+    dead: AtomicBool,
+    died: Notify,
+}
+
+/// A place in the pool: empty until first used, emptied again when its connection wedges.
+struct Slot {
+    current: ArcSwapOption<Entry>,
+    /// Held while opening, so that concurrent calls open one connection, not many.
+    opening: AsyncMutex<()>,
+    epoch: Instant,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            current: ArcSwapOption::empty(),
+            opening: AsyncMutex::new(()),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs `fut` on `entry`'s connection; fails it at once if the watchdog gives the
+    /// connection up meanwhile.
+    async fn watch<T>(
+        &self,
+        entry: &Arc<Entry>,
+        label: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>, TransportError> {
+        let died = entry.died.notified();
+        let mut died = std::pin::pin!(died);
+        died.as_mut().enable();
+        if entry.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Busy from now: an idle spell is not silence.
+            entry.answered.fetch_max(self.now_ms(), Ordering::AcqRel);
+        }
+        let _in_flight = InFlight(entry);
+        if entry.dead.load(Ordering::Acquire) {
+            return Err(wedged(label));
+        }
+        tokio::select! {
+            result = fut => {
+                if !matches!(&result, Err(e) if e.is_timeout()) {
+                    entry.answered.fetch_max(self.now_ms(), Ordering::AcqRel);
+                }
+                Ok(result)
+            }
+            () = died => Err(wedged(label)),
+        }
+    }
+}
+
+/// Counts a call on a connection while it lives.
+struct InFlight<'a>(&'a Entry);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn wedged(label: &str) -> TransportError {
+    TransportError::new(
+        ErrorKind::Timeout,
+        format!(
+            "cluster {label}: the connection answered nothing for too long and was replaced \
+             (a redis-rs slot-refresh deadlock); retry"
+        ),
+    )
+}
+
+/// The watchdog of one connection (one task per connection, not a timer per call): while
+/// calls are waiting and the connection has answered nothing for `stall`, it empties the
+/// pool's slot (the next call opens a new connection) and fails the waiting calls. Ends
+/// with the connection.
+async fn watchdog(
+    conns: Arc<[Slot]>,
+    i: usize,
+    entry: std::sync::Weak<Entry>,
+    stall: Duration,
+    label: String,
+) {
+    let stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+    let mut tick = tokio::time::interval((stall / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(entry) = entry.upgrade() else {
+            return;
+        };
+        let slot = &conns[i];
+        let quiet = slot
+            .now_ms()
+            .saturating_sub(entry.answered.load(Ordering::Acquire));
+        if entry.in_flight.load(Ordering::Acquire) == 0 || quiet < stall_ms {
+            continue;
+        }
+        entry.dead.store(true, Ordering::Release);
+        let current = slot.current.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &entry)) {
+            slot.current.store(None);
+        }
+        entry.died.notify_waiters();
+        tracing::warn!(
+            cluster = %label,
+            quiet_ms = quiet,
+            waiting = entry.in_flight.load(Ordering::Acquire),
+            "larder: a cluster connection answered nothing; replacing it"
+        );
+        metrics::counter!("larder_cluster_connections_replaced_total").increment(1);
+        return;
+    }
+}
+
 /// `pool_size` cluster connections (each with its own connection per node), used
-/// round-robin; each opens on first use unless opened eagerly.
+/// round-robin; each opens on first use unless opened eagerly, and again after it wedged.
 pub(crate) struct Cluster {
     client: ClusterClient,
-    conns: Arc<[OnceCell<ClusterConnection>]>,
+    conns: Arc<[Slot]>,
+    stall: Duration,
     next: AtomicUsize,
     /// Masters as `(host, port)`, listed when a scan starts or the pub/sub connection
     /// looks for a node.
@@ -114,7 +266,8 @@ impl Cluster {
             .map_err(|e| transport_error(&e, &format!("connecting to cluster {label}")))?;
         let cluster = Cluster {
             client,
-            conns: (0..s.pool_size.max(1)).map(|_| OnceCell::new()).collect(),
+            conns: (0..s.pool_size.max(1)).map(|_| Slot::new()).collect(),
+            stall: stall_limit(s.response_timeout()),
             next: AtomicUsize::new(0),
             masters: Arc::new(RwLock::new(Vec::new())),
             budget: s.call_budget(),
@@ -132,22 +285,20 @@ impl Cluster {
         }
     }
 
-    async fn conn_at(&self, i: usize) -> Result<ClusterConnection, TransportError> {
-        if let Some(conn) = self.conns[i].get() {
-            return Ok(conn.clone());
-        }
-        open_conn(&self.conns[i], &self.client, &self.label).await
+    async fn conn_at(&self, i: usize) -> Result<Arc<Entry>, TransportError> {
+        open_conn(&self.conns, i, &self.client, &self.label, self.stall).await
     }
 
     /// Where the pub/sub connection goes: any node (classic `PUBLISH` is broadcast to every
     /// node), the known masters first, then the seeds.
     pub(crate) fn pubsub_source(&self, seeds: Vec<redis::ConnectionInfo>) -> super::pubsub::Source {
         let template = seeds[0].clone();
-        let (conns, client, label, known) = (
+        let (conns, client, label, known, stall) = (
             self.conns.clone(),
             self.client.clone(),
             self.label.clone(),
             self.masters.clone(),
+            self.stall,
         );
         let known_out = known.clone();
         super::pubsub::Source::Cluster {
@@ -158,8 +309,13 @@ impl Cluster {
                 let (conns, client, label, known) =
                     (conns.clone(), client.clone(), label.clone(), known.clone());
                 Box::pin(async move {
-                    if let Ok(mut conn) = open_conn(&conns[0], &client, &label).await
-                        && let Ok(masters) = list_masters(&mut conn).await
+                    let Ok(entry) = open_conn(&conns, 0, &client, &label, stall).await else {
+                        return;
+                    };
+                    let listing = async {
+                        Ok::<_, redis::RedisError>(list_masters(&mut entry.conn.clone()).await)
+                    };
+                    if let Ok(Ok(Ok(masters))) = conns[0].watch(&entry, &label, listing).await
                         && !masters.is_empty()
                     {
                         *known.write() = masters;
@@ -172,29 +328,37 @@ impl Cluster {
     /// Whether every connection of the pool is open (requests are then bounded by redis-rs's
     /// overall response timeout alone).
     pub(crate) fn all_open(&self) -> bool {
-        self.conns.iter().all(OnceCell::initialized)
+        self.conns.iter().all(|s| s.current.load().is_some())
     }
 
-    async fn conn(&self) -> Result<ClusterConnection, TransportError> {
+    async fn conn(&self) -> Result<(&Slot, Arc<Entry>), TransportError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conn_at(i).await
+        Ok((&self.conns[i], self.conn_at(i).await?))
     }
 
     /// Runs one command. redis-rs routes it: by its key's slot, to every master for keyless
     /// commands that need it (`FLUSHDB`…), and split per slot for `MGET`, `MSET`, `DEL`,
     /// `UNLINK`, `EXISTS` and `TOUCH` (replies reassembled in key order, counts added).
     pub(crate) async fn exec(&self, cmd: &Cmd) -> Result<Value, TransportError> {
-        let mut conn = self.conn().await?;
-        let result = conn.req_packed_command(&to_redis_cmd(cmd)).await;
+        let (slot, entry) = self.conn().await?;
+        let mut conn = entry.conn.clone();
+        let redis_cmd = to_redis_cmd(cmd);
+        let result = slot
+            .watch(&entry, &self.label, conn.req_packed_command(&redis_cmd))
+            .await?;
         reply(result, || cmd.name())
     }
 
     /// Runs a pipeline: one pipeline per slot, concurrently, replies in the caller's order.
     pub(crate) async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, TransportError> {
-        let conn = self.conn().await?;
+        let (slot, entry) = self.conn().await?;
         let mut plan = Plan::new(cmds);
         let subs = plan.take_subs();
-        let results = run_subs(conn, subs).await?;
+        let run = async { Ok::<_, redis::RedisError>(run_subs(entry.conn.clone(), subs).await) };
+        let results = slot
+            .watch(&entry, &self.label, run)
+            .await?
+            .map_err(|e| transport_error(&e, "pipeline"))??;
         plan.assemble(results)
     }
 
@@ -208,9 +372,15 @@ impl Cluster {
         if cursor.is_done() {
             return Ok((cursor, Vec::new()));
         }
-        let mut conn = self.conn().await?;
+        let (slot, entry) = self.conn().await?;
+        let mut conn = entry.conn.clone();
         if cursor == ScanCursor::START || self.masters.read().is_empty() {
-            let masters = list_masters(&mut conn).await?;
+            let listing =
+                async { Ok::<_, redis::RedisError>(list_masters(&mut conn.clone()).await) };
+            let masters = slot
+                .watch(&entry, &self.label, listing)
+                .await?
+                .map_err(|e| transport_error(&e, "CLUSTER SLOTS"))??;
             *self.masters.write() = masters;
         }
         let Some((host, port)) = self.masters.read().get(cursor.node).cloned() else {
@@ -226,7 +396,9 @@ impl Cluster {
             host: host.clone(),
             port,
         });
-        let result = conn.route_command(scan, routing).await;
+        let result = slot
+            .watch(&entry, &self.label, conn.route_command(scan, routing))
+            .await?;
         let value = reply(result, || format!("SCAN on master {host}:{port}"))?;
         if let Value::Error(e) = &value {
             return Err(TransportError::new(
@@ -248,18 +420,40 @@ impl Cluster {
 }
 
 async fn open_conn(
-    cell: &OnceCell<ClusterConnection>,
+    conns: &Arc<[Slot]>,
+    i: usize,
     client: &ClusterClient,
     label: &str,
-) -> Result<ClusterConnection, TransportError> {
-    cell.get_or_try_init(|| async {
-        client
-            .get_async_connection()
-            .await
-            .map_err(|e| transport_error(&e, &format!("connecting to cluster {label}")))
-    })
-    .await
-    .cloned()
+    stall: Duration,
+) -> Result<Arc<Entry>, TransportError> {
+    let slot = &conns[i];
+    if let Some(entry) = slot.current.load_full() {
+        return Ok(entry);
+    }
+    let _opening = slot.opening.lock().await;
+    if let Some(entry) = slot.current.load_full() {
+        return Ok(entry);
+    }
+    let conn = client
+        .get_async_connection()
+        .await
+        .map_err(|e| transport_error(&e, &format!("connecting to cluster {label}")))?;
+    let entry = Arc::new(Entry {
+        conn,
+        answered: AtomicU64::new(slot.now_ms()),
+        in_flight: AtomicUsize::new(0),
+        dead: AtomicBool::new(false),
+        died: Notify::new(),
+    });
+    slot.current.store(Some(entry.clone()));
+    tokio::spawn(watchdog(
+        conns.clone(),
+        i,
+        Arc::downgrade(&entry),
+        stall,
+        label.to_owned(),
+    ));
+    Ok(entry)
 }
 
 /// Lists the masters with `CLUSTER SLOTS`, in slot order, without duplicates.

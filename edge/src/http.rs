@@ -60,11 +60,11 @@ impl HttpResponse {
 /// A response body read as it arrives (see [`HttpClient::open`]): chunks, or the error that
 /// ended it.
 pub trait ByteStream:
-    futures_core::Stream<Item = Result<Bytes, TransportError>> + MaybeSend
+    futures_util::Stream<Item = Result<Bytes, TransportError>> + MaybeSend
 {
 }
 
-impl<S: futures_core::Stream<Item = Result<Bytes, TransportError>> + MaybeSend> ByteStream for S {}
+impl<S: futures_util::Stream<Item = Result<Bytes, TransportError>> + MaybeSend> ByteStream for S {}
 
 /// A response whose body is still arriving (see [`HttpClient::open`]).
 #[non_exhaustive]

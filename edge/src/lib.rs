@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod http;
+mod subscriptions;
 mod transport;
 
 #[cfg(all(not(target_arch = "wasm32"), feature = "native-client"))]

@@ -5,17 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use larder_core::rest::{self, Encoding, PubSubFrame};
-use larder_core::stream::SseParser;
-use larder_core::transport::{BoxSubscription, Message, Subscription, pubsub_unsupported};
+use bytes::Bytes;
+use larder_core::rest::{self, Encoding};
+use larder_core::transport::{BoxSubscription, pubsub_unsupported};
 use larder_core::{Cmd, ErrorKind, Transport, TransportError, Value};
 use parking_lot::Mutex;
 
 use crate::http::{ByteStream, HttpClient, HttpRequest, HttpResponse};
+use crate::subscriptions::Subscriptions;
 
 /// The environment variable holding the REST URL (as the official SDKs).
 pub const URL_ENV: &str = "UPSTASH_REDIS_REST_URL";
@@ -74,9 +73,11 @@ struct Inner {
     sync_token: Mutex<Option<String>>,
     requests: AtomicU64,
     closed: AtomicBool,
-    /// The server answered a subscription with 404 or 405 (Upstash, or an older gateway):
-    /// waiters poll from then on.
+    /// Subscriptions are off ([`RestTransportBuilder::subscriptions`]), or the server refused
+    /// one (400, 404, 405: Upstash, an older gateway, a policy): waiters poll.
     no_pubsub: AtomicBool,
+    /// One event stream per channel or pattern, shared by its subscribers.
+    subscriptions: Subscriptions,
 }
 
 impl fmt::Debug for RestTransport {
@@ -115,6 +116,7 @@ pub struct RestTransportBuilder {
     token: String,
     timeout: Duration,
     base64_args: bool,
+    subscriptions: bool,
     client: Option<Arc<dyn HttpClient>>,
 }
 
@@ -124,6 +126,7 @@ impl fmt::Debug for RestTransportBuilder {
             .field("url", &self.url)
             .field("timeout", &self.timeout)
             .field("base64_args", &self.base64_args)
+            .field("subscriptions", &self.subscriptions)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +147,14 @@ impl RestTransportBuilder {
     /// plain JSON strings.
     pub fn base64_args(mut self, on: bool) -> Self {
         self.base64_args = on;
+        self
+    }
+
+    /// Whether waiters may subscribe through the server's event stream (`POST /subscribe/…`)
+    /// when the HTTP client streams responses (default on). Turn it off behind a proxy that
+    /// buffers responses: waiters then poll.
+    pub fn subscriptions(mut self, on: bool) -> Self {
+        self.subscriptions = on;
         self
     }
 
@@ -189,7 +200,8 @@ impl RestTransportBuilder {
                 sync_token: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
-                no_pubsub: AtomicBool::new(false),
+                no_pubsub: AtomicBool::new(!self.subscriptions),
+                subscriptions: Subscriptions::default(),
             }),
         })
     }
@@ -218,6 +230,7 @@ impl RestTransport {
             token: token.into(),
             timeout: DEFAULT_TIMEOUT,
             base64_args: false,
+            subscriptions: true,
             client: None,
         }
     }
@@ -345,8 +358,9 @@ impl RestTransport {
         Ok(response)
     }
 
-    /// `POST /subscribe/{name}` (`/psubscribe/…`): the subscription is in place once the
-    /// response's headers are in (the server subscribes before it answers).
+    /// A subscription to `name`: on this transport's open stream of it, or on a new one
+    /// (`POST /subscribe/{name}`, `/psubscribe/…`), in place once its response's headers
+    /// are in (the server subscribes before it answers).
     async fn open_subscription(
         &self,
         pattern: bool,
@@ -356,6 +370,18 @@ impl RestTransport {
         if !self.supports_pubsub() {
             return Err(pubsub_unsupported(name));
         }
+        let topic = (pattern, Bytes::copy_from_slice(name));
+        self.inner
+            .subscriptions
+            .subscribe(topic, || self.open_stream(pattern, name))
+            .await
+    }
+
+    async fn open_stream(
+        &self,
+        pattern: bool,
+        name: &[u8],
+    ) -> Result<Pin<Box<dyn ByteStream>>, TransportError> {
         let mut headers = self.headers(Encoding::Text);
         headers.push(("accept", "text/event-stream".to_owned()));
         headers.push((rest::PUBSUB_ENCODING_HEADER, rest::BASE64.to_owned()));
@@ -373,12 +399,7 @@ impl RestTransport {
         let response = self.inner.client.open(request).await?;
         self.keep_sync_token(response.sync_token.as_ref());
         match response.status {
-            200..=299 => Ok(Box::new(RestSubscription {
-                body: response.body,
-                parser: SseParser::with_max_line(MAX_FRAME),
-                pending: VecDeque::new(),
-                ended: false,
-            })),
+            200..=299 => Ok(response.body),
             // No such endpoint (Upstash, an older gateway), or refused by the server's
             // policy: no later subscription would do better.
             400 | 404 | 405 => {
@@ -386,59 +407,6 @@ impl RestTransport {
                 Err(pubsub_unsupported(name))
             }
             status => Err(status_error(status, b"")),
-        }
-    }
-}
-
-/// The longest subscription frame read (a message's payload, base64): 8 MiB.
-const MAX_FRAME: usize = 8 << 20;
-
-/// A subscription over HTTP: the event stream of `POST /subscribe/…`, read as it arrives.
-/// It ends (it does not resume) when the stream does; subscribe again.
-struct RestSubscription {
-    body: Pin<Box<dyn ByteStream>>,
-    parser: SseParser,
-    pending: VecDeque<Message>,
-    ended: bool,
-}
-
-impl fmt::Debug for RestSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RestSubscription")
-            .field("pending", &self.pending.len())
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Subscription for RestSubscription {
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        loop {
-            if let Some(m) = self.pending.pop_front() {
-                return Poll::Ready(Some(m));
-            }
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            match self.body.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    let mut events = Vec::new();
-                    if self.parser.push(&chunk, &mut events).is_err() {
-                        self.ended = true;
-                    }
-                    for event in events {
-                        match PubSubFrame::parse(&event.data, Encoding::Base64) {
-                            Some(PubSubFrame::Message { channel, payload })
-                            | Some(PubSubFrame::PMessage {
-                                channel, payload, ..
-                            }) => self.pending.push_back(Message::new(channel, payload)),
-                            _ => {}
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(_)) | None) => self.ended = true,
-                Poll::Pending => return Poll::Pending,
-            }
         }
     }
 }
@@ -542,8 +510,9 @@ impl Transport for RestTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use larder_core::{Commands, SetOptions};
+    use std::collections::VecDeque;
+    use std::task::{Context, Poll};
 
     /// Answers every request from a closure and records what was sent.
     #[derive(Debug, Default)]
@@ -596,7 +565,7 @@ mod tests {
 
     struct Chunks(VecDeque<Bytes>);
 
-    impl futures_core::Stream for Chunks {
+    impl futures_util::Stream for Chunks {
         type Item = Result<Bytes, TransportError>;
         fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             Poll::Ready(self.0.pop_front().map(Ok))
@@ -684,6 +653,37 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_of_one_channel_share_one_stream_until_the_last_leaves() {
+        use larder_core::transport::next_message;
+        let (fake, t) = streaming(
+            200,
+            vec![
+                b"data: subscribe,Yw==,1\n\n",
+                b"data: message,Yw==,eA==\n\n",
+            ],
+        );
+        let mut subs: Vec<_> = (0..100)
+            .map(|_| block(t.subscribe(b"c")).unwrap())
+            .collect();
+        assert_eq!(fake.sent.lock().len(), 1, "one request for 100 subscribers");
+        // Every subscriber gets the message, whichever polled the stream.
+        for sub in subs.iter_mut().rev() {
+            let m = block(next_message(sub)).unwrap();
+            assert_eq!(&m.payload[..], b"x");
+        }
+        // Another topic is another stream.
+        let _other = block(t.psubscribe(b"c*")).unwrap();
+        assert_eq!(fake.sent.lock().len(), 2);
+        // The stream ended (the fake's body is over): every subscriber sees the end, and the
+        // next subscription opens a new stream.
+        for sub in &mut subs {
+            assert!(block(next_message(sub)).is_none());
+        }
+        let _again = block(t.subscribe(b"c")).unwrap();
+        assert_eq!(fake.sent.lock().len(), 3);
+    }
+
+    #[test]
     fn a_server_without_subscriptions_is_asked_once_then_waiters_poll() {
         let (fake, t) = streaming(404, vec![]);
         let err = block(t.psubscribe(b"p:*")).unwrap_err();
@@ -704,6 +704,23 @@ mod tests {
         assert!(t.supports_pubsub());
         let _ = block(t.subscribe(b"c"));
         assert_eq!(fake.sent.lock().len(), 2);
+        // Turned off: never asked.
+        let fake = Arc::new(StreamFake {
+            status: 200,
+            chunks: vec![],
+            sent: Mutex::new(Vec::new()),
+        });
+        let t = RestTransport::builder("https://gw.test/", "s3cret")
+            .client(fake.clone())
+            .subscriptions(false)
+            .build()
+            .unwrap();
+        assert!(!t.supports_pubsub());
+        assert_eq!(
+            block(t.subscribe(b"c")).unwrap_err().kind(),
+            ErrorKind::Refused
+        );
+        assert!(fake.sent.lock().is_empty());
     }
 
     #[test]

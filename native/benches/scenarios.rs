@@ -1,5 +1,5 @@
 //! The cache's own paths on a real Redis the harness starts: tiered latency (L1 hit, L2 hit,
-//! miss + compute), a stampede of 1000 waiters on one key (native transport and HTTP polling
+//! miss + compute), a stampede of 1000 waiters on one key (native transport, HTTP subscribed and HTTP polling
 //! through the gateway), and op latency while Redis is down (larder's breaker and tiered
 //! cache against redis-rs `ConnectionManager` with its defaults).
 //!
@@ -281,26 +281,35 @@ where
 }
 
 /// `larder gateway` in this process over `native`, and larder-edge's `RestTransport` (native
-/// reqwest client) to it: the Workers path.
+/// reqwest client) to it, subscribing through the gateway's event streams, and one that
+/// only polls (as in Workers, or against Upstash).
 async fn http_via_gateway(
     native: &RedisTransport,
-) -> (larder_native::gateway::SpawnedGateway, RestTransport) {
+) -> (
+    larder_native::gateway::SpawnedGateway,
+    RestTransport,
+    RestTransport,
+) {
     let gateway = Gateway::builder(Arc::new(native.clone()))
         .token(Token::new(TOKEN).unwrap())
         .build()
         .unwrap()
         .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
-    let rest = RestTransport::builder(gateway.url(), TOKEN)
-        .base64_args(true)
-        .build()
-        .expect("RestTransport with the native client");
-    (gateway, rest)
+    let rest = |subscriptions| {
+        RestTransport::builder(gateway.url(), TOKEN)
+            .base64_args(true)
+            .subscriptions(subscriptions)
+            .build()
+            .expect("RestTransport with the native client")
+    };
+    let (subscribing, polling) = (rest(true), rest(false));
+    (gateway, subscribing, polling)
 }
 
 async fn stampedes(server: &RedisServer) {
     let native = transport(server).await;
-    let (gateway, rest) = http_via_gateway(&native).await;
+    let (gateway, rest, polling) = http_via_gateway(&native).await;
     let mut run = 0;
     for (processes, tasks) in [(1, 1000), (1000, 1)] {
         run += 1;
@@ -321,8 +330,18 @@ async fn stampedes(server: &RedisServer) {
             run,
         )
         .await;
+        run += 1;
+        stampede(
+            "HTTP RestTransport → gateway",
+            polling.clone(),
+            processes,
+            tasks,
+            run,
+        )
+        .await;
     }
-    emit(json!({"suite": "stampede", "kind": "http_requests", "requests": rest.requests()}));
+    emit(json!({"suite": "stampede", "kind": "http_requests",
+                "requests": rest.requests() + polling.requests()}));
     drop(gateway);
 }
 
@@ -497,7 +516,7 @@ async fn replay_rate(label: &str, cache: &ResponseCache) {
 async fn streams(server: &RedisServer) {
     let native = transport(server).await;
     let other = transport(server).await;
-    let (gateway, rest) = http_via_gateway(&native).await;
+    let (gateway, rest, polling) = http_via_gateway(&native).await;
     let runs = 20;
     let a = response_cache(&native, "bench-streams");
     follower_lag("in-process", &a, &a, runs).await;
@@ -505,9 +524,17 @@ async fn streams(server: &RedisServer) {
     follower_lag("cross-process, native (pub/sub)", &a, &b, runs).await;
     let c = response_cache(&rest, "bench-streams");
     follower_lag(
-        "cross-process, HTTP via the gateway (50 ms polling)",
+        "cross-process, HTTP via the gateway (subscribed)",
         &a,
         &c,
+        runs,
+    )
+    .await;
+    let d = response_cache(&polling, "bench-streams");
+    follower_lag(
+        "cross-process, HTTP via the gateway (50 ms polling)",
+        &a,
+        &d,
         runs,
     )
     .await;

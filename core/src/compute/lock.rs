@@ -17,7 +17,7 @@ use crate::clock::{Clock, SharedClock, duration_ms};
 use crate::error::{Error, Result};
 use crate::keys::KeyScheme;
 use crate::redis::RedisCache;
-use crate::runtime::SharedRuntime;
+use crate::runtime::{BoxFuture, SharedRuntime};
 use crate::transport::{
     BoxSubscription, Commands, MaybeSend, MaybeSync, Script, SetOptions, SharedTransport, Transport,
 };
@@ -109,7 +109,10 @@ impl Listener {
             clock.sleep(timeout).await;
             return;
         };
-        notifier.ensure_subscribed().await;
+        // Subscribing is part of the shared state, polled by whichever waiter drives it: a
+        // slow subscription (a thousand waiters subscribing over HTTP at once) never makes a
+        // waiter look later than its nap, and outlives the nap of the waiter that started it.
+        notifier.start_subscribing();
         let mut released = std::future::poll_fn(|cx| notifier.poll_reg(*id, cx));
         let mut timer = Box::pin(clock.sleep(timeout));
         let _ = select(&mut released, &mut timer).await;
@@ -140,7 +143,8 @@ struct NState {
     sub: Option<BoxSubscription>,
     /// [`Subscription::gaps`](crate::transport::Subscription::gaps) of `sub` when last seen.
     gaps: u64,
-    subscribing: bool,
+    /// The subscription being made, polled by the driving waiter.
+    subscribing: Option<BoxFuture<'static, Result<BoxSubscription, crate::TransportError>>>,
     retry_at_ms: u64,
     regs: HashMap<u64, Reg>,
     /// The registration whose task the subscription will wake.
@@ -193,9 +197,9 @@ impl Notifier {
             // up undrained. The next wait subscribes again.
             let idle_sub = if st.regs.is_empty() {
                 st.driver = None;
-                st.sub.take()
+                (st.sub.take(), st.subscribing.take())
             } else {
-                None
+                (None, None)
             };
             (wake, idle_sub)
         };
@@ -227,26 +231,14 @@ impl Notifier {
         st.regs.values_mut().find_map(|r| r.waker.take())
     }
 
-    async fn ensure_subscribed(&self) {
-        {
-            let mut st = self.state.lock();
-            if st.sub.is_some() || st.subscribing || self.clock.now_ms() < st.retry_at_ms {
-                return;
-            }
-            st.subscribing = true;
-        }
-        let result = self.transport.subscribe(&self.channel).await;
+    /// Starts subscribing unless subscribed, subscribing, or waiting to retry a failure.
+    fn start_subscribing(&self) {
         let mut st = self.state.lock();
-        st.subscribing = false;
-        match result {
-            Ok(sub) => {
-                st.gaps = sub.gaps();
-                st.sub = Some(sub);
-            }
-            Err(_) => {
-                st.retry_at_ms = self.clock.now_ms() + duration_ms(RESUBSCRIBE_AFTER);
-            }
+        if st.sub.is_some() || st.subscribing.is_some() || self.clock.now_ms() < st.retry_at_ms {
+            return;
         }
+        let (transport, channel) = (self.transport.clone(), self.channel.clone());
+        st.subscribing = Some(Box::pin(async move { transport.subscribe(&channel).await }));
     }
 
     fn poll_reg(&self, id: u64, cx: &mut Context<'_>) -> Poll<()> {
@@ -265,6 +257,20 @@ impl Notifier {
     fn poll_reg_locked(&self, id: u64, cx: &mut Context<'_>, wake: &mut Vec<Waker>) -> bool {
         let mut st = self.state.lock();
         let st = &mut *st;
+        if let Some(pending) = st.subscribing.as_mut() {
+            match pending.as_mut().poll(cx) {
+                Poll::Ready(Ok(sub)) => {
+                    st.subscribing = None;
+                    st.gaps = sub.gaps();
+                    st.sub = Some(sub);
+                }
+                Poll::Ready(Err(_)) => {
+                    st.subscribing = None;
+                    st.retry_at_ms = self.clock.now_ms() + duration_ms(RESUBSCRIBE_AFTER);
+                }
+                Poll::Pending => st.driver = Some(id),
+            }
+        }
         if let Some(sub) = st.sub.as_mut() {
             loop {
                 match sub.poll_message(cx) {

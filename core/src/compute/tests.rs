@@ -1224,3 +1224,65 @@ async fn a_value_stored_between_our_read_and_our_lease_is_served_not_recomputed(
         "the lease was given back"
     );
 }
+
+/// Subscribing takes 300 ms (a thousand waiters subscribing over HTTP at once). Counts
+/// attempts.
+#[derive(Debug, Clone)]
+struct SlowSubscribe {
+    t: MemTransport,
+    attempts: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Transport for SlowSubscribe {
+    async fn exec(&self, cmd: Cmd) -> Result<Value, crate::TransportError> {
+        self.t.exec(cmd).await
+    }
+    async fn pipeline(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, crate::TransportError> {
+        self.t.pipeline(cmds).await
+    }
+    fn supports_pubsub(&self) -> bool {
+        true
+    }
+    async fn subscribe(
+        &self,
+        channel: &[u8],
+    ) -> Result<crate::transport::BoxSubscription, crate::TransportError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Transport::subscribe(&self.t, channel).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscription_never_delays_a_look_and_outlives_the_nap_that_started_it() {
+    let clock = TokioClock::shared();
+    let t = MemTransport::with_clock(clock.clone());
+    let slow = SlowSubscribe {
+        t: t.clone(),
+        attempts: Arc::default(),
+    };
+    let cache = RedisCache::builder(slow.clone())
+        .prefix("p")
+        .build()
+        .unwrap();
+    let lock = RedisLock::for_cache(&cache).clock(clock_of(&clock));
+    lock.try_acquire("p:lock:k", "theirs", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut waiter = lock.listen("p:lock:k");
+    let started = tokio::time::Instant::now();
+    // The nap ends before the subscription is in place: the waiter looks on time.
+    waiter.wait(&*clock, Duration::from_millis(200)).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(200));
+    // The next nap carries on with the same attempt (not a new one), which is in place at
+    // 300 ms and hears the release at 350 ms, long before the nap's end.
+    let l2 = lock.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        l2.release("p:lock:k", "theirs").await.unwrap();
+    });
+    waiter.wait(&*clock, Duration::from_secs(30)).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(350));
+    assert_eq!(slow.attempts.load(Ordering::SeqCst), 1);
+}

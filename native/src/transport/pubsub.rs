@@ -171,13 +171,22 @@ struct Subs {
     idle: HashSet<Topic>,
 }
 
+/// The live connection's command half and what it is subscribed to.
+struct Live {
+    sink: PubSubSink,
+    /// Topics Redis confirmed on this connection and not unsubscribed since: a new
+    /// subscription to one of them needs no command (a thousand subscribers of one channel
+    /// cost one `SUBSCRIBE`, not a thousand in a row).
+    subscribed: HashSet<Topic>,
+}
+
 pub(crate) struct HubInner {
     source: Source,
     settings: Settings,
     subs: Mutex<Subs>,
     /// The live connection's command half. `SUBSCRIBE`/`UNSUBSCRIBE` are sent while holding
     /// this lock, so they reach Redis in the order the reference counts were decided.
-    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    sink: tokio::sync::Mutex<Option<Live>>,
     status: watch::Sender<Status>,
     /// Wakes the driver: a channel to serve, a retry to make now, or one to unsubscribe.
     kick: Notify,
@@ -369,9 +378,13 @@ impl HubInner {
             let now = status.borrow_and_update().clone();
             match now {
                 Status::Up { .. } => {
-                    let mut sink = self.sink.lock().await;
-                    if let Some(s) = sink.as_mut() {
+                    let mut live = self.sink.lock().await;
+                    if let Some(live) = live.as_mut() {
+                        if live.subscribed.contains(channel) {
+                            return Ok(());
+                        }
                         let name = &channel.name[..];
+                        let s = &mut live.sink;
                         let sent = tokio::time::timeout(self.settings.response_timeout(), async {
                             if channel.pattern {
                                 s.psubscribe(name).await
@@ -381,7 +394,10 @@ impl HubInner {
                         })
                         .await;
                         match sent {
-                            Ok(Ok(())) => return Ok(()),
+                            Ok(Ok(())) => {
+                                live.subscribed.insert(channel.clone());
+                                return Ok(());
+                            }
                             // Refused (an ACL without this channel): no retry will help.
                             Ok(Err(e)) if e.code().is_some() => return Err(refused(&e, channel)),
                             // The connection is going away: the driver will say so.
@@ -510,16 +526,17 @@ impl HubInner {
             };
             let mut guard = self.sink.lock().await;
             let channels = self.live_channels();
-            if !channels.is_empty()
-                && let Err(e) = self.subscribe_all(&mut sink, channels).await
-            {
-                problems.push(TransportError::new(
-                    e.kind(),
-                    format!("on {node}: {}", e.message()),
-                ));
-                continue;
-            }
-            *guard = Some(sink);
+            let subscribed = match self.subscribe_all(&mut sink, channels).await {
+                Ok(subscribed) => subscribed,
+                Err(e) => {
+                    problems.push(TransportError::new(
+                        e.kind(),
+                        format!("on {node}: {}", e.message()),
+                    ));
+                    continue;
+                }
+            };
+            *guard = Some(Live { sink, subscribed });
             return Ok((node, stream));
         }
         let auth = problems.iter().any(|p| p.kind() == ErrorKind::Auth);
@@ -543,13 +560,14 @@ impl HubInner {
 
     /// Subscribes every live channel and pattern on a new connection, in one command per
     /// kind. If Redis refuses it (an ACL that denies some channel), one by one: the
-    /// subscriptions of a refused topic end (`None`), the others carry on. `Err` means the
-    /// connection failed.
+    /// subscriptions of a refused topic end (`None`), the others carry on. Returns the topics
+    /// subscribed; `Err` means the connection failed.
     async fn subscribe_all(
         &self,
         sink: &mut PubSubSink,
         topics: Vec<Topic>,
-    ) -> Result<(), TransportError> {
+    ) -> Result<HashSet<Topic>, TransportError> {
+        let mut subscribed = HashSet::with_capacity(topics.len());
         let limit = self.settings.response_timeout();
         for pattern in [false, true] {
             let names: Vec<&[u8]> = topics
@@ -570,7 +588,10 @@ impl HubInner {
             })
             .await;
             match sent {
-                Ok(Ok(())) => continue,
+                Ok(Ok(())) => {
+                    subscribed.extend(topics.iter().filter(|t| t.pattern == pattern).cloned());
+                    continue;
+                }
                 Ok(Err(e)) if e.code().is_some() => {}
                 Ok(Err(e)) => return Err(transport_error(&e, what)),
                 Err(_) => return Err(deadline_error(what, limit)),
@@ -585,7 +606,9 @@ impl HubInner {
                 })
                 .await;
                 match sent {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        subscribed.insert(topic.clone());
+                    }
                     Ok(Err(e)) if e.code().is_some() => {
                         tracing::warn!(error = %refused(&e, topic), "larder: subscription refused");
                         // Dropping the senders ends those subscriptions.
@@ -596,7 +619,7 @@ impl HubInner {
                 }
             }
         }
-        Ok(())
+        Ok(subscribed)
     }
 
     /// `UNSUBSCRIBE`s the channels nobody wants any more. An error means the connection is
@@ -614,9 +637,13 @@ impl HubInner {
             subs.idle.clear();
             idle
         };
-        let Some(sink) = guard.as_mut() else {
+        let Some(live) = guard.as_mut() else {
             return Ok(());
         };
+        for topic in &idle {
+            live.subscribed.remove(topic);
+        }
+        let sink = &mut live.sink;
         for pattern in [false, true] {
             let names: Vec<&[u8]> = idle
                 .iter()
@@ -643,12 +670,12 @@ impl HubInner {
 
     async fn ping(&self) -> Result<(), ()> {
         let mut guard = self.sink.lock().await;
-        let Some(sink) = guard.as_mut() else {
+        let Some(live) = guard.as_mut() else {
             return Err(());
         };
         match tokio::time::timeout(
             self.settings.response_timeout(),
-            sink.ping::<redis::Value>(),
+            live.sink.ping::<redis::Value>(),
         )
         .await
         {

@@ -128,6 +128,16 @@ async fn channels_and_patterns_stream_the_frames_the_official_client_reads() {
     let mut chat2 = Sse::open(&s, FULL, "/subscribe/chat", false).await.unwrap();
     chat2.events(1).await;
     assert_eq!(s.native.pubsub_status().channels, 3);
+    let stats = s
+        .native
+        .exec(Cmd::new("INFO").arg("commandstats"))
+        .await
+        .unwrap();
+    let stats = String::from_utf8_lossy(stats.as_bytes().unwrap()).into_owned();
+    assert!(
+        stats.contains("cmdstat_subscribe:calls=2,"),
+        "chat and a,b/c subscribed once each: {stats}"
+    );
     assert_eq!(
         s.metric("larder_gateway_open_subscriptions", &[]).await,
         4.0

@@ -102,6 +102,14 @@ impl Listener {
         self.reg.is_some()
     }
 
+    /// Whether the subscription that wakes this listener is in place now (a release will
+    /// wake it, short of a lost message).
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.reg
+            .as_ref()
+            .is_some_and(|(notifier, _)| notifier.state.lock().sub.is_some())
+    }
+
     /// Waits until the lock is released (if this listener can know) or `timeout` passes on
     /// `clock`.
     pub async fn wait(&mut self, clock: &dyn Clock, timeout: Duration) {

@@ -141,18 +141,22 @@ impl<'a> Pacer<'a> {
     }
 
     /// Naps until the next look (cut short when `listener` hears the release); false, at
-    /// once, when the deadline or the poll budget has run out.
+    /// once, when the deadline or the poll budget has run out. While the listener's
+    /// subscription is in place the naps are at least half the longest pause.
     pub(crate) async fn nap(&mut self, listener: &mut super::Listener) -> bool {
         let p = &self.pacing;
         let now = p.clock.now_ms();
         if now >= p.deadline_ms || self.polls >= p.max_polls {
             return false;
         }
-        let nap = self
-            .pauses
-            .next()
-            .unwrap_or(p.backoff_max)
-            .min(Duration::from_millis(p.deadline_ms - now));
+        let mut nap = self.pauses.next().unwrap_or(p.backoff_max);
+        if listener.is_subscribed() {
+            // The release wakes the waiter: the nap only covers a lost message, so no need
+            // to look often (a thousand waiters looking every 20 ms load the server for
+            // nothing).
+            nap = nap.max(p.backoff_max / 2);
+        }
+        let nap = nap.min(Duration::from_millis(p.deadline_ms - now));
         listener.wait(p.clock, nap).await;
         self.polls += 1;
         true

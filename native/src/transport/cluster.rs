@@ -354,7 +354,9 @@ impl Cluster {
         let (slot, entry) = self.conn().await?;
         let mut plan = Plan::new(cmds);
         let subs = plan.take_subs();
-        let run = async { Ok::<_, redis::RedisError>(run_subs(entry.conn.clone(), subs).await) };
+        let heard = || entry.answered.fetch_max(slot.now_ms(), Ordering::AcqRel);
+        let run =
+            async { Ok::<_, redis::RedisError>(run_subs(entry.conn.clone(), subs, &heard).await) };
         let results = slot
             .watch(&entry, &self.label, run)
             .await?
@@ -513,8 +515,13 @@ fn master_of(slot: u16) -> SingleNodeRoutingInfo {
 }
 
 /// Runs the sub-commands of a plan: one pipeline per slot and the keyless commands one by
-/// one, all concurrently. Returns the replies indexed like `subs`.
-async fn run_subs(conn: ClusterConnection, subs: Vec<Sub>) -> Result<Vec<Value>, TransportError> {
+/// one, all concurrently, calling `heard` as each answers (the watchdog's sign of life).
+/// Returns the replies indexed like `subs`.
+async fn run_subs(
+    conn: ClusterConnection,
+    subs: Vec<Sub>,
+    heard: &(dyn Fn() -> u64 + Sync),
+) -> Result<Vec<Value>, TransportError> {
     let (groups, keyless) = Plan::groups(&subs);
     let subs = &subs;
     let slot_runs = groups.into_iter().map(|(slot, idxs)| {
@@ -525,12 +532,18 @@ async fn run_subs(conn: ClusterConnection, subs: Vec<Sub>) -> Result<Vec<Value>,
                 let result = conn
                     .route_command(to_redis_cmd(cmd), RoutingInfo::SingleNode(master_of(slot)))
                     .await;
+                if !matches!(&result, Err(e) if e.is_timeout()) {
+                    heard();
+                }
                 vec![reply(result, || cmd.name())?]
             } else {
                 let pipe = to_redis_pipeline(idxs.iter().map(|&i| &subs[i].cmd));
                 let result = conn
                     .route_pipeline(pipe, 0, idxs.len(), master_of(slot))
                     .await;
+                if !matches!(&result, Err(e) if e.is_timeout()) {
+                    heard();
+                }
                 replies(result, idxs.len(), || format!("pipeline on slot {slot}"))?
             };
             Ok::<_, TransportError>(idxs.into_iter().zip(values).collect::<Vec<_>>())
@@ -541,6 +554,9 @@ async fn run_subs(conn: ClusterConnection, subs: Vec<Sub>) -> Result<Vec<Value>,
         async move {
             let cmd = &subs[i].cmd;
             let result = conn.req_packed_command(&to_redis_cmd(cmd)).await;
+            if !matches!(&result, Err(e) if e.is_timeout()) {
+                heard();
+            }
             Ok::<_, TransportError>(vec![(i, reply(result, || cmd.name())?)])
         }
     });

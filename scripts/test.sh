@@ -79,7 +79,8 @@ cargo build -p larder-core --features test-util --target wasm32-unknown-unknown
 step "quickstart (README command 1)"
 cargo run --quiet --example quickstart
 
-step "examples: cache_redis, cache_comparison (servers started on free ports)"
+step "examples: agent_tools (memory), cache_redis, cache_comparison (servers started on free ports)"
+cargo run --quiet --example agent_tools
 cargo run --quiet -p larder-tests --example cache_redis
 cargo run --quiet -p larder-tests --example cache_comparison
 

@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod seal;
 pub mod stream;
 pub mod tiered;
+pub mod tools;
 pub mod transport;
 pub mod value;
 

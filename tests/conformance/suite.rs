@@ -61,7 +61,8 @@ macro_rules! conformance_tests {
             legacy_raw_value_reads_as_response, envelope_round_trip, pubsub_round_trip_or_refused,
             stream_replay_per_format, stream_failures_store_nothing,
             stream_over_the_limit_is_not_stored, stream_shared_between_instances,
-            stream_leader_death_is_an_error
+            stream_leader_death_is_an_error, tool_results_are_shared_by_instances_within_their_scope,
+            tool_results_are_invalidated_per_tool
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
@@ -580,5 +581,124 @@ pub(crate) async fn pubsub_round_trip_or_refused(be: &impl Backend) {
             "dropping the subscription unsubscribes"
         );
         be.sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two tool caches (as two processes) on one backend: a result computed by one is a HIT for
+/// the other, once for concurrent identical calls (the lease), within its tenant only.
+pub(crate) async fn tool_results_are_shared_by_instances_within_their_scope(be: &impl Backend) {
+    use larder::compute::{ComputeCache, RedisLock, Status};
+    use larder::tools::{ToolCache, ToolCall, ToolPolicy, ToolScope};
+    use serde_json::json;
+    let prefix = unique_prefix("tools");
+    let instance = || {
+        let c = cache(be, &prefix);
+        let engine = ComputeCache::builder(c.clone())
+            .lock(RedisLock::for_cache(&c))
+            .build()
+            .unwrap();
+        std::sync::Arc::new(
+            ToolCache::builder(engine)
+                .policy("search", ToolPolicy::cache_for(Duration::from_secs(60)))
+                .policy(
+                    "inbox",
+                    ToolPolicy::cache_for(Duration::from_secs(60)).scope(ToolScope::Tenant),
+                )
+                .build()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (instance(), instance());
+    let runs = std::sync::Arc::new(AtomicU64::new(0));
+    let call = ToolCall::new("search", json!({"q": "capital of France", "n": 3}));
+    let tasks: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .map(|t| {
+            let (call, runs) = (call.clone(), runs.clone());
+            tokio::spawn(async move {
+                t.call(&call, move || async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(json!(["Paris", {"score": 0.9}]))
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().value, json!(["Paris", {"score": 0.9}]));
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "one run for four concurrent calls"
+    );
+    let hit = b
+        .call(&call, || async { Ok::<_, std::io::Error>(json!("?")) })
+        .await
+        .unwrap();
+    assert_eq!(hit.status, Status::Hit);
+    // Tenant-scoped: the other tenant's identical call runs the tool.
+    let acme = ToolCall::new("inbox", json!({})).tenant("acme");
+    let globex = ToolCall::new("inbox", json!({})).tenant("globex");
+    a.call(&acme, || async {
+        Ok::<_, std::io::Error>(json!("acme mail"))
+    })
+    .await
+    .unwrap();
+    let other = b
+        .call(&globex, || async {
+            Ok::<_, std::io::Error>(json!("globex mail"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.status, other.value),
+        (Status::Miss, json!("globex mail"))
+    );
+    let same = b
+        .call(&acme, || async { Ok::<_, std::io::Error>(json!("?")) })
+        .await
+        .unwrap();
+    assert_eq!((same.status, same.value), (Status::Hit, json!("acme mail")));
+}
+
+/// Invalidating a tool deletes its results (every scope and argument), and no other tool's.
+pub(crate) async fn tool_results_are_invalidated_per_tool(be: &impl Backend) {
+    use larder::compute::{ComputeCache, Status};
+    use larder::tools::{ToolCache, ToolCall, ToolPolicy};
+    use serde_json::json;
+    let prefix = unique_prefix("tools-inval");
+    let engine = ComputeCache::builder(cache(be, &prefix)).build().unwrap();
+    let t = ToolCache::builder(engine)
+        .default_policy(ToolPolicy::cache_for(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    for (tool, n) in [
+        ("search", 1),
+        ("search", 2),
+        ("search_web", 1),
+        ("weather", 1),
+    ] {
+        t.call(&ToolCall::new(tool, json!({"n": n})), || async {
+            Ok::<_, std::io::Error>(json!(n))
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(t.invalidate_tool("search").await.unwrap(), 2);
+    for (tool, status) in [
+        ("search", Status::Miss),
+        ("search_web", Status::Hit),
+        ("weather", Status::Hit),
+    ] {
+        let got = t
+            .call(&ToolCall::new(tool, json!({"n": 1})), || async {
+                Ok::<_, std::io::Error>(json!(0))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.status, status, "{tool}");
     }
 }

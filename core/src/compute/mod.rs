@@ -552,6 +552,11 @@ impl<C: Cache + 'static> ComputeCache<C> {
         &self.inner.cache
     }
 
+    /// The clock this cache reads.
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
     /// Counters since this cache was built.
     pub fn compute_stats(&self) -> ComputeStats {
         let c = &self.inner.counters;

@@ -56,3 +56,58 @@ impl<R: Runtime + ?Sized> Runtime for Arc<R> {
         (**self).spawn(task)
     }
 }
+
+/// A waker that wakes every task registered with it: poll a stream shared by several
+/// readers with it (`Waker::from(Arc<FanOutWaker>)`), so that whichever reader polled it last
+/// need not be the one that is still listening. Used for a stream in flight read by several
+/// callers, and for one subscription stream read by several subscribers.
+#[derive(Default)]
+pub struct FanOutWaker {
+    waiting: std::sync::Mutex<Vec<(u64, std::task::Waker)>>,
+}
+
+impl Debug for FanOutWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOutWaker")
+            .field("waiting", &self.lock().len())
+            .finish()
+    }
+}
+
+impl FanOutWaker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, std::task::Waker)>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers (or replaces) the waker of reader `id`.
+    pub fn register(&self, id: u64, waker: &std::task::Waker) {
+        let mut w = self.lock();
+        match w.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, old)) => old.clone_from(waker),
+            None => w.push((id, waker.clone())),
+        }
+    }
+
+    /// Forgets reader `id`.
+    pub fn unregister(&self, id: u64) {
+        self.lock().retain(|(i, _)| *i != id);
+    }
+
+    /// Wakes (and forgets) every reader registered.
+    pub fn wake_all(&self) {
+        let waiting = std::mem::take(&mut *self.lock());
+        for (_, w) in waiting {
+            w.wake();
+        }
+    }
+}
+
+impl std::task::Wake for FanOutWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_all();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all();
+    }
+}

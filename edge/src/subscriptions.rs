@@ -11,11 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use larder_core::TransportError;
 use larder_core::rest::{Encoding, PubSubFrame};
+use larder_core::runtime::FanOutWaker;
 use larder_core::stream::SseParser;
 use larder_core::transport::{BoxSubscription, Message, Subscription};
 use parking_lot::Mutex;
@@ -99,7 +100,8 @@ impl Subscriptions {
 /// One event stream and the queues of its subscribers.
 struct Stream {
     state: Mutex<State>,
-    wakers: Arc<FanOut>,
+    /// The waker the stream is polled with: wakes every subscriber waiting.
+    wakers: Arc<FanOutWaker>,
 }
 
 struct State {
@@ -108,28 +110,6 @@ struct State {
     ended: bool,
     queues: HashMap<u64, VecDeque<Message>>,
     next_id: u64,
-}
-
-/// The waker the stream is polled with: wakes every subscriber waiting.
-#[derive(Default)]
-struct FanOut(Mutex<HashMap<u64, Waker>>);
-
-impl FanOut {
-    fn wake_all(&self) {
-        let wakers: Vec<Waker> = self.0.lock().drain().map(|(_, w)| w).collect();
-        for w in wakers {
-            w.wake();
-        }
-    }
-}
-
-impl Wake for FanOut {
-    fn wake(self: Arc<Self>) {
-        self.wake_all();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wake_all();
-    }
 }
 
 impl Stream {
@@ -188,7 +168,7 @@ impl Subscription for RestSubscription {
                 return Poll::Ready(None);
             }
             // Register before polling: a chunk that arrives meanwhile wakes this task too.
-            stream.wakers.0.lock().insert(self.id, cx.waker().clone());
+            stream.wakers.register(self.id, cx.waker());
             let fan_out = Waker::from(stream.wakers.clone());
             match st
                 .body
@@ -217,7 +197,7 @@ impl Subscription for RestSubscription {
                         }
                     }
                     if delivered || st.ended {
-                        stream.wakers.0.lock().remove(&self.id);
+                        stream.wakers.unregister(self.id);
                         stream.wakers.wake_all();
                     }
                 }
@@ -234,7 +214,7 @@ impl Subscription for RestSubscription {
 impl Drop for RestSubscription {
     fn drop(&mut self) {
         self.stream.state.lock().queues.remove(&self.id);
-        self.stream.wakers.0.lock().remove(&self.id);
+        self.stream.wakers.unregister(self.id);
         // This subscriber may have been the one the stream would wake: let the others look.
         self.stream.wakers.wake_all();
     }

@@ -13,13 +13,13 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::clock::SharedClock;
-use crate::runtime::BoxFuture;
+use crate::runtime::{BoxFuture, FanOutWaker};
 
 use super::remote::EndMark;
 use super::{Event, Format, Recorder, SseParser, StreamError, Summary, UpstreamError};
@@ -64,7 +64,7 @@ pub(crate) type Publish = Box<dyn FnMut(Vec<Event>, Option<EndMark>) -> BoxFutur
 /// The shared stream.
 pub(crate) struct Tee {
     state: Mutex<State>,
-    wakers: Arc<FanOut>,
+    wakers: Arc<FanOutWaker>,
 }
 
 impl fmt::Debug for Tee {
@@ -154,7 +154,7 @@ impl Tee {
                 started_ms: None,
                 clock: options.clock,
             }),
-            wakers: Arc::new(FanOut::default()),
+            wakers: Arc::new(FanOutWaker::default()),
         })
     }
 
@@ -211,7 +211,7 @@ impl Tee {
                 st.trim();
                 return Poll::Ready(Some(Ok(ev)));
             }
-            self.wakers.register(id, cx.waker());
+            self.wakers.register(id as u64, cx.waker());
             let waker = Waker::from(self.wakers.clone());
             let mut shared_cx = Context::from_waker(&waker);
             if st.end.is_some() {
@@ -230,7 +230,7 @@ impl Tee {
                     _ => None,
                 };
                 drop(st);
-                self.wakers.unregister(id);
+                self.wakers.unregister(id as u64);
                 return Poll::Ready(item);
             }
             if let Some(k) = st.keep_alive.as_mut() {
@@ -262,7 +262,7 @@ impl Tee {
     }
 
     fn detach(&self, id: usize) {
-        self.wakers.unregister(id);
+        self.wakers.unregister(id as u64);
         let mut st = self.lock();
         if let Some(c) = st.cursors.get_mut(id) {
             *c = None;
@@ -475,46 +475,5 @@ impl fmt::Debug for Consumer {
             .field("pos", &self.pos)
             .field("done", &self.done)
             .finish()
-    }
-}
-
-/// The waker the upstream is polled with: wakes every consumer waiting for an event.
-#[derive(Default)]
-struct FanOut {
-    waiting: Mutex<Vec<(usize, Waker)>>,
-}
-
-impl FanOut {
-    fn lock(&self) -> MutexGuard<'_, Vec<(usize, Waker)>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn register(&self, id: usize, waker: &Waker) {
-        let mut w = self.lock();
-        match w.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, old)) => old.clone_from(waker),
-            None => w.push((id, waker.clone())),
-        }
-    }
-
-    fn unregister(&self, id: usize) {
-        self.lock().retain(|(i, _)| *i != id);
-    }
-
-    fn wake_all(&self) {
-        let waiting = std::mem::take(&mut *self.lock());
-        for (_, w) in waiting {
-            w.wake();
-        }
-    }
-}
-
-impl Wake for FanOut {
-    fn wake(self: Arc<Self>) {
-        self.wake_all();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wake_all();
     }
 }

@@ -383,15 +383,10 @@ impl HubInner {
                         if live.subscribed.contains(channel) {
                             return Ok(());
                         }
-                        let name = &channel.name[..];
-                        let s = &mut live.sink;
-                        let sent = tokio::time::timeout(self.settings.response_timeout(), async {
-                            if channel.pattern {
-                                s.psubscribe(name).await
-                            } else {
-                                s.subscribe(name).await
-                            }
-                        })
+                        let sent = tokio::time::timeout(
+                            self.settings.response_timeout(),
+                            send(&mut live.sink, channel.pattern, true, &[&channel.name[..]]),
+                        )
                         .await;
                         match sent {
                             Ok(Ok(())) => {
@@ -570,23 +565,12 @@ impl HubInner {
         let mut subscribed = HashSet::with_capacity(topics.len());
         let limit = self.settings.response_timeout();
         for pattern in [false, true] {
-            let names: Vec<&[u8]> = topics
-                .iter()
-                .filter(|t| t.pattern == pattern)
-                .map(|t| &t.name[..])
-                .collect();
+            let names = names_of(&topics, pattern);
             if names.is_empty() {
                 continue;
             }
             let what = if pattern { "PSUBSCRIBE" } else { "SUBSCRIBE" };
-            let sent = tokio::time::timeout(limit, async {
-                if pattern {
-                    sink.psubscribe(&names).await
-                } else {
-                    sink.subscribe(&names).await
-                }
-            })
-            .await;
+            let sent = tokio::time::timeout(limit, send(sink, pattern, true, &names)).await;
             match sent {
                 Ok(Ok(())) => {
                     subscribed.extend(topics.iter().filter(|t| t.pattern == pattern).cloned());
@@ -597,14 +581,9 @@ impl HubInner {
                 Err(_) => return Err(deadline_error(what, limit)),
             }
             for topic in topics.iter().filter(|t| t.pattern == pattern) {
-                let sent = tokio::time::timeout(limit, async {
-                    if pattern {
-                        sink.psubscribe(&topic.name[..]).await
-                    } else {
-                        sink.subscribe(&topic.name[..]).await
-                    }
-                })
-                .await;
+                let sent =
+                    tokio::time::timeout(limit, send(sink, pattern, true, &[&topic.name[..]]))
+                        .await;
                 match sent {
                     Ok(Ok(())) => {
                         subscribed.insert(topic.clone());
@@ -645,21 +624,14 @@ impl HubInner {
         }
         let sink = &mut live.sink;
         for pattern in [false, true] {
-            let names: Vec<&[u8]> = idle
-                .iter()
-                .filter(|t| t.pattern == pattern)
-                .map(|t| &t.name[..])
-                .collect();
+            let names = names_of(&idle, pattern);
             if names.is_empty() {
                 continue;
             }
-            let sent = tokio::time::timeout(self.settings.response_timeout(), async {
-                if pattern {
-                    sink.punsubscribe(&names).await
-                } else {
-                    sink.unsubscribe(&names).await
-                }
-            })
+            let sent = tokio::time::timeout(
+                self.settings.response_timeout(),
+                send(sink, pattern, false, &names),
+            )
             .await;
             if !matches!(sent, Ok(Ok(()))) {
                 return Err(());
@@ -682,6 +654,30 @@ impl HubInner {
             Ok(Ok(_)) => Ok(()),
             _ => Err(()),
         }
+    }
+}
+
+/// The names of the channels (or, with `pattern`, the patterns) among `topics`.
+fn names_of(topics: &[Topic], pattern: bool) -> Vec<&[u8]> {
+    topics
+        .iter()
+        .filter(|t| t.pattern == pattern)
+        .map(|t| &t.name[..])
+        .collect()
+}
+
+/// `SUBSCRIBE` (`on`) or `UNSUBSCRIBE` `names`, or their pattern forms with `pattern`.
+async fn send(
+    sink: &mut PubSubSink,
+    pattern: bool,
+    on: bool,
+    names: &[&[u8]],
+) -> redis::RedisResult<()> {
+    match (pattern, on) {
+        (false, true) => sink.subscribe(names).await,
+        (true, true) => sink.psubscribe(names).await,
+        (false, false) => sink.unsubscribe(names).await,
+        (true, false) => sink.punsubscribe(names).await,
     }
 }
 

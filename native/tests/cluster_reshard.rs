@@ -2,8 +2,9 @@
 //! 100 concurrent tasks (GET, SET, and MGET across slots) while slots move — `redis-cli
 //! --cluster reshard`, then `--cluster rebalance`, then a `CLUSTER FAILOVER` — each on a fresh
 //! cluster. Per 500 ms window it prints ops/s and errors, and it checks: no wrong value ever,
-//! no call past the call budget, no error from 2 s after the move on, and throughput back to
-//! ≥ 80 % of the rate before the move (70 % after a failover, while the old master resyncs).
+//! no call past the call budget, no error from 2 s after the move on, and the transport that
+//! lived through the move serving ≥ 80 % of what a new transport does (and ≥ 50 % of the rate
+//! before the move, which this machine's noise allows to be asserted).
 //!
 //! redis-rs 1.8.1 wedged a cluster connection for good here (every call timing out, ~100
 //! ops/s, no recovery) within a second of the first move; see `transport/cluster.rs`.
@@ -67,6 +68,35 @@ enum Disturbance {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// GETs per second of 100 tasks on `t` over 3 s.
+async fn get_rate(t: &Arc<RedisTransport>) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..100u64)
+        .map(|i| {
+            let (t, stop, done) = (t.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut x = i + 1;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    if t.exec(Cmd::new("GET").arg(format!("key:{}", x % KEYS)))
+                        .await
+                        .is_ok()
+                    {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / 3.0
 }
 
 async fn run(kind: Disturbance) {
@@ -272,6 +302,17 @@ async fn run(kind: Disturbance) {
     }
     let _ = sampler.await;
 
+    // What the cluster serves now: the transport that lived through the move against a
+    // new one, interleaved (old, new, old) so that the machine's drift hits both alike.
+    let fresh = Arc::new(RedisTransport::from_options(&opts).await.expect("connect"));
+    let old_first = get_rate(&t).await;
+    let fresh_rate = get_rate(&fresh).await;
+    let old_second = get_rate(&t).await;
+    let old_rate = (old_first + old_second) / 2.0;
+    println!(
+        "after the move: {old_rate:.0} GET/s on the transport that lived through it, \
+         {fresh_rate:.0} on a new one"
+    );
     let samples = samples.lock().clone();
     println!("{kind:?}, {tasks} tasks: move from {move_start:.1}s to {move_end:.1}s");
     println!("   t(s)     ops/s  timeouts  errors  wrong(total)");
@@ -324,15 +365,17 @@ async fn run(kind: Disturbance) {
         .map(|s| s.2 + s.3)
         .sum();
     assert_eq!(errors_after, 0, "errors from 2 s after the move on");
-    // After a failover the old master resyncs as a replica of the new one, on the same two
-    // cores as everything else: 77–114 % was seen here. Without the watchdog every case
-    // falls to ~0 %.
-    let bar = match kind {
-        Disturbance::Failover => 0.7,
-        Disturbance::Reshard | Disturbance::Rebalance => 0.8,
-    };
+    // Recovered: the transport that lived through the move serves ≥ 80 % of what a new one
+    // does. Against the rate before the move only a loose bound holds here: two cores shared
+    // with six Redis servers swing the rate by a third from one run to the next (69–123 %
+    // seen), while without the watchdog every case falls to ~0 %.
     assert!(
-        recovered >= bar * baseline,
+        old_rate >= 0.8 * fresh_rate,
+        "{old_rate:.0} GET/s on the transport that lived through the move, {fresh_rate:.0} \
+         on a new one"
+    );
+    assert!(
+        recovered >= 0.5 * baseline,
         "throughput {recovered:.0} ops/s 2 s after the move, {baseline:.0} before"
     );
 }

@@ -57,8 +57,10 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
-use crate::compute::{ComputeCache, ComputeError, Fetched, Status};
-use crate::envelope::Envelope;
+use bytes::Bytes;
+
+use crate::compute::{CacheValue, ComputeCache, ComputeError, Fetched, Status};
+use crate::envelope::{Decoded, Envelope};
 use crate::error::{Error, Result};
 use crate::keys::canonical_json;
 use crate::seal::HashKey;
@@ -330,6 +332,42 @@ fn short_hash(id: &str) -> String {
 /// The tool's time, as recorded in its stored result.
 const ELAPSED_MS: &str = "tool_elapsed_ms";
 
+/// What a tool call stores: the envelope, and its result read once. An entry that is not a
+/// tool result (another program's value at the key, bytes that are no envelope or whose
+/// `response` is not JSON) does not decode, which the engine counts as a corrupt miss and
+/// recomputes — a cache problem never fails the call.
+#[derive(Debug, Clone)]
+struct Stored {
+    envelope: Envelope,
+    value: Json,
+}
+
+impl CacheValue for Stored {
+    fn encode(&self) -> Result<Bytes> {
+        Ok(self.envelope.encode())
+    }
+
+    fn decode(bytes: &Bytes) -> Option<Self> {
+        let Decoded::Envelope(envelope) = Envelope::decode(bytes) else {
+            return None;
+        };
+        let value = serde_json::from_str(&envelope.response).ok()?;
+        Some(Stored { envelope, value })
+    }
+
+    fn windows(&self) -> Option<(Option<u64>, Option<u64>)> {
+        self.envelope.windows()
+    }
+
+    fn set_windows(&mut self, fresh_until: Option<u64>, stale_until: Option<u64>) {
+        self.envelope.set_windows(fresh_until, stale_until);
+    }
+
+    fn stored_at_ms(&self) -> Option<u64> {
+        CacheValue::stored_at_ms(&self.envelope)
+    }
+}
+
 impl<C: Cache + 'static> ToolCache<C> {
     /// Starts building a tool cache over `engine` (its lease, timeouts, fail-safe window and
     /// clock apply to tool calls).
@@ -441,15 +479,15 @@ impl<C: Cache + 'static> ToolCache<C> {
             let started = clock.now_ms();
             let value = run().await?;
             let elapsed = clock.now_ms().saturating_sub(started);
-            let text = serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned());
             let now_s = i64::try_from(clock.now_ms() / 1000).unwrap_or(i64::MAX);
-            Ok(Envelope::new(text, format!("tool:{name}"), now_s)
+            let envelope = Envelope::new(value.to_string(), format!("tool:{name}"), now_s)
                 .with_metadata(ELAPSED_MS, elapsed)
-                .with_tags([format!("tool:{name}")]))
+                .with_tags([format!("tool:{name}")]);
+            Ok(Stored { envelope, value })
         };
         let fetched = self
             .engine
-            .try_fetch::<Envelope, _, E>(&key, Some(ttl), compute)
+            .try_fetch::<Stored, _, E>(&key, Some(ttl), compute)
             .await;
         let fetched = match fetched {
             Ok(f) => f,
@@ -458,20 +496,9 @@ impl<C: Cache + 'static> ToolCache<C> {
                 return Err(e);
             }
         };
-        let value = match serde_json::from_str::<Json>(&fetched.value.response) {
-            Ok(v) => v,
-            Err(_) => {
-                // Not a tool result (another program wrote the key): a corrupt entry.
-                self.engine.cache().record_corrupt();
-                self.count(&call.name, |s| s.errors += 1);
-                return Err(ComputeError::Cache(Error::Serialize(format!(
-                    "the entry of tool {:?} is not JSON; invalidate the tool",
-                    call.name
-                ))));
-            }
-        };
         let saved_ms = fetched
             .value
+            .envelope
             .metadata
             .get(ELAPSED_MS)
             .and_then(Json::as_u64)
@@ -503,7 +530,7 @@ impl<C: Cache + 'static> ToolCache<C> {
         }
         tracing::debug!(tool = %call.name, status = status.as_str(), "larder: tool call");
         Ok(Fetched {
-            value,
+            value: fetched.value.value,
             status,
             stored_at_ms: fetched.stored_at_ms,
         })
@@ -699,6 +726,32 @@ mod tests {
             );
             let s = t.stats()["flaky"];
             assert_eq!((s.errors, s.misses), (1, 1));
+        });
+    }
+
+    #[test]
+    fn an_entry_that_is_no_tool_result_is_a_counted_miss_not_an_error() {
+        block_on(async {
+            let memory = MemoryCache::builder().build().unwrap();
+            let engine = ComputeCache::builder(memory.clone()).build().unwrap();
+            let t = ToolCache::builder(engine)
+                .default_policy(ToolPolicy::cache_for(HOUR))
+                .build()
+                .unwrap();
+            let call = ToolCall::new("search", json!({"q": "x"}));
+            let key = t.key(&call).unwrap();
+            let not_json = Envelope::new("not json {", "m", 0).encode();
+            for garbage in [Bytes::from_static(b"\xff\x00raw"), not_json] {
+                memory.set(&key, garbage, None).await.unwrap();
+                let runs = Arc::new(AtomicUsize::new(0));
+                let got = t.call(&call, counted(&runs)).await.unwrap();
+                assert_eq!((got.status, got.value), (Status::Miss, json!(1)));
+                assert_eq!(
+                    t.call(&call, counted(&runs)).await.unwrap().status,
+                    Status::Hit
+                );
+            }
+            assert_eq!(t.engine().compute_stats().corrupt, 2);
         });
     }
 

@@ -146,9 +146,11 @@ pub trait Transport: MaybeSend + MaybeSync + Debug {
     /// Whether [`subscribe`](Transport::subscribe) can work on this transport (no I/O).
     ///
     /// Pub/sub is optional: a transport over a persistent connection (redis-rs) can
-    /// subscribe, one over HTTP (the Upstash REST dialect) cannot. Callers that only want a
-    /// faster wake-up (stampede waiters) fall back to polling when this is false; the
-    /// tiered cache's backplane is off.
+    /// subscribe; one over HTTP can where its server streams subscriptions (`larder
+    /// gateway`'s `/subscribe`) and its HTTP client streams responses, and not otherwise
+    /// (Upstash's REST API, Workers' `fetch`). Callers that only want a faster wake-up
+    /// (stampede waiters) fall back to polling when this is false; the tiered cache's
+    /// backplane is off.
     fn supports_pubsub(&self) -> bool {
         false
     }
@@ -180,7 +182,8 @@ pub fn pubsub_unsupported(channel: &[u8]) -> TransportError {
         crate::ErrorKind::Refused,
         format!(
             "this transport has no pub/sub, cannot SUBSCRIBE to {:?}; larder falls back to \
-             polling (use a redis-rs transport for push notifications)",
+             polling (a redis-rs transport, or larder-edge's native client against `larder \
+             gateway`, gets push notifications)",
             String::from_utf8_lossy(channel)
         ),
     )

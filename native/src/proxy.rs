@@ -5,39 +5,33 @@
 //! `/v1/completions`, `/v1/responses`, `/v1/embeddings` and `/v1/messages` are answered
 //! through a [`ResponseCache`] (streamed or not); every other route and method is passed
 //! through untouched, bodies streamed both ways. What is keyed, which headers control the
-//! cache, who the tenant is and what each upstream status means are decided in
-//! [`larder_core::proxy`]; this module moves the bytes.
-//!
-//! - Concurrent identical requests make one upstream call (in this process, and through
-//!   the lease in every proxy sharing the Redis); streamed ones share the stream in flight.
-//! - Only 2xx answers are stored. A 4xx is passed on as is. On a 5xx, 408, 429, a
-//!   connection error or a timeout, a stale answer is served (`x-larder-cache: STALE`) when
-//!   the cache has one; otherwise the upstream's error reaches the caller unchanged (502
-//!   or 504 when there was no answer at all).
-//! - Logs never hold credentials or prompt text: a request is named by its API, the first
-//!   digits of its key and its tenant's hash.
+//! cache, who the tenant is, what each upstream status means and the whole request flow
+//! are in [`larder_core::proxy::ProxyEngine`], shared with the proxy Worker; this module
+//! converts axum's and reqwest's types and moves the bytes.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use larder_core::Status;
-use larder_core::compute::ComputeError;
-use larder_core::proxy::{self as decide, Api, CacheUse, Plan, Tenancy, UpstreamVerdict};
+use futures_util::{Stream, TryStreamExt};
+use larder_core::proxy::{
+    ProxyBody, ProxyEngine, ProxyEngineBuilder, ProxyIo, ProxyRequest, ProxyResponse, Route,
+    SendError, Tenancy, UpstreamRequest, UpstreamResponse,
+};
 use larder_core::response::ResponseCache;
-use parking_lot::Mutex;
+use larder_core::runtime::SharedRuntime;
+use larder_core::stream::UpstreamError;
 
 pub use crate::server::Spawned as SpawnedProxy;
+pub use larder_core::proxy::DEFAULT_BODY_LIMIT;
 
-/// The default cap on a cached request's body: 32 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 /// The default time to connect to the upstream: 10 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default longest silence of the upstream (before its headers, or between two chunks
@@ -49,38 +43,21 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
 #[error("{0}")]
 pub struct ProxyError(String);
 
-/// Credentials the proxy holds for the upstream (the caller's are used otherwise).
-#[derive(Clone, Default)]
-struct UpstreamKeys {
-    openai: Option<HeaderValue>,
-    anthropic: Option<HeaderValue>,
-}
-
 /// Builds a [`Proxy`]. Start with [`Proxy::builder`].
 #[must_use]
 pub struct ProxyBuilder {
-    cache: ResponseCache,
-    openai: String,
-    anthropic: Option<String>,
-    keys: UpstreamKeys,
-    key_error: Option<String>,
-    tenancy: Tenancy,
-    tenant_key: Option<larder_core::seal::HashKey>,
-    body_limit: usize,
+    engine: ProxyEngineBuilder,
     connect_timeout: Duration,
     read_timeout: Duration,
     max_connections: usize,
     header_read_timeout: Duration,
-    name: String,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl fmt::Debug for ProxyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyBuilder")
-            .field("openai", &self.openai)
-            .field("anthropic", &self.anthropic)
-            .field("tenancy", &self.tenancy)
+            .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
 }
@@ -89,41 +66,27 @@ impl ProxyBuilder {
     /// The Anthropic upstream (`/v1/messages` and requests carrying `x-api-key` or
     /// `anthropic-version`). Default: the OpenAI upstream.
     pub fn anthropic_upstream(mut self, url: impl Into<String>) -> Self {
-        self.anthropic = Some(url.into());
+        self.engine = self.engine.anthropic_upstream(url);
         self
     }
 
     /// A key the proxy sends to the OpenAI upstream (`Authorization: Bearer …`) instead of
     /// the caller's. The caller's credential still names its tenant.
     pub fn openai_key(mut self, key: &str) -> Self {
-        match HeaderValue::from_str(&format!("Bearer {key}")) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                self.keys.openai = Some(v);
-            }
-            Err(_) => self.key_error = Some("the OpenAI key is not a valid header value".into()),
-        }
+        self.engine = self.engine.openai_key(key);
         self
     }
 
     /// A key the proxy sends to the Anthropic upstream (`x-api-key`) instead of the
     /// caller's.
     pub fn anthropic_key(mut self, key: &str) -> Self {
-        match HeaderValue::from_str(key) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                self.keys.anthropic = Some(v);
-            }
-            Err(_) => {
-                self.key_error = Some("the Anthropic key is not a valid header value".into());
-            }
-        }
+        self.engine = self.engine.anthropic_key(key);
         self
     }
 
     /// How callers are kept apart (default: per credential).
     pub fn tenancy(mut self, tenancy: Tenancy) -> Self {
-        self.tenancy = tenancy;
+        self.engine = self.engine.tenancy(tenancy);
         self
     }
 
@@ -131,13 +94,13 @@ impl ProxyBuilder {
     /// SHA-256 (give the response cache the same key with
     /// [`hash_key`](larder_core::response::ResponseCacheBuilder::hash_key)).
     pub fn tenant_key(mut self, key: larder_core::seal::HashKey) -> Self {
-        self.tenant_key = Some(key);
+        self.engine = self.engine.tenant_key(key);
         self
     }
 
     /// The largest body of a cached request (larger: 413). Default [`DEFAULT_BODY_LIMIT`].
     pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
+        self.engine = self.engine.body_limit(bytes);
         self
     }
 
@@ -167,7 +130,7 @@ impl ProxyBuilder {
 
     /// The `proxy` label of this proxy's metrics. Default `proxy`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.engine = self.engine.name(name);
         self
     }
 
@@ -184,14 +147,10 @@ impl ProxyBuilder {
     /// [`ProxyError`] for an upstream URL that is not `http(s)://host[:port][/path]`, a key
     /// that is not a valid header value, or an HTTP client that cannot be set up.
     pub fn build(self) -> Result<Proxy, ProxyError> {
-        if let Some(e) = self.key_error {
-            return Err(ProxyError(e));
-        }
-        let openai = upstream_url("--upstream", &self.openai)?;
-        let anthropic = match &self.anthropic {
-            Some(u) => upstream_url("--anthropic-upstream", u)?,
-            None => openai.clone(),
-        };
+        let engine = self
+            .engine
+            .build()
+            .map_err(|e| ProxyError(e.to_string().replace("invalid argument: ", "")))?;
         let client = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
@@ -200,47 +159,19 @@ impl ProxyBuilder {
             .map_err(|e| ProxyError(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Proxy {
             shared: Arc::new(Shared {
-                cache: self.cache,
-                client,
-                openai,
-                anthropic,
-                keys: self.keys,
-                tenancy: self.tenancy,
-                tenant_key: self.tenant_key,
-                body_limit: self.body_limit,
+                engine,
+                io: Reqwest {
+                    client,
+                    runtime: Arc::new(crate::TokioRuntime::current()),
+                },
                 limits: crate::server::Limits {
                     max_connections: self.max_connections,
                     header_read_timeout: self.header_read_timeout,
                 },
-                name: self.name,
                 prometheus: self.prometheus,
-                rejections: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
-}
-
-fn upstream_url(flag: &str, url: &str) -> Result<String, ProxyError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ProxyError(format!("{flag} {url:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ProxyError(format!(
-            "{flag} {url:?} must be an http:// or https:// URL with a host"
-        )));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(ProxyError(format!(
-            "{flag} {url:?} must not have a query or fragment"
-        )));
-    }
-    // Requests keep their own path (`/v1/...`): the base is joined without a trailing `/`
-    // and without a trailing `/v1` (so both `https://api.openai.com` and
-    // `https://api.openai.com/v1` work).
-    let mut base = url.trim_end_matches('/').to_owned();
-    if base.ends_with("/v1") {
-        base.truncate(base.len() - 3);
-    }
-    Ok(base)
 }
 
 /// The caching proxy. Build with [`Proxy::builder`], run with [`Proxy::serve`] or
@@ -251,28 +182,16 @@ pub struct Proxy {
 }
 
 struct Shared {
-    cache: ResponseCache,
-    client: reqwest::Client,
-    openai: String,
-    anthropic: String,
-    keys: UpstreamKeys,
-    tenancy: Tenancy,
-    tenant_key: Option<larder_core::seal::HashKey>,
-    body_limit: usize,
+    engine: ProxyEngine,
+    io: Reqwest,
     limits: crate::server::Limits,
-    name: String,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Recent 4xx answers by request (namespace and key): a caller that joined the call
-    /// that got one must not be served a stale answer instead.
-    rejections: Mutex<std::collections::HashMap<String, (Instant, Reply)>>,
 }
 
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proxy")
-            .field("openai", &self.shared.openai)
-            .field("anthropic", &self.shared.anthropic)
-            .field("tenancy", &self.shared.tenancy)
+            .field("engine", &self.shared.engine)
             .finish_non_exhaustive()
     }
 }
@@ -282,19 +201,11 @@ impl Proxy {
     /// (`https://api.openai.com/v1`, or any compatible server).
     pub fn builder(cache: ResponseCache, upstream: impl Into<String>) -> ProxyBuilder {
         ProxyBuilder {
-            cache,
-            openai: upstream.into(),
-            anthropic: None,
-            keys: UpstreamKeys::default(),
-            key_error: None,
-            tenancy: Tenancy::default(),
-            tenant_key: None,
-            body_limit: DEFAULT_BODY_LIMIT,
+            engine: ProxyEngine::builder(cache, upstream),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
             max_connections: crate::gateway::DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: crate::gateway::DEFAULT_HEADER_READ_TIMEOUT,
-            name: "proxy".to_owned(),
             prometheus: None,
         }
     }
@@ -318,7 +229,7 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let name = self.shared.name.clone();
+        let name = self.shared.engine.name().to_owned();
         crate::server::serve(
             self.router(),
             listener,
@@ -330,7 +241,7 @@ impl Proxy {
             shutdown,
         )
         .await;
-        let _ = self.shared.cache.flush().await;
+        let _ = self.shared.engine.cache().flush().await;
         Ok(())
     }
 
@@ -344,483 +255,138 @@ impl Proxy {
     }
 }
 
-async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
-    let path = req.uri().path().to_owned();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => return (StatusCode::OK, "ok\n").into_response(),
-        (&Method::GET, "/metrics") => {
-            return match &s.prometheus {
-                Some(h) => (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    h.render(),
-                )
-                    .into_response(),
-                None => error(StatusCode::NOT_FOUND, "no metrics recorder"),
-            };
-        }
-        _ => {}
-    }
-    match Api::from_route(req.method().as_str(), &path) {
-        Some(api) => cached(&s, api, req).await,
-        None => pass_through(&s, req).await,
-    }
+/// An upstream body as reqwest delivers it.
+type ReqwestBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// The proxy's I/O: reqwest to the upstream, tokio for work after the response.
+struct Reqwest {
+    client: reqwest::Client,
+    runtime: SharedRuntime,
 }
 
-/// An error answer in the shape both SDKs parse: `{"error": {"message", "type"}}`.
-fn error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({"error": {"message": message, "type": "larder_proxy_error"}});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-/// Request headers that are not forwarded: hop-by-hop ones, and those the client sets.
-fn forwardable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "content-length"
-            | "accept-encoding"
-    )
-}
-
-fn is_anthropic(api: Option<Api>, headers: &HeaderMap) -> bool {
-    api.is_some_and(Api::is_anthropic)
-        || headers.contains_key("x-api-key")
-        || headers.contains_key("anthropic-version")
-}
-
-/// The upstream request: the caller's method, path, query and headers, with the proxy's
-/// key when it holds one.
-fn upstream_request(
-    s: &Shared,
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    anthropic: bool,
-    body: reqwest::Body,
-) -> reqwest::RequestBuilder {
-    let base = if anthropic { &s.anthropic } else { &s.openai };
-    let mut out = reqwest::header::HeaderMap::new();
-    for (name, value) in headers {
-        if forwardable(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    match (anthropic, &s.keys.anthropic, &s.keys.openai) {
-        (true, Some(k), _) => {
-            out.insert("x-api-key", k.clone());
-        }
-        (false, _, Some(k)) => {
-            out.insert(header::AUTHORIZATION, k.clone());
-        }
-        _ => {}
-    }
-    s.client
-        .request(method.clone(), format!("{base}{path_and_query}"))
-        .headers(out)
-        .body(body)
-}
-
-fn upstream_failure(e: &reqwest::Error) -> Response {
-    let (status, what) = if e.is_timeout() {
-        (StatusCode::GATEWAY_TIMEOUT, "the upstream timed out")
+fn send_error(e: reqwest::Error) -> SendError {
+    if e.is_timeout() {
+        SendError::timed_out(Arc::new(e))
     } else {
-        (StatusCode::BAD_GATEWAY, "the upstream could not be reached")
-    };
-    tracing::warn!(error = %e, "{what}");
-    error(status, what)
-}
-
-/// Copies the upstream's response (status, headers, streamed body) to the caller.
-fn relay(resp: reqwest::Response) -> Response {
-    let mut out = Response::builder().status(resp.status().as_u16());
-    for (name, value) in resp.headers() {
-        if forwardable(name) {
-            out = out.header(name, value);
-        }
+        SendError::unreachable(Arc::new(e))
     }
-    let body = Body::from_stream(resp.bytes_stream());
-    out.body(body)
-        .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "bad upstream response"))
 }
 
-async fn pass_through(s: &Shared, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+impl Reqwest {
+    async fn send_with(
+        &self,
+        request: UpstreamRequest,
+        body: reqwest::Body,
+    ) -> Result<UpstreamResponse<ReqwestBody>, SendError> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|e| SendError::unreachable(Arc::new(e)))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &request.headers {
+            if let (Ok(n), Ok(mut v)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                if n == header::AUTHORIZATION || n.as_str() == "x-api-key" {
+                    v.set_sensitive(true);
+                }
+                headers.append(n, v);
+            }
+        }
+        let resp = self
+            .client
+            .request(method, &request.url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(send_error)?;
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let status = resp.status().as_u16();
+        let body: ReqwestBody = Box::pin(
+            resp.bytes_stream()
+                .map_err(|e| -> UpstreamError { Arc::new(e) }),
+        );
+        Ok(UpstreamResponse::new(status, headers, body))
+    }
+}
+
+impl ProxyIo for Reqwest {
+    type Body = ReqwestBody;
+
+    async fn send(
+        &self,
+        request: UpstreamRequest,
+    ) -> Result<UpstreamResponse<ReqwestBody>, SendError> {
+        let body = reqwest::Body::from(request.body.clone());
+        self.send_with(request, body).await
+    }
+
+    fn runtime(&self) -> SharedRuntime {
+        self.runtime.clone()
+    }
+}
+
+fn proxy_request(parts: &axum::http::request::Parts) -> ProxyRequest {
     let pq = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let anthropic = is_anthropic(None, &parts.headers);
-    let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    metrics::counter!("larder_proxy_requests_total", "proxy" => s.name.clone(),
-        "api" => "pass_through", "cache" => "NONE")
-    .increment(1);
-    match upstream_request(s, &parts.method, &pq, &parts.headers, anthropic, body)
-        .send()
-        .await
-    {
-        Ok(resp) => relay(resp),
-        Err(e) => upstream_failure(&e),
-    }
-}
-
-/// An upstream answer that is not stored: its status, content type and body, passed on
-/// as they came.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    content_type: Option<HeaderValue>,
-    body: Bytes,
-}
-
-impl Reply {
-    fn into_response(self) -> Response {
-        let mut r = Response::builder().status(self.status);
-        if let Some(ct) = self.content_type {
-            r = r.header(header::CONTENT_TYPE, ct);
-        }
-        r.body(Body::from(self.body))
-            .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "bad upstream response"))
-    }
-}
-
-/// Why the upstream gave no answer to store.
-#[derive(Debug)]
-enum Failure {
-    /// Connecting, sending or reading failed.
-    Transport(reqwest::Error),
-    /// A status that is not stored (see [`UpstreamVerdict`]).
-    Status(Reply),
-    /// `only-if-cached` and nothing cached.
-    NotCached,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Transport(e) => write!(f, "the upstream failed: {e}"),
-            Failure::Status(r) => write!(f, "the upstream answered {}", r.status),
-            Failure::NotCached => f.write_str("not cached"),
-        }
-    }
-}
-
-impl std::error::Error for Failure {}
-
-impl Failure {
-    fn into_response(self) -> Response {
-        match self {
-            Failure::Transport(e) => upstream_failure(&e),
-            Failure::Status(r) => r.into_response(),
-            Failure::NotCached => error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "only-if-cached: this request's answer is not cached",
-            ),
-        }
-    }
-}
-
-/// How long a rejection is remembered for the callers that joined its upstream call.
-const REJECTION_MEMORY: Duration = Duration::from_secs(10);
-
-/// The 4xx a request's upstream call got (its own, or that of the call it joined): such an
-/// answer must reach the caller even where a stale answer exists (a revoked key must not
-/// read the cache).
-struct Rejected<'a> {
-    shared: &'a Shared,
-    request: String,
-    mine: Mutex<Option<Reply>>,
-    /// When this caller started: only a rejection recorded since can be of a call it
-    /// joined.
-    since: Instant,
-}
-
-impl<'a> Rejected<'a> {
-    fn new(shared: &'a Shared, plan: &Plan, key: &str) -> Self {
-        let ns = plan.control.namespace.as_deref().unwrap_or("");
-        Rejected {
-            shared,
-            request: format!("{ns}\0{key}"),
-            mine: Mutex::new(None),
-            since: Instant::now(),
-        }
-    }
-
-    fn record(&self, reply: &Reply) {
-        *self.mine.lock() = Some(reply.clone());
-        let mut all = self.shared.rejections.lock();
-        all.retain(|_, (at, _)| at.elapsed() < REJECTION_MEMORY);
-        all.insert(self.request.clone(), (Instant::now(), reply.clone()));
-    }
-
-    /// The rejection to answer with instead of `status`: this call's own, or, when the
-    /// answer is a stale one, one recorded for the same request since this caller started
-    /// (the call it joined).
-    fn instead_of(&self, status: Option<Status>) -> Option<Reply> {
-        if let Some(r) = self.mine.lock().take() {
-            return Some(r);
-        }
-        if status != Some(Status::Stale) {
-            return None;
-        }
-        let all = self.shared.rejections.lock();
-        all.get(&self.request)
-            .filter(|(at, _)| *at >= self.since)
-            .map(|(_, r)| r.clone())
-    }
-}
-
-/// Reads a non-2xx answer whole, and notes a rejection (4xx).
-async fn failed_reply(resp: reqwest::Response, rejected: &Rejected<'_>) -> Failure {
-    let status = resp.status().as_u16();
-    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-    let body = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => return Failure::Transport(e),
-    };
-    let reply = Reply {
-        status,
-        content_type,
-        body,
-    };
-    if decide::upstream_verdict(status) == UpstreamVerdict::Reject {
-        rejected.record(&reply);
-    }
-    Failure::Status(reply)
-}
-
-fn with_headers(
-    mut resp: Response,
-    plan: &Plan,
-    status: Option<Status>,
-    key: &str,
-    stored_at: Option<u64>,
-) -> Response {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    for (name, value) in decide::response_headers(plan, status, key, stored_at, now) {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, v);
-        }
-    }
-    resp
-}
-
-async fn cached(s: &Shared, api: Api, req: Request) -> Response {
-    let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, s.body_limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is over {} bytes", s.body_limit),
-            );
-        }
-    };
-    let header_pairs: Vec<(&str, &str)> = parts
+    let headers = parts
         .headers
         .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let plan = match decide::plan(
-        api,
-        &bytes,
-        header_pairs.iter().copied(),
-        s.tenancy,
-        s.tenant_key.as_ref(),
-    ) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    // The hash the entry is stored under (keyed, with a hash secret): what `x-larder-key`
-    // shows and logs name, never the plain SHA-256 of the request.
-    let key = match s.cache.key(&plan.request, &plan.control) {
-        Ok(k) => k.rsplit(':').next().unwrap_or_default().to_owned(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
-    let anthropic = is_anthropic(Some(api), &parts.headers);
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or(api.path(), |p| p.as_str())
-        .to_owned();
-    let send = || {
-        upstream_request(
-            s,
-            &parts.method,
-            &pq,
-            &parts.headers,
-            anthropic,
-            reqwest::Body::from(bytes.clone()),
-        )
-        .send()
-    };
-    let rejected = Rejected::new(s, &plan, &key);
-    let response = if plan.cache_use == CacheUse::Bypass {
-        match send().await {
-            Ok(resp) => with_headers(relay(resp), &plan, None, &key, None),
-            Err(e) => upstream_failure(&e),
-        }
-    } else if plan.stream {
-        streamed(s, &plan, &key, send, &rejected).await
-    } else {
-        whole(s, api, &plan, &key, send, &rejected).await
-    };
-    let word = response
-        .headers()
-        .get("x-larder-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("NONE")
-        .to_owned();
-    metrics::counter!("larder_proxy_requests_total", "proxy" => s.name.clone(),
-        "api" => api.as_str(), "cache" => word.clone())
-    .increment(1);
-    tracing::info!(
-        api = api.as_str(),
-        key = &key[..12],
-        tenant = plan.tenant.as_deref().unwrap_or("-"),
-        cache = %word,
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "proxied"
-    );
-    response
+    ProxyRequest::new(parts.method.as_str(), pq, headers)
 }
 
-async fn whole<F, Fut>(
-    s: &Shared,
-    api: Api,
-    plan: &Plan,
-    key: &str,
-    send: F,
-    rejected: &Rejected<'_>,
-) -> Response
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<reqwest::Response, reqwest::Error>>,
-{
-    let fetched = if plan.cache_use == CacheUse::OnlyIfCached {
-        match s.cache.get(&plan.request, &plan.control).await {
-            Ok(Some(f)) => Ok(f),
-            Ok(None) | Err(_) => Err(ComputeError::Compute(Arc::new(Failure::NotCached))),
-        }
-    } else {
-        let name = s.name.clone();
-        s.cache
-            .try_get_with(&plan.request, &plan.control, || async move {
-                let started = Instant::now();
-                let resp = send().await.map_err(Failure::Transport)?;
-                metrics::histogram!("larder_proxy_upstream_seconds", "proxy" => name,
-                    "api" => api.as_str())
-                .record(started.elapsed().as_secs_f64());
-                if decide::upstream_verdict(resp.status().as_u16()) != UpstreamVerdict::Store {
-                    return Err(failed_reply(resp, rejected).await);
-                }
-                let body = resp.bytes().await.map_err(Failure::Transport)?;
-                Ok(decide::response_of(api, &body))
-            })
-            .await
+/// Converts the engine's response into axum's.
+fn into_axum(r: ProxyResponse<ReqwestBody>) -> Response {
+    let mut out = Response::builder().status(r.status);
+    for (name, value) in &r.headers {
+        out = out.header(name.as_str(), value.as_str());
+    }
+    let body = match r.body {
+        ProxyBody::Full(b) => Body::from(b),
+        ProxyBody::Upstream(s) => Body::from_stream(s),
+        // An error ends the body without its last chunk: the client sees a broken
+        // response, never a short answer presented as whole.
+        ProxyBody::Events(events) => Body::from_stream(events),
     };
-    if let Some(reply) = rejected.instead_of(fetched.as_ref().ok().map(|f| f.status)) {
-        return reply.into_response();
-    }
-    match fetched {
-        Ok(f) => {
-            let body = decide::stored_body(&f.value).unwrap_or_default().to_owned();
-            let resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-            with_headers(resp, plan, Some(f.status), key, f.stored_at_ms)
-        }
-        Err(ComputeError::Compute(failure)) => match Arc::try_unwrap(failure) {
-            Ok(f) => with_headers(f.into_response(), plan, Some(Status::Miss), key, None),
-            Err(shared) => with_headers(
-                shared_failure(&shared),
-                plan,
-                Some(Status::Coalesced),
-                key,
-                None,
-            ),
-        },
-        Err(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
-    }
+    out.body(body)
+        .unwrap_or_else(|_| (StatusCode::BAD_GATEWAY, "bad upstream response").into_response())
 }
 
-/// A failure shared with other callers that joined the same upstream call.
-fn shared_failure(f: &Failure) -> Response {
-    match f {
-        Failure::Status(r) => r.clone().into_response(),
-        Failure::Transport(e) => upstream_failure(e),
-        Failure::NotCached => Failure::NotCached.into_response(),
+async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if parts.method == axum::http::Method::GET && parts.uri.path() == "/metrics" {
+        return match &s.prometheus {
+            Some(h) => (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                h.render(),
+            )
+                .into_response(),
+            None => into_axum(s.engine.error(404, "no metrics recorder")),
+        };
     }
-}
-
-async fn streamed<F, Fut>(
-    s: &Shared,
-    plan: &Plan,
-    key: &str,
-    send: F,
-    rejected: &Rejected<'_>,
-) -> Response
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<reqwest::Response, reqwest::Error>>,
-{
-    let only_cached = plan.cache_use == CacheUse::OnlyIfCached;
-    let mut control = plan.control.clone();
-    if only_cached {
-        // Never leads a stream of its own, so it takes no lease.
-        control.no_store = true;
-    }
-    let opened = s
-        .cache
-        .stream_with(&plan.request, &control, || async move {
-            if only_cached {
-                return Err(Failure::NotCached);
-            }
-            let resp = send().await.map_err(Failure::Transport)?;
-            if decide::upstream_verdict(resp.status().as_u16()) != UpstreamVerdict::Store {
-                return Err(failed_reply(resp, rejected).await);
-            }
-            Ok(resp.bytes_stream().map_err(Failure::Transport))
-        })
-        .await;
-    if let Some(reply) = rejected.instead_of(opened.as_ref().ok().map(|s| s.status())) {
-        return reply.into_response();
-    }
-    match opened {
-        Ok(events) => {
-            let status = events.status();
-            let stored_at = events.stored_at_ms();
-            // An error ends the body without its last chunk: the client sees a broken
-            // response, never a short answer presented as whole.
-            let body = Body::from_stream(events.map(|e| e.map(|e| e.encode())));
-            let resp = Response::builder()
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
-                .body(body)
-                .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "bad response"));
-            with_headers(resp, plan, Some(status), key, stored_at)
+    let request = proxy_request(&parts);
+    match s.engine.route(parts.method.as_str(), parts.uri.path()) {
+        Route::Health => into_axum(s.engine.health()),
+        Route::Cached(api) => {
+            let bytes = match axum::body::to_bytes(body, s.engine.body_limit()).await {
+                Ok(b) => b,
+                Err(_) => return into_axum(s.engine.too_large()),
+            };
+            into_axum(s.engine.handle(&s.io, api, request.with_body(bytes)).await)
         }
-        Err(ComputeError::Compute(failure)) => with_headers(
-            shared_failure(&failure),
-            plan,
-            Some(Status::Miss),
-            key,
-            None,
-        ),
-        Err(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        _ => {
+            let upstream = s.engine.pass_through(&request);
+            let body = reqwest::Body::wrap_stream(body.into_data_stream());
+            into_axum(s.engine.relay(s.io.send_with(upstream, body).await))
+        }
     }
 }

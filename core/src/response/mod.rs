@@ -645,6 +645,11 @@ struct Lookup {
 }
 
 impl ResponseCache {
+    /// The clock the cache reads.
+    pub(crate) fn shared_clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
     /// A response cache over a [`RedisCache`] (any transport: redis-rs, HTTP, in-memory),
     /// using its prefix and default TTL unless the builder says otherwise.
     pub fn redis<T: Transport + 'static>(cache: RedisCache<T>) -> ResponseCacheBuilder {

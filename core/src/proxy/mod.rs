@@ -32,6 +32,13 @@
 
 use std::time::Duration;
 
+mod engine;
+
+pub use engine::{
+    DEFAULT_BODY_LIMIT, EventBody, ProxyBody, ProxyEngine, ProxyEngineBuilder, ProxyIo,
+    ProxyRequest, ProxyResponse, Route, SendError, UpstreamRequest, UpstreamResponse,
+};
+
 use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
 

@@ -33,6 +33,7 @@ const TAG_LEN: usize = 16;
 const MAX_KEY_ID: usize = 32;
 
 /// One value key.
+#[derive(Clone)]
 struct ValueKey {
     id: String,
     cipher: Aes256Gcm,
@@ -54,6 +55,7 @@ struct ValueKey {
 /// assert!(ring.open(b"larder:cache:other", &sealed).is_none(), "bound to its key");
 /// # Ok::<(), larder_core::Error>(())
 /// ```
+#[derive(Clone)]
 pub struct Keyring {
     keys: Vec<ValueKey>,
 }

@@ -281,11 +281,13 @@ impl<B> ProxyResponse<B> {
 
 /// The events of a streamed answer, encoded as server-sent events.
 ///
-/// After the format's terminal event, the rest of the stream (storing the recording,
-/// releasing the lease, publishing the end for followers in other processes) runs on the
-/// [`ProxyIo::runtime`], and the body ends when that is done: a client that asks again
-/// after reading the end finds the stored answer, and one that goes away after the
-/// terminal event does not cancel the store.
+/// Every event is passed on as it arrives, except the format's terminal one (`[DONE]`,
+/// `message_stop`, `response.completed`): when it arrives, the rest of the stream (storing
+/// the recording, publishing its end for followers in other processes, releasing the
+/// lease) runs on the [`ProxyIo::runtime`], and the terminal event follows once that is
+/// done. So a client that asks again after seeing the end gets a HIT (SDKs that stop
+/// reading at the terminal event included), and one that goes away at the end does not
+/// cancel the store.
 pub struct EventBody {
     state: BodyState,
     format: Option<Format>,
@@ -294,7 +296,8 @@ pub struct EventBody {
 
 enum BodyState {
     Streaming(Streamed),
-    Finishing(Arc<Finished>),
+    /// The terminal event, held until the rest of the stream is done.
+    Finishing(Arc<Finished>, Bytes),
     Ended,
 }
 
@@ -331,32 +334,36 @@ impl Stream for EventBody {
         let this = &mut *self;
         match &mut this.state {
             BodyState::Ended => Poll::Ready(None),
-            BodyState::Finishing(done) => {
+            BodyState::Finishing(done, _) => {
                 let mut st = done.state.lock();
-                if st.0 {
-                    drop(st);
-                    this.state = BodyState::Ended;
-                    return Poll::Ready(None);
+                if !st.0 {
+                    st.1 = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
-                st.1 = Some(cx.waker().clone());
-                Poll::Pending
+                drop(st);
+                match std::mem::replace(&mut this.state, BodyState::Ended) {
+                    BodyState::Finishing(_, last) => Poll::Ready(Some(Ok(last))),
+                    _ => Poll::Ready(None),
+                }
             }
             BodyState::Streaming(events) => match events.poll_next_unpin(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(event))) => {
-                    if this.format.is_some_and(|f| is_terminal(f, &event)) {
-                        let done = Arc::new(Finished::default());
-                        let guard = FinishGuard(done.clone());
-                        if let BodyState::Streaming(rest) =
-                            std::mem::replace(&mut this.state, BodyState::Finishing(done))
-                        {
-                            this.runtime.spawn(Box::pin(async move {
-                                let _guard = guard;
-                                rest.for_each(|_| async {}).await;
-                            }));
-                        }
+                    if !this.format.is_some_and(|f| is_terminal(f, &event)) {
+                        return Poll::Ready(Some(Ok(event.encode())));
                     }
-                    Poll::Ready(Some(Ok(event.encode())))
+                    let done = Arc::new(Finished::default());
+                    let guard = FinishGuard(done.clone());
+                    let finishing = BodyState::Finishing(done, event.encode());
+                    if let BodyState::Streaming(rest) =
+                        std::mem::replace(&mut this.state, finishing)
+                    {
+                        this.runtime.spawn(Box::pin(async move {
+                            let _guard = guard;
+                            rest.for_each(|_| async {}).await;
+                        }));
+                    }
+                    self.poll_next(cx)
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.state = BodyState::Ended;
@@ -562,17 +569,23 @@ impl ProxyEngineBuilder {
     /// [`Error::InvalidInput`] for an upstream URL that is not `http(s)://host[:port][/path]`
     /// or a key that is not a valid header value.
     pub fn build(self) -> Result<ProxyEngine> {
-        let openai = upstream_base("the upstream", &self.openai)?;
+        let openai = upstream_base("the upstream (LARDER_UPSTREAM, --upstream)", &self.openai)?;
         let anthropic = match &self.anthropic {
-            Some(u) => upstream_base("the Anthropic upstream", u)?,
+            Some(u) => upstream_base(
+                "the Anthropic upstream (LARDER_ANTHROPIC_UPSTREAM, --anthropic-upstream)",
+                u,
+            )?,
             None => openai.clone(),
         };
         let openai_key = match self.openai_key {
-            Some(k) => Some(header_value("the OpenAI key", format!("Bearer {k}"))?),
+            Some(k) => Some(header_value(
+                "the upstream key (LARDER_UPSTREAM_KEY)",
+                format!("Bearer {k}"),
+            )?),
             None => None,
         };
         let anthropic_key = match self.anthropic_key {
-            Some(k) => Some(header_value("the Anthropic key", k)?),
+            Some(k) => Some(header_value("the Anthropic key (LARDER_ANTHROPIC_KEY)", k)?),
             None => None,
         };
         let clock = self.cache.shared_clock().clone();
@@ -1082,5 +1095,260 @@ impl<'a> Rejected<'a> {
         all.get(&self.request)
             .filter(|(at, _)| *at >= self.since)
             .map(|(_, r)| r.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::stream;
+
+    use super::*;
+    use crate::MemoryCache;
+    use crate::runtime::{BoxFuture, Runtime};
+
+    #[derive(Debug)]
+    struct Tokio;
+
+    impl Runtime for Tokio {
+        fn spawn(&self, task: BoxFuture<'static, ()>) {
+            tokio::spawn(task);
+        }
+    }
+
+    type Body = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, UpstreamError>> + Send>>;
+
+    /// An upstream answering every call with `status` and `chunks`, counting calls.
+    struct Fake {
+        status: u16,
+        chunks: Vec<&'static str>,
+        calls: AtomicUsize,
+    }
+
+    impl ProxyIo for Fake {
+        type Body = Body;
+
+        async fn send(
+            &self,
+            _request: UpstreamRequest,
+        ) -> std::result::Result<UpstreamResponse<Body>, SendError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let chunks: Vec<_> = self
+                .chunks
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+                .collect();
+            Ok(UpstreamResponse::new(
+                self.status,
+                vec![("content-type".into(), "application/json".into())],
+                Box::pin(stream::iter(chunks)),
+            ))
+        }
+
+        fn runtime(&self) -> SharedRuntime {
+            Arc::new(Tokio)
+        }
+    }
+
+    fn engine() -> ProxyEngine {
+        let cache = ResponseCache::local(MemoryCache::builder().build().unwrap())
+            .build()
+            .unwrap();
+        ProxyEngine::builder(cache, "http://upstream.invalid/v1")
+            .build()
+            .unwrap()
+    }
+
+    fn request(body: &str) -> ProxyRequest {
+        ProxyRequest::new(
+            "POST",
+            "/v1/chat/completions",
+            vec![("authorization".into(), "Bearer sk-a".into())],
+        )
+        .with_body(Bytes::copy_from_slice(body.as_bytes()))
+    }
+
+    const STREAMED: &str =
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    const CHUNKS: &[&str] = &[include_str!(
+        "../../tests/fixtures/streams/openai_chat_text.sse"
+    )];
+
+    async fn body_of(r: ProxyResponse<Body>) -> Vec<u8> {
+        match r.body {
+            ProxyBody::Full(b) => b.to_vec(),
+            ProxyBody::Events(mut e) => {
+                let mut out = Vec::new();
+                while let Some(c) = e.next().await {
+                    out.extend_from_slice(&c.unwrap());
+                }
+                out
+            }
+            ProxyBody::Upstream(_) => panic!("a cached route relayed the upstream"),
+        }
+    }
+
+    /// The terminal event comes once the answer is stored: a client that stops reading
+    /// there (as the Python SDK does) and asks again at once gets a HIT with the same
+    /// events.
+    #[tokio::test]
+    async fn after_the_terminal_event_the_answer_is_stored() {
+        let e = engine();
+        let up = Fake {
+            status: 200,
+            chunks: CHUNKS.to_vec(),
+            calls: AtomicUsize::new(0),
+        };
+        let first = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
+        assert_eq!(first.header("x-larder-cache"), Some("MISS"));
+        let ProxyBody::Events(mut events) = first.body else {
+            panic!("a streamed answer")
+        };
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("[DONE]") {
+            got.extend_from_slice(&events.next().await.unwrap().unwrap());
+        }
+        drop(events);
+        let second = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
+        assert_eq!(second.header("x-larder-cache"), Some("HIT"));
+        assert_eq!(body_of(second).await, got, "the same events");
+        assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A client that goes away while the terminal event waits for the store does not
+    /// cancel the store.
+    #[tokio::test]
+    async fn leaving_at_the_end_does_not_cancel_the_store() {
+        use futures_util::FutureExt;
+
+        let e = engine();
+        let up = Fake {
+            status: 200,
+            chunks: CHUNKS.to_vec(),
+            calls: AtomicUsize::new(0),
+        };
+        let first = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
+        let ProxyBody::Events(mut events) = first.body else {
+            panic!("a streamed answer")
+        };
+        let mut got = Vec::new();
+        // Every event the body gives without waiting: all but the held terminal one.
+        while let Some(Some(chunk)) = events.next().now_or_never() {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert!(!got.is_empty() && !String::from_utf8_lossy(&got).contains("[DONE]"));
+        drop(events);
+        let mut hit = false;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if e.cache()
+                .peek(&plan_of(STREAMED).request, &plan_of(STREAMED).control)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                hit = true;
+                break;
+            }
+        }
+        assert!(hit, "the stream was stored after its client left");
+        let second = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
+        assert_eq!(second.header("x-larder-cache"), Some("HIT"));
+        assert_eq!(up.calls.load(Ordering::SeqCst), 1);
+    }
+
+    fn plan_of(body: &str) -> Plan {
+        super::super::plan(
+            Api::ChatCompletions,
+            body.as_bytes(),
+            [("authorization", "Bearer sk-a")],
+            Tenancy::PerCredential,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// The body ends only once the store is done: a client that reads to the end and asks
+    /// again gets a HIT at once.
+    #[tokio::test]
+    async fn the_body_ends_after_the_store() {
+        let e = engine();
+        let up = Fake {
+            status: 200,
+            chunks: CHUNKS.to_vec(),
+            calls: AtomicUsize::new(0),
+        };
+        let a = body_of(e.handle(&up, Api::ChatCompletions, request(STREAMED)).await).await;
+        let r = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
+        assert_eq!(r.header("x-larder-cache"), Some("HIT"));
+        assert_eq!(body_of(r).await, a);
+    }
+
+    /// A 4xx is passed on and not stored; a 2xx is stored and answered as a HIT.
+    #[tokio::test]
+    async fn rejections_pass_and_answers_are_stored() {
+        let e = engine();
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let bad = Fake {
+            status: 400,
+            chunks: vec![r#"{"error":{"message":"no"}}"#],
+            calls: AtomicUsize::new(0),
+        };
+        let r = e.handle(&bad, Api::ChatCompletions, request(body)).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(body_of(r).await, br#"{"error":{"message":"no"}}"#);
+        let ok = Fake {
+            status: 200,
+            chunks: vec![r#"{"id":"x","choices":[{"message":{"content":"yes"}}]}"#],
+            calls: AtomicUsize::new(0),
+        };
+        let miss = e.handle(&ok, Api::ChatCompletions, request(body)).await;
+        assert_eq!(miss.header("x-larder-cache"), Some("MISS"));
+        let hit = e.handle(&ok, Api::ChatCompletions, request(body)).await;
+        assert_eq!(hit.header("x-larder-cache"), Some("HIT"));
+        assert_eq!(body_of(miss).await, body_of(hit).await);
+        assert_eq!(ok.calls.load(Ordering::SeqCst), 1);
+        let r = e
+            .handle(&ok, Api::ChatCompletions, request("not json"))
+            .await;
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn upstream_urls_are_checked() {
+        for bad in [
+            "not a url",
+            "ftp://x",
+            "http://",
+            "http://h/v1?x=1",
+            "http://h /v1",
+        ] {
+            let cache = ResponseCache::local(MemoryCache::builder().build().unwrap())
+                .build()
+                .unwrap();
+            assert!(ProxyEngine::builder(cache, bad).build().is_err(), "{bad}");
+        }
+        let cache = ResponseCache::local(MemoryCache::builder().build().unwrap())
+            .build()
+            .unwrap();
+        let e = ProxyEngine::builder(cache, "https://api.openai.com/v1/")
+            .openai_key("sk-x")
+            .build()
+            .unwrap();
+        assert_eq!(e.openai_upstream(), "https://api.openai.com");
+        let up = e.pass_through(&ProxyRequest::new(
+            "GET",
+            "/v1/models",
+            vec![
+                ("Host".into(), "proxy".into()),
+                ("Authorization".into(), "Bearer caller".into()),
+            ],
+        ));
+        assert_eq!(up.url, "https://api.openai.com/v1/models");
+        assert_eq!(
+            up.headers,
+            vec![("authorization".to_owned(), "Bearer sk-x".to_owned())]
+        );
     }
 }

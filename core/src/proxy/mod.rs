@@ -33,10 +33,15 @@
 use std::time::Duration;
 
 mod engine;
+mod settings;
 
 pub use engine::{
     DEFAULT_BODY_LIMIT, EventBody, ProxyBody, ProxyEngine, ProxyEngineBuilder, ProxyIo,
     ProxyRequest, ProxyResponse, Route, SendError, UpstreamRequest, UpstreamResponse,
+};
+pub use settings::{
+    DEFAULT_ANTHROPIC_UPSTREAM, DEFAULT_MEMORY_ENTRIES, DEFAULT_PREFIX, DEFAULT_STALE_SECS,
+    DEFAULT_TTL_SECS, DEFAULT_UPSTREAM, ProxySettings,
 };
 
 use serde_json::{Map, Value as Json};

@@ -665,6 +665,86 @@ mod across_tasks {
         leader_and_follower(Polling(MemTransport::with_clock(clock)), 50).await;
     }
 
+    /// A transport whose writes of cache entries wait until the gate opens: a store still
+    /// in flight.
+    #[derive(Debug, Clone)]
+    struct GatedStore(MemTransport, Arc<tokio::sync::Semaphore>);
+
+    impl GatedStore {
+        async fn gate(&self, cmds: &[Cmd]) {
+            let stores = cmds.iter().any(|c| {
+                c.name() == "SET" && c.args().get(1).is_some_and(|k| k.starts_with(b"p:cache:"))
+            });
+            if stores {
+                let _ = self.1.acquire().await;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for GatedStore {
+        async fn exec(&self, cmd: Cmd) -> std::result::Result<Value, crate::TransportError> {
+            self.gate(std::slice::from_ref(&cmd)).await;
+            self.0.exec(cmd).await
+        }
+        async fn pipeline(
+            &self,
+            cmds: Vec<Cmd>,
+        ) -> std::result::Result<Vec<Value>, crate::TransportError> {
+            self.gate(&cmds).await;
+            self.0.pipeline(cmds).await
+        }
+        async fn scan_page(
+            &self,
+            cursor: crate::transport::ScanCursor,
+            pattern: &[u8],
+            count: usize,
+        ) -> std::result::Result<(crate::transport::ScanCursor, Vec<Bytes>), crate::TransportError>
+        {
+            self.0.scan_page(cursor, pattern, count).await
+        }
+    }
+
+    /// A caller that arrives after another process's stream ended, while that process is
+    /// still storing it (its lease still held), replays the finished recording as a HIT,
+    /// not as a stream it joined; the upstream is called once.
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_stream_whose_store_is_in_flight_is_a_hit() {
+        let clock = TokioClock::shared();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let t = GatedStore(MemTransport::with_clock(clock.clone()), gate.clone());
+        let (a, b) = (
+            process(&t, &clock).build().unwrap(),
+            process(&t, &clock).build().unwrap(),
+        );
+        let opens = Arc::new(AtomicUsize::new(0));
+        let bytes = fixture("openai_chat_text");
+        let lead = a
+            .stream_with(&question(), &none(), slow(&opens, &bytes))
+            .await
+            .unwrap();
+        let leader = tokio::spawn(timed(lead));
+        // Long enough for every chunk and the end's publication; the store waits.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !leader.is_finished(),
+            "the leader's store is held at the gate"
+        );
+        let late = b
+            .stream_with(&question(), &none(), slow(&opens, &bytes))
+            .await
+            .unwrap();
+        assert_eq!(late.status(), Status::Hit);
+        let (events, err, _, _) = timed(late).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(wire(&events), bytes, "the whole recording");
+        gate.add_permits(1_000);
+        let (lead_events, lead_err, _, _) = leader.await.unwrap();
+        assert!(lead_err.is_none(), "{lead_err:?}");
+        assert_eq!(events, lead_events);
+        assert_eq!(opens.load(Ordering::SeqCst), 1, "one upstream call");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn when_the_leading_process_dies_followers_get_an_error_not_a_short_answer() {
         let clock = TokioClock::shared();

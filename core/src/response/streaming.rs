@@ -14,6 +14,7 @@ use crate::clock::duration_ms;
 use crate::compute::{ComputeError, Listener, Status, event_channel};
 use crate::envelope::Envelope;
 use crate::stream::Event;
+use crate::stream::EventStream;
 use crate::stream::UpstreamError;
 use crate::stream::remote::{EndMark, Follow, Publisher, follow};
 use crate::stream::tee::Publish;
@@ -147,8 +148,15 @@ impl ResponseCache {
                 Ok(self.replay(e, Status::Coalesced, control))
             }
             Ok(Got::Remote(token)) => {
-                status(Status::Coalesced);
-                Ok(self.follow(&t, &token))
+                // A recording another process already finished (its store may still be
+                // in flight) is replayed as a HIT; one still streaming is joined.
+                let (events, complete) = self.follow(&t, &token).await;
+                let s = status(if complete {
+                    Status::Hit
+                } else {
+                    Status::Coalesced
+                });
+                Ok(Streamed::remote(events, s))
             }
             Ok(Got::Computed(_) | Got::Joined(_)) => {
                 unreachable!("stream flights produce streams")
@@ -403,8 +411,9 @@ impl ResponseCache {
         }))
     }
 
-    /// Follows the stream another process publishes under its lease `token`.
-    fn follow(&self, t: &Target, token: &str) -> Streamed {
+    /// Follows the stream another process publishes under its lease `token`; true when
+    /// the first read found it complete.
+    async fn follow(&self, t: &Target, token: &str) -> (EventStream, bool) {
         let transport = self
             .publishes_streams()
             .expect("only found where streams are published")
@@ -413,7 +422,7 @@ impl ResponseCache {
             Some(lock) => lock.listen(&t.user),
             None => Listener::polling(),
         };
-        Streamed::remote(follow(Follow {
+        follow(Follow {
             transport,
             live_key: self.inner.keys.live_key(&t.user, token),
             lock_key: self.inner.keys.scheme().lock_key(&t.user),
@@ -422,7 +431,8 @@ impl ResponseCache {
             clock: self.inner.clock.clone(),
             poll: self.inner.stream_poll,
             keyring: self.inner.keyring.clone(),
-        }))
+        })
+        .await
     }
 
     /// A live stream of `flight` that a new caller may join.

@@ -174,9 +174,9 @@ impl Streamed {
         }
     }
 
-    pub(crate) fn remote(events: EventStream) -> Self {
+    pub(crate) fn remote(events: EventStream, status: Status) -> Self {
         Streamed {
-            status: Status::Coalesced,
+            status,
             stored_at_ms: None,
             source: Source::Remote(events),
         }

@@ -151,9 +151,11 @@ struct State {
 /// How many entries one `XRANGE` reads.
 const PAGE: usize = 512;
 
-/// The events of a stream published by another process.
-pub(crate) fn follow(f: Follow) -> EventStream {
-    let state = State {
+/// The events of a stream published by another process, and whether the first read
+/// found it already complete (every event and a `done` end in one page): then it is a
+/// recording to replay, not a stream in flight.
+pub(crate) async fn follow(f: Follow) -> (EventStream, bool) {
+    let mut state = State {
         f,
         last: "0-0".to_owned(),
         buf: VecDeque::new(),
@@ -161,10 +163,19 @@ pub(crate) fn follow(f: Follow) -> EventStream {
         done: false,
         seq: 0,
     };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+    let complete = match state.read(false).await {
+        Ok(_) => matches!(state.end, Some(None)),
+        Err(e) => {
+            // The events read before the failure, then the error.
+            state.end = Some(Some(StreamError::Cache(Arc::new(e))));
+            false
+        }
+    };
+    let events: EventStream = Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         let item = st.next().await?;
         Some((item, st))
-    }))
+    }));
+    (events, complete)
 }
 
 impl State {

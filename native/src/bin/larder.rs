@@ -121,7 +121,7 @@ struct ProxyArgs {
     #[arg(
         long,
         env = "LARDER_UPSTREAM",
-        default_value = "https://api.openai.com"
+        default_value = larder_core::proxy::DEFAULT_UPSTREAM
     )]
     upstream: String,
 
@@ -130,7 +130,7 @@ struct ProxyArgs {
     #[arg(
         long,
         env = "LARDER_ANTHROPIC_UPSTREAM",
-        default_value = "https://api.anthropic.com"
+        default_value = larder_core::proxy::DEFAULT_ANTHROPIC_UPSTREAM
     )]
     anthropic_upstream: String,
 
@@ -160,21 +160,21 @@ struct ProxyArgs {
     redis_timeout_ms: u64,
 
     /// Key prefix in Redis.
-    #[arg(long, env = "LARDER_PREFIX", default_value = "larder")]
+    #[arg(long, env = "LARDER_PREFIX", default_value = larder_core::proxy::DEFAULT_PREFIX)]
     prefix: String,
 
     /// Seconds an answer stays fresh, unless a request says otherwise (x-larder-ttl,
     /// Cache-Control: max-age, cf-aig-cache-ttl).
-    #[arg(long, env = "LARDER_PROXY_TTL_SECS", default_value_t = 3600)]
+    #[arg(long, env = "LARDER_PROXY_TTL_SECS", default_value_t = larder_core::proxy::DEFAULT_TTL_SECS)]
     ttl_secs: u64,
 
     /// Seconds past freshness during which an answer is still served when the upstream
     /// fails (5xx, 429, timeouts); 0 turns it off.
-    #[arg(long, env = "LARDER_PROXY_STALE_SECS", default_value_t = 86_400)]
+    #[arg(long, env = "LARDER_PROXY_STALE_SECS", default_value_t = larder_core::proxy::DEFAULT_STALE_SECS)]
     stale_secs: u64,
 
     /// Entries the in-memory cache holds (without Redis).
-    #[arg(long, env = "LARDER_PROXY_MEMORY_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, env = "LARDER_PROXY_MEMORY_ENTRIES", default_value_t = larder_core::proxy::DEFAULT_MEMORY_ENTRIES)]
     memory_entries: usize,
 
     /// Let every caller share one cache instead of one per credential.
@@ -256,8 +256,20 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
     use larder_core::response::ResponseCache;
     use larder_core::{MemoryCache, RedisCache};
 
-    let ttl = Duration::from_secs(args.ttl_secs.max(1));
-    let stale = (args.stale_secs > 0).then(|| Duration::from_secs(args.stale_secs));
+    // The flags (and their environment variables) through the same reader as the proxy
+    // Worker's bindings: one set of rules and defaults.
+    let settings = larder_core::proxy::ProxySettings::from_lookup(|name| match name {
+        "LARDER_UPSTREAM" => Some(args.upstream.clone()),
+        "LARDER_ANTHROPIC_UPSTREAM" => Some(args.anthropic_upstream.clone()),
+        "LARDER_PROXY_TTL_SECS" => Some(args.ttl_secs.to_string()),
+        "LARDER_PROXY_STALE_SECS" => Some(args.stale_secs.to_string()),
+        "LARDER_PROXY_SHARED_TENANCY" => Some(args.shared_tenancy.to_string()),
+        "LARDER_PROXY_BODY_LIMIT" => Some(args.body_limit.to_string()),
+        "LARDER_PROXY_MEMORY_ENTRIES" => Some(args.memory_entries.to_string()),
+        "LARDER_PREFIX" => Some(args.prefix.clone()),
+        other => std::env::var(other).ok(),
+    })
+    .map_err(|e| e.to_string().replace("invalid argument: ", ""))?;
     let redis = !args.redis_urls.iter().all(|u| u.trim().is_empty()) || !args.sentinels.is_empty();
     let cache = if redis {
         let connect = larder_native::cli::RedisArgs {
@@ -291,44 +303,27 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         ResponseCache::local(memory)
     };
-    let mut cache = cache.default_ttl(ttl);
-    if let Some(s) = stale {
-        cache = cache.stale_window(s);
-    }
-    let (keys, hash) = larder_native::cli::secrets_from_env()?;
-    let encrypted = keys.is_some();
-    if let Some(k) = keys {
-        cache = cache.encryption(k);
-    }
-    if let Some(h) = &hash {
-        cache = cache.hash_key(h.clone());
-    }
-    let cache = cache.build().map_err(|e| e.to_string())?;
+    let encrypted = settings.keyring.is_some();
+    let cache = settings.response_cache(cache).map_err(|e| e.to_string())?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
-    let mut builder = larder_native::proxy::Proxy::builder(cache, args.upstream.clone())
-        .anthropic_upstream(args.anthropic_upstream.clone())
+    let mut builder = larder_native::proxy::Proxy::builder(cache, settings.upstream.clone())
+        .anthropic_upstream(settings.anthropic_upstream.clone())
         .prometheus(prometheus)
-        .body_limit(args.body_limit)
+        .tenancy(settings.tenancy)
+        .body_limit(settings.body_limit)
         .max_connections(args.max_connections)
         .read_timeout(Duration::from_millis(args.read_timeout_ms.max(1)))
         .connect_timeout(Duration::from_millis(args.connect_timeout_ms.max(1)));
-    if args.shared_tenancy {
-        builder = builder.tenancy(larder_core::proxy::Tenancy::Shared);
-    }
-    if let Some(h) = hash.clone() {
+    if let Some(h) = settings.hash_key.clone() {
         builder = builder.tenant_key(h);
     }
-    if let Ok(k) = std::env::var("LARDER_UPSTREAM_KEY")
-        && !k.trim().is_empty()
-    {
-        builder = builder.openai_key(k.trim());
+    if let Some(k) = &settings.upstream_key {
+        builder = builder.openai_key(k);
     }
-    if let Ok(k) = std::env::var("LARDER_ANTHROPIC_KEY")
-        && !k.trim().is_empty()
-    {
-        builder = builder.anthropic_key(k.trim());
+    if let Some(k) = &settings.anthropic_key {
+        builder = builder.anthropic_key(k);
     }
     let proxy = builder.build().map_err(|e| e.to_string())?;
     let (listener, addr) = bind(args.listen).await?;
@@ -339,7 +334,7 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
         storage = if redis { "redis" } else { "memory" },
         shared_tenancy = args.shared_tenancy,
         encrypted,
-        keyed_hashes = hash.is_some(),
+        keyed_hashes = settings.hash_key.is_some(),
         "larder proxy listening"
     );
     println!("listening on {addr}");

@@ -63,6 +63,7 @@ mod process;
 mod resp;
 mod sentinel;
 mod server;
+mod workerd;
 
 use std::io;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub use sentinel::{
     MASTER_NAME, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS, SentinelSetup,
 };
 pub use server::{RedisServer, RedisServerBuilder};
+pub use workerd::{Workerd, edge_dir, workerd_bin};
 
 /// How long a standalone server may take to answer `PING` (generous for loaded CI).
 const STANDALONE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,10 +6,7 @@
 //! workerd (`tests/edge/node_modules`). Without them the tests are skipped, unless
 //! `LARDER_EDGE_TESTS=require`.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +18,7 @@ use larder_native::testing::RedisCluster;
 use serde_json::{Value as Json, json};
 
 use crate::support::{FULL, Setup};
-use crate::upstash::{edge_dir, skip_or_fail};
+use crate::upstash::skip_or_fail;
 
 const PREFIX: &str = "e2e";
 
@@ -36,103 +33,34 @@ fn worker_build_dir() -> PathBuf {
         })
 }
 
-/// The platform binary from npm (not the `.bin/workerd` wrapper script: killing the wrapper
-/// would leave workerd running).
-fn workerd_bin() -> PathBuf {
-    std::env::var_os("WORKERD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let platform = if cfg!(target_arch = "aarch64") {
-                "workerd-linux-arm64"
-            } else {
-                "workerd-linux-64"
-            };
-            edge_dir().join(format!("node_modules/@cloudflare/{platform}/bin/workerd"))
-        })
-}
-
-/// workerd serving the Worker on a socket we bound (passed by fd: no port race).
+/// workerd serving the example Worker.
 struct Workerd {
-    child: Child,
+    _workerd: larder_native::testing::Workerd,
     url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Workerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Workerd {
     /// `None` (after skip_or_fail) when the Worker or workerd is missing.
     async fn start(gateway_url: &str) -> Option<Workerd> {
         let build = worker_build_dir();
-        let bin = workerd_bin();
-        if !build.join("index_bg.wasm").exists() || !bin.exists() {
-            skip_or_fail(&format!(
-                "the built Worker ({}) or workerd ({}) is missing; run scripts/edge-e2e.sh",
-                build.display(),
-                bin.display()
-            ));
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["index.js", "index_bg.wasm"] {
-            std::fs::copy(build.join(f), dir.path().join(f)).unwrap();
-        }
-        let config = format!(
-            r#"using Workerd = import "/workerd/workerd.capnp";
-const config :Workerd.Config = (
-  services = [
-    (name = "main", worker = .worker),
-    (name = "internet", network = (allow = ["public", "private", "local"])),
-  ],
-  sockets = [ (name = "http", http = (), service = "main") ],
-);
-const worker :Workerd.Worker = (
-  modules = [
-    (name = "index.js", esModule = embed "index.js"),
-    (name = "index_bg.wasm", wasm = embed "index_bg.wasm"),
-  ],
-  compatibilityDate = "2025-09-01",
-  bindings = [
-    (name = "UPSTASH_REDIS_REST_URL", text = "{gateway_url}"),
-    (name = "UPSTASH_REDIS_REST_TOKEN", text = "{FULL}"),
-    (name = "LARDER_REST_BASE64_ARGS", text = "1"),
-    (name = "LARDER_PREFIX", text = "{PREFIX}"),
-  ],
-  globalOutbound = "internet",
-);
-"#
-        );
-        std::fs::write(dir.path().join("config.capnp"), config).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let fd = listener.as_raw_fd();
-        let mut cmd = Command::new(&bin);
-        cmd.arg("serve")
-            .arg("config.capnp")
-            .arg(format!("--socket-fd=http={fd}"))
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls (fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start workerd");
-        drop(listener);
+        let inner = match larder_native::testing::Workerd::start(
+            &build,
+            &[
+                ("UPSTASH_REDIS_REST_URL", gateway_url),
+                ("UPSTASH_REDIS_REST_TOKEN", FULL),
+                ("LARDER_REST_BASE64_ARGS", "1"),
+                ("LARDER_PREFIX", PREFIX),
+            ],
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                skip_or_fail(&format!("{e}; run scripts/edge-e2e.sh"));
+                return None;
+            }
+        };
         let w = Workerd {
-            child,
-            url,
-            _dir: dir,
+            url: inner.url().to_owned(),
+            _workerd: inner,
         };
         let http = reqwest::Client::new();
         let started = Instant::now();

@@ -12,6 +12,8 @@ use larder_native::testing::{FakeLlm, RedisServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+mod worker;
+
 struct Setup {
     fake: FakeLlm,
     proxy: SpawnedProxy,
@@ -677,7 +679,7 @@ async fn the_upstream_gets_the_callers_credential_or_the_proxys() {
         .openai_key("bad\nkey")
         .build()
         .unwrap_err();
-    assert!(bad.to_string().contains("OpenAI key"), "{bad}");
+    assert!(bad.to_string().contains("LARDER_UPSTREAM_KEY"), "{bad}");
 }
 
 /// Shutting down lets a stream in flight finish: the client gets every event.

@@ -1,0 +1,335 @@
+//! The proxy as a Cloudflare Worker (`examples/proxy-worker`, built by worker-build) in
+//! workerd: the official SDKs through it, its cache shared with `larder proxy` on the same
+//! Redis (the Worker through the gateway, natively over redis-rs), one upstream call for
+//! concurrent identical requests in two workerd processes, and its subrequest counts.
+//!
+//! Needs the built Worker (`scripts/edge-e2e.sh` builds it) and workerd
+//! (`tests/edge/node_modules`); without them the tests are skipped, unless
+//! `LARDER_EDGE_TESTS=require`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder_native::gateway::{Gateway, SpawnedGateway, Token};
+use larder_native::testing::{FakeLlm, RedisServer, Workerd};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::{Answer, chat, post_to, proxy_for, redis_cache, streamed};
+
+const TOKEN: &str = "worker-proxy-test-token-0123456789";
+const PREFIX: &str = "wp";
+
+fn build_dir() -> PathBuf {
+    std::env::var_os("LARDER_PROXY_WORKER_BUILD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/proxy-worker/build"
+            ))
+        })
+}
+
+fn skip_or_fail(why: &str) {
+    let required = std::env::var("LARDER_EDGE_TESTS").is_ok_and(|v| v == "require");
+    assert!(!required, "LARDER_EDGE_TESTS=require but {why}");
+    eprintln!("skipped: {why}");
+}
+
+/// A real Redis, the gateway in front of it, and the fake provider.
+struct Backend {
+    redis: RedisServer,
+    gateway: SpawnedGateway,
+    fake: FakeLlm,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let redis = tokio::task::spawn_blocking(RedisServer::start)
+            .await
+            .unwrap()
+            .expect("redis-server starts");
+        let native = larder_native::RedisTransport::connect(&redis.url())
+            .await
+            .unwrap();
+        let gateway = Gateway::builder(Arc::new(native))
+            .token(Token::new(TOKEN).unwrap())
+            .build()
+            .unwrap()
+            .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
+        let fake = FakeLlm::start().await.unwrap();
+        Backend {
+            redis,
+            gateway,
+            fake,
+        }
+    }
+
+    /// The proxy Worker in a workerd of its own, on this Redis (through the gateway) or,
+    /// with `redis` false, on its in-memory default. `None` after skip_or_fail when it
+    /// cannot run here.
+    async fn worker(&self, redis: bool) -> Option<Workerd> {
+        let gateway = self.gateway.url();
+        let upstream = self.fake.url();
+        let mut bindings = vec![
+            ("LARDER_UPSTREAM", upstream.as_str()),
+            ("LARDER_ANTHROPIC_UPSTREAM", upstream.as_str()),
+            ("LARDER_PREFIX", PREFIX),
+        ];
+        if redis {
+            bindings.extend([
+                ("UPSTASH_REDIS_REST_URL", gateway.as_str()),
+                ("UPSTASH_REDIS_REST_TOKEN", TOKEN),
+                ("LARDER_REST_BASE64_ARGS", "1"),
+            ]);
+        }
+        let w = match Workerd::start(&build_dir(), &bindings) {
+            Ok(w) => w,
+            Err(e) => {
+                skip_or_fail(&format!("{e}; run scripts/edge-e2e.sh"));
+                return None;
+            }
+        };
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            let ready = http.get(format!("{}/healthz", w.url())).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "workerd did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(w)
+    }
+}
+
+fn redis_requests(a: &Answer) -> u64 {
+    a.headers
+        .get("x-larder-redis-requests")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no x-larder-redis-requests: {:?}", a.headers))
+}
+
+/// The official SDKs (`openai` from npm and PyPI, `anthropic` from PyPI) run their suites
+/// against the Worker exactly as against `larder proxy`: MISS then HIT, streamed and not,
+/// events identical, tenants apart, STALE on a 500, a 400 passed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdks_pass_through_the_worker() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/proxy-sdk");
+    let python = dir.join(".venv/bin/python");
+    if !python.exists() || !dir.join("node_modules/openai/package.json").exists() {
+        skip_or_fail("the SDKs are not installed: bash scripts/install-proxy-sdks.sh");
+        return;
+    }
+    let b = Backend::start().await;
+    let Some(w) = b.worker(true).await else {
+        return;
+    };
+    for (what, program, args) in [
+        (
+            "node",
+            PathBuf::from("node"),
+            vec!["--test".into(), dir.join("openai.test.mjs")],
+        ),
+        ("python", python.clone(), vec![dir.join("sdk_test.py")]),
+    ] {
+        let url = w.url().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(program)
+                .args(args)
+                .env("LARDER_PROXY_URL", url)
+                .output()
+                .expect("run the SDK tests")
+        })
+        .await
+        .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("--- {what} through the Worker ---\n{text}");
+        assert!(out.status.success(), "{what} SDK tests failed:\n{text}");
+    }
+}
+
+/// What the Worker stored is a HIT for `larder proxy` on the same Redis, byte for byte,
+/// and the other way round; streamed and not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_and_the_native_proxy_share_one_cache() {
+    let b = Backend::start().await;
+    let Some(w) = b.worker(true).await else {
+        return;
+    };
+    let native = proxy_for(redis_cache(&b.redis.url(), PREFIX).await, &b.fake).await;
+    let client = reqwest::Client::new();
+    let path = "/v1/chat/completions";
+    let cases = [
+        ("worker first", chat("shared, worker first"), true),
+        ("native first", chat("shared, native first"), false),
+        (
+            "worker first, streamed",
+            streamed(chat("shared s, worker first")),
+            true,
+        ),
+        (
+            "native first, streamed",
+            streamed(chat("shared s, native first")),
+            false,
+        ),
+    ];
+    for (what, body, worker_first) in cases {
+        let (first, second) = if worker_first {
+            (w.url().to_owned(), native.url())
+        } else {
+            (native.url(), w.url().to_owned())
+        };
+        let calls = b.fake.calls();
+        let a = post_to(&client, &first, path, &body, &[]).await;
+        let h = post_to(&client, &second, path, &body, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{what}");
+        assert_eq!(
+            (a.cache.as_str(), h.cache.as_str()),
+            ("MISS", "HIT"),
+            "{what}"
+        );
+        assert_eq!(a.body, h.body, "{what}: byte-identical");
+        assert_eq!(a.key, h.key, "{what}: the same key");
+        assert_eq!(b.fake.calls() - calls, 1, "{what}: one upstream call");
+        if body["stream"] == json!(true) {
+            let text = String::from_utf8_lossy(&h.body);
+            assert!(text.contains("data: [DONE]"), "{what}: {text}");
+        }
+    }
+}
+
+/// Two workerd processes (separate isolates) and 50 concurrent identical requests split
+/// between them make exactly one upstream call, streamed and not; every caller gets the
+/// same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_requests_in_two_workerd_processes_make_one_upstream_call() {
+    let b = Backend::start().await;
+    let (Some(w1), Some(w2)) = (b.worker(true).await, b.worker(true).await) else {
+        return;
+    };
+    b.fake.set_latency(Duration::from_millis(400));
+    b.fake.set_chunk_gap(Duration::from_millis(20));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(100)
+        .build()
+        .unwrap();
+    for (round, body) in [chat("fifty"), streamed(chat("fifty, streamed"))]
+        .into_iter()
+        .enumerate()
+    {
+        let before = b.fake.calls();
+        let body = Arc::new(body);
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let base = if i % 2 == 0 { w1.url() } else { w2.url() }.to_owned();
+                let (client, body) = (client.clone(), body.clone());
+                tokio::spawn(async move {
+                    post_to(&client, &base, "/v1/chat/completions", &body, &[]).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        assert_eq!(
+            b.fake.calls() - before,
+            1,
+            "round {round}: exactly one upstream call"
+        );
+        let first = &answers[0].body;
+        for a in &answers {
+            assert_eq!(a.status, StatusCode::OK, "round {round}");
+            assert_eq!(&a.body, first, "round {round}: the same answer for all");
+        }
+        let misses = answers.iter().filter(|a| a.cache == "MISS").count();
+        assert_eq!(misses, 1, "round {round}: one MISS, the rest joined or hit");
+        let most = answers.iter().map(redis_requests).max().unwrap();
+        println!("round {round}: at most {most} Redis requests before a response started");
+    }
+}
+
+/// Subrequests per request type: a hit makes one HTTP request to Redis (the lookup); a
+/// miss makes the lookup and the lease before the upstream call (its store runs after the
+/// response, under waitUntil); a bypass makes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subrequests_per_request_type() {
+    let b = Backend::start().await;
+    let Some(w) = b.worker(true).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    for body in [chat("count"), streamed(chat("count, streamed"))] {
+        let miss = post_to(&client, w.url(), "/v1/chat/completions", &body, &[]).await;
+        let hit = post_to(&client, w.url(), "/v1/chat/completions", &body, &[]).await;
+        let bypass = post_to(
+            &client,
+            w.url(),
+            "/v1/chat/completions",
+            &body,
+            &[("x-larder-cache", "bypass")],
+        )
+        .await;
+        assert_eq!(
+            (
+                miss.cache.as_str(),
+                hit.cache.as_str(),
+                bypass.cache.as_str()
+            ),
+            ("MISS", "HIT", "BYPASS")
+        );
+        assert_eq!(redis_requests(&hit), 1, "a hit is one request to Redis");
+        assert_eq!(redis_requests(&bypass), 0, "a bypass does not touch Redis");
+        let m = redis_requests(&miss);
+        assert!((2..=8).contains(&m), "a miss before its answer: {m}");
+        println!(
+            "stream={}: miss {m}, hit {}, bypass {}",
+            body["stream"] == json!(true),
+            redis_requests(&hit),
+            redis_requests(&bypass)
+        );
+    }
+}
+
+/// With no Redis configured the Worker caches in its isolate's memory: MISS then HIT,
+/// streamed and not, and no Redis request count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_worker_caches_in_memory() {
+    let b = Backend::start().await;
+    let Some(w) = b.worker(false).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    for body in [chat("memory"), streamed(chat("memory, streamed"))] {
+        let calls = b.fake.calls();
+        let a = post_to(&client, w.url(), "/v1/chat/completions", &body, &[]).await;
+        let h = post_to(&client, w.url(), "/v1/chat/completions", &body, &[]).await;
+        assert_eq!((a.cache.as_str(), h.cache.as_str()), ("MISS", "HIT"));
+        assert_eq!(a.body, h.body);
+        assert_eq!(b.fake.calls() - calls, 1);
+        assert!(h.headers.get("x-larder-redis-requests").is_none());
+    }
+    let bad: Value = post_to(
+        &client,
+        w.url(),
+        "/v1/chat/completions",
+        &json!({"x": 1}),
+        &[],
+    )
+    .await
+    .json();
+    assert!(bad["error"]["message"].is_string(), "{bad}");
+}

@@ -504,11 +504,14 @@ def render_proxy(R):
         "reached the provider meanwhile (0: every request was a hit). *Miss*: 50 new questions "
         "in a row, each interleaved with the same request sent straight to the provider; "
         "*added* is the difference of the medians. *Stampede*: 100 identical new requests at "
-        "once, the model taking 300 ms."
+        "once, the model taking 300 ms. *proxy Worker (workerd)*: `examples/proxy-worker` in "
+        "workerd from npm, caching in the same Redis through `larder gateway` (one HTTP "
+        "request to the gateway per hit)."
     )
     R.p()
     rows = []
     by = {}
+    size = next((r for r in recs if r.get("kind") == "worker_size"), None)
     for r in recs:
         if r.get("kind") == "hits":
             by[(r["proxy"], r["concurrency"])] = r
@@ -539,6 +542,20 @@ def render_proxy(R):
         R.targets.append(("proxy: cache-hit p50 ≤ 1 ms", "larder proxy, 1 client",
                           f"{mine1['p50_ms']:.2f} ms", mine1["p50_ms"] <= 1.0,
                           1.0 - mine1["p50_ms"]))
+    worker1 = by.get(("proxy Worker (workerd)", 1))
+    if size or (worker1 and mine1):
+        R.p()
+    if size:
+        R.p(f"The proxy Worker's wasm: {size['raw_bytes']:,} bytes, {size['gzip_bytes']:,} "
+            "bytes gzip -9 (the free plan allows 3 MB gzip).")
+        R.targets.append(("proxy Worker: wasm ≤ 1 MB gzip", "examples/proxy-worker",
+                          f"{size['gzip_bytes'] / 1000:.0f} KB", size["gzip_bytes"] <= 1_000_000,
+                          1_000_000 - size["gzip_bytes"]))
+    if worker1 and mine1:
+        R.p(f"A hit through the Worker in workerd takes {worker1['p50_ms']:.2f} ms p50 "
+            f"({worker1['p99_ms']:.2f} ms p99), "
+            f"{worker1['p50_ms'] / mine1['p50_ms']:.1f}× a hit on `larder proxy` "
+            f"({mine1['p50_ms']:.2f} ms), one client each, same run.")
     for c in (1, 50):
         mine, peer = by.get(("larder proxy", c)), by.get(("LiteLLM proxy", c))
         if mine and peer and peer["rps"] > 0:

@@ -68,9 +68,10 @@ bash scripts/install-edge-tools.sh >/dev/null
 bash scripts/edge-compat.sh
 bash scripts/edge-e2e.sh
 
-step "proxy: the official SDKs (openai and anthropic from PyPI, openai from npm) against larder proxy"
+step "proxy: the official SDKs (openai and anthropic from PyPI, openai from npm) against larder proxy and the proxy Worker in workerd"
 bash scripts/install-proxy-sdks.sh
-LARDER_SDK_TESTS=require cargo test --workspace --all-features --test proxy official_sdks
+LARDER_SDK_TESTS=require LARDER_EDGE_TESTS=require cargo test --workspace --all-features --test proxy -- \
+  official_sdks worker::
 
 step "larder-core for wasm32-unknown-unknown"
 cargo build -p larder-core --target wasm32-unknown-unknown

@@ -1,7 +1,9 @@
 //! `larder proxy` against LiteLLM's proxy (`litellm[proxy]` from PyPI, with its Redis cache),
 //! the same fake provider behind both, in one run: cache-hit requests/s and latency, the
 //! latency a miss adds over calling the provider directly, and upstream calls for 100
-//! concurrent identical requests.
+//! concurrent identical requests. When the proxy Worker is built (`scripts/edge-e2e.sh`) and
+//! workerd is installed, the same cases run through the Worker in workerd (on the same Redis,
+//! through `larder gateway`), with its wasm size.
 //!
 //! Run with `scripts/bench.sh` (part `proxy`, which installs the pinned LiteLLM into a venv
 //! and sets `LITELLM_BIN`), or `cargo bench -p larder-native --features cli,test-util --bench
@@ -15,8 +17,9 @@ use std::time::{Duration, Instant};
 use larder_core::RedisCache;
 use larder_core::response::ResponseCache;
 use larder_native::RedisTransport;
+use larder_native::gateway::{Gateway, Token};
 use larder_native::proxy::Proxy;
-use larder_native::testing::{FakeLlm, RedisServer};
+use larder_native::testing::{FakeLlm, RedisServer, Workerd};
 use serde_json::json;
 
 fn emit(record: serde_json::Value) {
@@ -172,6 +175,71 @@ async fn stampede(name: &str, url: &str, fake: &FakeLlm) {
     }));
 }
 
+/// The proxy Worker's build directory.
+fn worker_build() -> std::path::PathBuf {
+    std::env::var_os("LARDER_PROXY_WORKER_BUILD")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/proxy-worker/build"
+            ))
+        })
+}
+
+/// The proxy Worker in workerd, on the Redis at `redis_url` through a gateway of its own,
+/// forwarding to `upstream`; its wasm size is emitted. `None` when it is not built here.
+async fn start_worker(
+    redis_url: &str,
+    upstream: &str,
+) -> Option<(Workerd, larder_native::gateway::SpawnedGateway)> {
+    const TOKEN: &str = "bench-proxy-worker-token-0123456789";
+    let build = worker_build();
+    let wasm = std::fs::read(build.join("index_bg.wasm")).ok()?;
+    let gzip = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(build.join("index_bg.wasm"))
+        .output()
+        .ok()?
+        .stdout
+        .len();
+    emit(
+        json!({"suite": "proxy", "kind": "worker_size", "raw_bytes": wasm.len(),
+                "gzip_bytes": gzip}),
+    );
+    let transport = RedisTransport::connect(redis_url).await.ok()?;
+    let gateway = Gateway::builder(std::sync::Arc::new(transport))
+        .token(Token::new(TOKEN).ok()?)
+        .build()
+        .ok()?
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?)
+        .ok()?;
+    let gateway_url = gateway.url();
+    let w = Workerd::start(
+        &build,
+        &[
+            ("LARDER_UPSTREAM", upstream),
+            ("LARDER_PREFIX", "bench-proxy"),
+            ("UPSTASH_REDIS_REST_URL", gateway_url.as_str()),
+            ("UPSTASH_REDIS_REST_TOKEN", TOKEN),
+            ("LARDER_REST_BASE64_ARGS", "1"),
+        ],
+    )
+    .map_err(|e| eprintln!("the proxy Worker does not run here: {e}"))
+    .ok()?;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let ready = client.get(format!("{}/healthz", w.url())).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Some((w, gateway));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("workerd did not start within 30 s");
+    None
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -257,6 +325,11 @@ fn main() {
         } else {
             eprintln!("LITELLM_BIN unset or LiteLLM failed to start: larder only");
         }
+        let worker = start_worker(&server.url(), &fake.url()).await;
+        match &worker {
+            Some((w, _)) => proxies.push(("proxy Worker (workerd)", w.url().to_owned())),
+            None => eprintln!("the proxy Worker is not built (scripts/edge-e2e.sh): skipped"),
+        }
         for (name, url) in &proxies {
             hits(name, url, 1, &fake).await;
             hits(name, url, 50, &fake).await;
@@ -266,6 +339,7 @@ fn main() {
         for (name, url) in &proxies {
             stampede(name, url, &fake).await;
         }
+        drop(worker);
         if let Some((mut child, _, _dir)) = litellm {
             let _ = child.kill();
             let _ = child.wait();

@@ -37,6 +37,7 @@ pub const DEFAULT_PREFIX: &str = "larder";
 /// | `LARDER_PROXY_BODY_LIMIT` | the largest cached request body, bytes | [`DEFAULT_BODY_LIMIT`](super::DEFAULT_BODY_LIMIT) |
 /// | `LARDER_PROXY_MEMORY_ENTRIES` | entries of the in-memory cache (without Redis) | [`DEFAULT_MEMORY_ENTRIES`] |
 /// | `LARDER_PREFIX` | the key prefix in Redis | [`DEFAULT_PREFIX`] |
+/// | `LARDER_PROXY_STREAM_POLL_MS` | how often a caller waiting for another process's stream looks again without a notification (over HTTP: its polling interval, one to three subrequests per look) | the cache's, 50 ms |
 /// | `LARDER_ENCRYPTION_KEYS` (secret) | encryption at rest: `id:base64key,…`, the current key first | off |
 /// | `LARDER_HASH_SECRET` (secret) | keyed request hashes and tenant names (base64, ≥ 16 bytes) | off |
 #[derive(Clone)]
@@ -62,6 +63,8 @@ pub struct ProxySettings {
     pub memory_entries: usize,
     /// `LARDER_PREFIX`.
     pub prefix: String,
+    /// `LARDER_PROXY_STREAM_POLL_MS`.
+    pub stream_poll: Option<Duration>,
     /// `LARDER_ENCRYPTION_KEYS`.
     pub keyring: Option<Keyring>,
     /// `LARDER_HASH_SECRET`.
@@ -82,6 +85,7 @@ impl fmt::Debug for ProxySettings {
             .field("body_limit", &self.body_limit)
             .field("memory_entries", &self.memory_entries)
             .field("prefix", &self.prefix)
+            .field("stream_poll", &self.stream_poll)
             .field("encrypted", &self.keyring.is_some())
             .field("keyed_hashes", &self.hash_key.is_some())
             .finish()
@@ -146,6 +150,12 @@ impl ProxySettings {
                 None => DEFAULT_MEMORY_ENTRIES,
             },
             prefix: get("LARDER_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            stream_poll: match get("LARDER_PROXY_STREAM_POLL_MS") {
+                Some(v) => Some(Duration::from_millis(
+                    number::<u64>("LARDER_PROXY_STREAM_POLL_MS", &v)?.max(1),
+                )),
+                None => None,
+            },
             keyring: get("LARDER_ENCRYPTION_KEYS")
                 .map(|v| Keyring::parse(&v))
                 .transpose()
@@ -157,8 +167,8 @@ impl ProxySettings {
         })
     }
 
-    /// The response cache over `backend` with these settings (TTL, stale window,
-    /// encryption, keyed hashes).
+    /// The response cache over `backend` with these settings (TTL, stale window, stream
+    /// polling, encryption, keyed hashes).
     ///
     /// # Errors
     ///
@@ -167,6 +177,9 @@ impl ProxySettings {
         let mut cache = backend.default_ttl(self.ttl);
         if let Some(s) = self.stale {
             cache = cache.stale_window(s);
+        }
+        if let Some(p) = self.stream_poll {
+            cache = cache.stream_poll_interval(p);
         }
         if let Some(k) = &self.keyring {
             cache = cache.encryption(k.clone());
@@ -236,12 +249,14 @@ mod tests {
             ("LARDER_PROXY_STALE_SECS", "0"),
             ("LARDER_PROXY_SHARED_TENANCY", "true"),
             ("LARDER_UPSTREAM_KEY", " sk-secret "),
+            ("LARDER_PROXY_STREAM_POLL_MS", "200"),
         ]))
         .unwrap();
         assert_eq!(s.upstream, "http://127.0.0.1:9/v1");
         assert_eq!(s.stale, None);
         assert_eq!(s.tenancy, Tenancy::Shared);
         assert_eq!(s.upstream_key.as_deref(), Some("sk-secret"));
+        assert_eq!(s.stream_poll, Some(Duration::from_millis(200)));
         assert!(!format!("{s:?}").contains("sk-secret"));
         for (name, bad) in [
             ("LARDER_PROXY_TTL_SECS", "soon"),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use larder_core::Transport;
 use larder_native::gateway::{Gateway, SpawnedGateway, Token};
 use larder_native::testing::{FakeLlm, RedisServer, Workerd};
 use reqwest::StatusCode;
@@ -72,6 +73,11 @@ impl Backend {
     /// with `redis` false, on its in-memory default. `None` after skip_or_fail when it
     /// cannot run here.
     async fn worker(&self, redis: bool) -> Option<Workerd> {
+        self.worker_with(redis, &[]).await
+    }
+
+    /// [`worker`](Self::worker) with more bindings.
+    async fn worker_with(&self, redis: bool, more: &[(&str, &str)]) -> Option<Workerd> {
         let gateway = self.gateway.url();
         let upstream = self.fake.url();
         let mut bindings = vec![
@@ -86,6 +92,7 @@ impl Backend {
                 ("LARDER_REST_BASE64_ARGS", "1"),
             ]);
         }
+        bindings.extend_from_slice(more);
         let w = match Workerd::start(&build_dir(), &bindings) {
             Ok(w) => w,
             Err(e) => {
@@ -332,4 +339,107 @@ async fn without_redis_the_worker_caches_in_memory() {
     .await
     .json();
     assert!(bad["error"]["message"].is_string(), "{bad}");
+}
+
+/// Encryption at rest and keyed hashes, from the same secrets in the Worker and natively:
+/// what one stored (sealed, under a keyed hash) the other reads, and Redis holds neither the
+/// prompt nor the answer in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_entries_are_shared_between_the_worker_and_the_native_proxy() {
+    const KEYS: &str = "k2:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const HASH: &str = "bGFyZGVyLXdvcmtlci1oYXNoLXNlY3JldA==";
+    let b = Backend::start().await;
+    let Some(w) = b
+        .worker_with(
+            true,
+            &[
+                ("LARDER_ENCRYPTION_KEYS", KEYS),
+                ("LARDER_HASH_SECRET", HASH),
+            ],
+        )
+        .await
+    else {
+        return;
+    };
+    let keyring = larder_core::seal::Keyring::parse(KEYS).unwrap();
+    let hash = larder_core::seal::HashKey::parse(HASH).unwrap();
+    let t = larder_native::RedisTransport::connect(&b.redis.url())
+        .await
+        .unwrap();
+    let cache = larder_core::response::ResponseCache::redis(
+        larder_core::RedisCache::builder(t.clone())
+            .prefix(PREFIX)
+            .build()
+            .unwrap(),
+    )
+    .default_ttl(Duration::from_secs(3600))
+    .encryption(keyring)
+    .hash_key(hash.clone())
+    .build()
+    .unwrap();
+    let native = larder_native::proxy::Proxy::builder(cache, b.fake.url())
+        .tenant_key(hash)
+        .build()
+        .unwrap()
+        .spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let client = reqwest::Client::new();
+    let path = "/v1/chat/completions";
+    for (what, body, worker_first) in [
+        ("worker first", chat("sealed question one"), true),
+        ("native first", streamed(chat("sealed question two")), false),
+    ] {
+        let (first, second) = if worker_first {
+            (w.url().to_owned(), native.url())
+        } else {
+            (native.url(), w.url().to_owned())
+        };
+        let a = post_to(&client, &first, path, &body, &[]).await;
+        let h = post_to(&client, &second, path, &body, &[]).await;
+        assert_eq!(
+            (a.cache.as_str(), h.cache.as_str()),
+            ("MISS", "HIT"),
+            "{what}"
+        );
+        assert_eq!(a.body, h.body, "{what}");
+    }
+    let mut clear = 0;
+    let keys = match t
+        .exec(larder_core::Cmd::new("KEYS").arg(format!("{PREFIX}:*")))
+        .await
+        .unwrap()
+    {
+        larder_core::Value::Array(keys) => keys,
+        other => panic!("KEYS: {other:?}"),
+    };
+    assert!(!keys.is_empty());
+    for key in keys {
+        let key = key.as_bytes().unwrap().to_vec();
+        let kind = t
+            .exec(larder_core::Cmd::new("TYPE").arg(&key[..]))
+            .await
+            .unwrap();
+        let read = match format!("{kind:?}") {
+            k if k.contains("string") => larder_core::Cmd::new("GET").arg(&key[..]),
+            k if k.contains("stream") => larder_core::Cmd::new("XRANGE")
+                .arg(&key[..])
+                .arg("-")
+                .arg("+"),
+            k if k.contains("hash") => larder_core::Cmd::new("HGETALL").arg(&key[..]),
+            k if k.contains("zset") => larder_core::Cmd::new("ZRANGE")
+                .arg(&key[..])
+                .arg("0")
+                .arg("-1"),
+            k if k.contains("set") => larder_core::Cmd::new("SMEMBERS").arg(&key[..]),
+            _ => continue,
+        };
+        let text = format!("{:?}", t.exec(read).await.unwrap());
+        let key_text = String::from_utf8_lossy(&key);
+        assert!(!key_text.contains("sealed question"), "{key_text}");
+        if text.contains("sealed question") || text.contains("You said") {
+            eprintln!("in clear under {key_text}: {text}");
+            clear += 1;
+        }
+    }
+    assert_eq!(clear, 0, "no prompt or answer in clear in Redis");
 }

@@ -227,17 +227,13 @@ async fn start_worker(
     )
     .map_err(|e| eprintln!("the proxy Worker does not run here: {e}"))
     .ok()?;
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        let ready = client.get(format!("{}/healthz", w.url())).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return Some((w, gateway));
+    match w.wait_until_serving("/healthz", Duration::from_secs(30)) {
+        Ok(()) => Some((w, gateway)),
+        Err(e) => {
+            eprintln!("{e}");
+            None
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("workerd did not start within 30 s");
-    None
 }
 
 fn free_port() -> u16 {

@@ -1,11 +1,13 @@
 //! [`Workerd`]: Cloudflare's Workers runtime (workerd, from npm) serving a built Worker, for
 //! end-to-end tests.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// `tests/edge` of this repository, where `npm ci` installs workerd.
 pub fn edge_dir() -> PathBuf {
@@ -130,5 +132,36 @@ const worker :Workerd.Worker = (
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Waits until `GET path` answers 200 (the Worker is loaded), for at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when it did not.
+    pub fn wait_until_serving(&self, path: &str, timeout: Duration) -> io::Result<()> {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let ok = (|| -> io::Result<bool> {
+                let mut s = TcpStream::connect(&addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head)?;
+                Ok(&head[9..12] == b"200")
+            })();
+            if ok.unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("workerd did not answer GET {path} with 200 within {timeout:?}"),
+        ))
     }
 }

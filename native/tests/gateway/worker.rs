@@ -35,7 +35,7 @@ fn worker_build_dir() -> PathBuf {
 
 /// workerd serving the example Worker.
 struct Workerd {
-    _workerd: larder_native::testing::Workerd,
+    workerd: larder_native::testing::Workerd,
     url: String,
 }
 
@@ -60,21 +60,13 @@ impl Workerd {
         };
         let w = Workerd {
             url: inner.url().to_owned(),
-            _workerd: inner,
+            workerd: inner,
         };
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            let ready = http.get(format!("{}/vectors", w.url)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "workerd did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        tokio::task::block_in_place(|| {
+            w.workerd
+                .wait_until_serving("/vectors", Duration::from_secs(30))
+        })
+        .expect("workerd serves the Worker");
         Some(w)
     }
 
@@ -217,13 +209,13 @@ async fn scenario(native: RedisTransport, gateway: &SpawnedGateway, measure: boo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_in_workerd_shares_the_cache_with_native_code() {
+async fn worker_inworkerd_shares_the_cache_with_native_code() {
     let s = Setup::start().await;
     scenario(s.native.clone(), &s.gateway, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_in_workerd_on_a_cluster() {
+async fn worker_inworkerd_on_a_cluster() {
     if !worker_build_dir().join("index_bg.wasm").exists() {
         return skip_or_fail("the built Worker is missing; run scripts/edge-e2e.sh");
     }

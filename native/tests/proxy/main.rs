@@ -589,8 +589,14 @@ async fn official_sdks() {
         return;
     }
     let s = setup().await;
-    let url = s.proxy.url();
-    for (what, program, args) in [
+    run_sdk_suites(&s.proxy.url(), "larder proxy").await;
+}
+
+/// Runs the official SDKs' suites (tests/proxy-sdk) against the proxy at `url`.
+async fn run_sdk_suites(url: &str, what: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/proxy-sdk");
+    let python = dir.join(".venv/bin/python");
+    for (sdk, program, args) in [
         ("python", python.clone(), vec![dir.join("sdk_test.py")]),
         (
             "node",
@@ -598,7 +604,7 @@ async fn official_sdks() {
             vec!["--test".into(), dir.join("openai.test.mjs")],
         ),
     ] {
-        let url = url.clone();
+        let url = url.to_owned();
         let out = tokio::task::spawn_blocking(move || {
             std::process::Command::new(program)
                 .args(args)
@@ -613,8 +619,11 @@ async fn official_sdks() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        println!("--- {what} ---\n{text}");
-        assert!(out.status.success(), "{what} SDK tests failed:\n{text}");
+        println!("--- {sdk} against {what} ---\n{text}");
+        assert!(
+            out.status.success(),
+            "{sdk} SDK tests against {what} failed:\n{text}"
+        );
     }
 }
 

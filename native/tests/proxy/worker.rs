@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder_core::Transport;
 use larder_native::gateway::{Gateway, SpawnedGateway, Token};
@@ -100,19 +100,10 @@ impl Backend {
                 return None;
             }
         };
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            let ready = http.get(format!("{}/healthz", w.url())).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "workerd did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = tokio::task::block_in_place(|| {
+            w.wait_until_serving("/healthz", Duration::from_secs(30))
+        });
+        ready.expect("workerd serves the Worker");
         Some(w)
     }
 }
@@ -140,32 +131,7 @@ async fn the_official_sdks_pass_through_the_worker() {
     let Some(w) = b.worker(true).await else {
         return;
     };
-    for (what, program, args) in [
-        (
-            "node",
-            PathBuf::from("node"),
-            vec!["--test".into(), dir.join("openai.test.mjs")],
-        ),
-        ("python", python.clone(), vec![dir.join("sdk_test.py")]),
-    ] {
-        let url = w.url().to_owned();
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(program)
-                .args(args)
-                .env("LARDER_PROXY_URL", url)
-                .output()
-                .expect("run the SDK tests")
-        })
-        .await
-        .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("--- {what} through the Worker ---\n{text}");
-        assert!(out.status.success(), "{what} SDK tests failed:\n{text}");
-    }
+    super::run_sdk_suites(w.url(), "the proxy Worker").await;
 }
 
 /// What the Worker stored is a HIT for `larder proxy` on the same Redis, byte for byte,

@@ -39,8 +39,10 @@ const FRAMES: &str = "rig_frames";
 /// `user`; see [`EXCLUDED_FIELDS`](larder_core::response::EXCLUDED_FIELDS)), together
 /// with the host and path it is sent to and whether the reply is streamed. A body without
 /// a `model` (Gemini names the model in its path) is keyed under its path as the model.
-/// Requests that are not a JSON object body (uploads, listings) are sent through
-/// uncached.
+/// Headers and the query string are not part of the key (credentials never are): requests
+/// of two API keys share answers unless each has its own namespace
+/// ([`with_control`](Self::with_control)). Requests that are not a JSON object body
+/// (uploads, listings) are sent through uncached.
 ///
 /// # Unary replies
 ///

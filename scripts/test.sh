@@ -4,7 +4,8 @@
 #   bash scripts/test.sh
 #
 # Steps: tool setup, cargo fmt --check, clippy -D warnings, the public API snapshot, cargo deny, all tests (unit, doc,
-# conformance on every topology, fault tests against real redis-server processes), the edge
+# conformance on every topology, fault tests against real redis-server processes, the rig adapter:
+# `--all-features` turns on larder-tests' `rig` feature and its `rig` test binary), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
 # wasm32 and served by workerd), the fuzz regressions, the core built for
 # wasm32-unknown-unknown, every example.

@@ -4,7 +4,8 @@
 //! Workers. This facade re-exports [`larder_core`] (every decision: keys, envelope, memory
 //! LRU+TTL, get-or-compute, the response cache, the [`Cache`] trait, the Redis cache over a
 //! [`Transport`]); the `native` feature adds `larder_native` (the redis-rs transport), the
-//! `edge` feature `larder_edge` (Redis over HTTP).
+//! `edge` feature `larder_edge` (Redis over HTTP), the `rig` feature [`rig`] (rig models and
+//! tools cached).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -63,3 +64,6 @@ pub use larder_native::{self as native, RedisOptions, RedisTransport, Servers};
 
 #[cfg(feature = "edge")]
 pub use larder_edge as edge;
+
+#[cfg(feature = "rig")]
+pub mod rig;

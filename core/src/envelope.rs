@@ -36,7 +36,11 @@ pub struct Envelope {
     #[serde(default)]
     pub timestamp: i64,
     /// Free-form metadata (temperature, token counts, …).
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Map::is_empty",
+        serialize_with = "sorted::map"
+    )]
     pub metadata: Map<String, Json>,
     /// Unix ms until which the value is fresh; absent means fresh until the key expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +212,44 @@ fn looks_like_envelope(s: &str) -> bool {
     rest.starts_with("\"v\"")
 }
 
+/// Writes JSON objects with their members in key order, at every depth, whatever order the
+/// map holds them in: serde_json keeps insertion order instead when any crate in the build
+/// turns on its `preserve_order` feature (rig-core does), and the bytes an envelope is
+/// stored as must not depend on the build (docs/KEY_FORMAT.md has them byte for byte).
+mod sorted {
+    use serde::ser::{SerializeMap, SerializeSeq};
+    use serde::{Serialize, Serializer};
+    use serde_json::{Map, Value as Json};
+
+    pub(super) fn map<S: Serializer>(map: &Map<String, Json>, s: S) -> Result<S::Ok, S::Error> {
+        let mut entries: Vec<(&String, &Json)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut out = s.serialize_map(Some(entries.len()))?;
+        for (k, v) in entries {
+            out.serialize_entry(k, &Sorted(v))?;
+        }
+        out.end()
+    }
+
+    struct Sorted<'a>(&'a Json);
+
+    impl Serialize for Sorted<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                Json::Object(m) => map(m, s),
+                Json::Array(items) => {
+                    let mut out = s.serialize_seq(Some(items.len()))?;
+                    for item in items {
+                        out.serialize_element(&Sorted(item))?;
+                    }
+                    out.end()
+                }
+                other => other.serialize(s),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +269,22 @@ mod tests {
         assert_eq!(
             &e.encode()[..],
             br#"{"v":1,"response":"hi","model":"gpt","timestamp":7}"#
+        );
+    }
+
+    #[test]
+    fn metadata_is_written_in_key_order_at_every_depth() {
+        // Inserted out of order: with serde_json's `preserve_order` on (rig-core turns it
+        // on), a map keeps insertion order, and the stored bytes must not.
+        let e = Envelope::new("hi", "gpt", 7)
+            .with_metadata("zeta", 1)
+            .with_metadata(
+                "alpha",
+                serde_json::json!([{"name": "n", "id": "i", "arguments": {"b": 1, "a": 2}}]),
+            );
+        assert_eq!(
+            &e.encode()[..],
+            br#"{"v":1,"response":"hi","model":"gpt","timestamp":7,"metadata":{"alpha":[{"arguments":{"a":2,"b":1},"id":"i","name":"n"}],"zeta":1}}"#
         );
     }
 

@@ -50,6 +50,6 @@ pub use transport::{
 };
 
 #[cfg(all(not(target_arch = "wasm32"), feature = "native-client"))]
-pub use native::ReqwestClient;
+pub use native::{DEFAULT_STREAM_IDLE_TIMEOUT, ReqwestClient};
 #[cfg(all(target_arch = "wasm32", feature = "worker"))]
 pub use workers::{FetchClient, WaitUntil};

@@ -36,7 +36,8 @@ pub use larder_core::proxy::DEFAULT_BODY_LIMIT;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default longest silence of the upstream (before its headers, or between two chunks
 /// of a body): 300 s.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_READ_TIMEOUT: Duration =
+    Duration::from_millis(larder_core::proxy::DEFAULT_READ_TIMEOUT_MS);
 
 /// A proxy could not be built (a bad upstream URL, a TLS setup failure).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

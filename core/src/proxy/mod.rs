@@ -40,8 +40,8 @@ pub use engine::{
     ProxyRequest, ProxyResponse, Route, SendError, UpstreamRequest, UpstreamResponse,
 };
 pub use settings::{
-    DEFAULT_ANTHROPIC_UPSTREAM, DEFAULT_MEMORY_ENTRIES, DEFAULT_PREFIX, DEFAULT_STALE_SECS,
-    DEFAULT_TTL_SECS, DEFAULT_UPSTREAM, ProxySettings,
+    DEFAULT_ANTHROPIC_UPSTREAM, DEFAULT_MEMORY_ENTRIES, DEFAULT_PREFIX, DEFAULT_READ_TIMEOUT_MS,
+    DEFAULT_STALE_SECS, DEFAULT_TTL_SECS, DEFAULT_UPSTREAM, ProxySettings,
 };
 
 use serde_json::{Map, Value as Json};

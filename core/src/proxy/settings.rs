@@ -22,6 +22,8 @@ pub const DEFAULT_STALE_SECS: u64 = 86_400;
 pub const DEFAULT_MEMORY_ENTRIES: usize = 10_000;
 /// Default `LARDER_PREFIX`.
 pub const DEFAULT_PREFIX: &str = "larder";
+/// Default `LARDER_PROXY_READ_TIMEOUT_MS`: 300 s.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 300_000;
 
 /// The proxy's settings. Variables (unset or blank: the default):
 ///
@@ -37,6 +39,7 @@ pub const DEFAULT_PREFIX: &str = "larder";
 /// | `LARDER_PROXY_BODY_LIMIT` | the largest cached request body, bytes | [`DEFAULT_BODY_LIMIT`](super::DEFAULT_BODY_LIMIT) |
 /// | `LARDER_PROXY_MEMORY_ENTRIES` | entries of the in-memory cache (without Redis) | [`DEFAULT_MEMORY_ENTRIES`] |
 /// | `LARDER_PREFIX` | the key prefix in Redis | [`DEFAULT_PREFIX`] |
+/// | `LARDER_PROXY_READ_TIMEOUT_MS` | how long the upstream may stay silent (before its headers; natively also between two chunks); past it the caller gets 504, or a stale answer | [`DEFAULT_READ_TIMEOUT_MS`] |
 /// | `LARDER_PROXY_STREAM_POLL_MS` | how often a caller waiting for another process's stream looks again without a notification (over HTTP: its polling interval, one to three subrequests per look) | the cache's, 50 ms |
 /// | `LARDER_ENCRYPTION_KEYS` (secret) | encryption at rest: `id:base64key,…`, the current key first | off |
 /// | `LARDER_HASH_SECRET` (secret) | keyed request hashes and tenant names (base64, ≥ 16 bytes) | off |
@@ -65,6 +68,8 @@ pub struct ProxySettings {
     pub prefix: String,
     /// `LARDER_PROXY_STREAM_POLL_MS`.
     pub stream_poll: Option<Duration>,
+    /// `LARDER_PROXY_READ_TIMEOUT_MS`.
+    pub read_timeout: Duration,
     /// `LARDER_ENCRYPTION_KEYS`.
     pub keyring: Option<Keyring>,
     /// `LARDER_HASH_SECRET`.
@@ -86,6 +91,7 @@ impl fmt::Debug for ProxySettings {
             .field("memory_entries", &self.memory_entries)
             .field("prefix", &self.prefix)
             .field("stream_poll", &self.stream_poll)
+            .field("read_timeout", &self.read_timeout)
             .field("encrypted", &self.keyring.is_some())
             .field("keyed_hashes", &self.hash_key.is_some())
             .finish()
@@ -150,6 +156,13 @@ impl ProxySettings {
                 None => DEFAULT_MEMORY_ENTRIES,
             },
             prefix: get("LARDER_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            read_timeout: Duration::from_millis(
+                match get("LARDER_PROXY_READ_TIMEOUT_MS") {
+                    Some(v) => number::<u64>("LARDER_PROXY_READ_TIMEOUT_MS", &v)?,
+                    None => DEFAULT_READ_TIMEOUT_MS,
+                }
+                .max(1),
+            ),
             stream_poll: match get("LARDER_PROXY_STREAM_POLL_MS") {
                 Some(v) => Some(Duration::from_millis(
                     number::<u64>("LARDER_PROXY_STREAM_POLL_MS", &v)?.max(1),

@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::{Either, select};
 use futures_util::{Stream, StreamExt};
 use larder_core::proxy::{
     ProxyBody, ProxyEngine, ProxyIo, ProxyRequest, ProxyResponse, ProxySettings, Route, SendError,
@@ -71,11 +72,25 @@ fn memory(entries: usize) -> std::result::Result<MemoryCache, larder_core::Error
 /// after the response.
 struct WorkerIo {
     runtime: SharedRuntime,
+    /// The longest wait for the upstream's response headers.
+    timeout: std::time::Duration,
 }
 
 fn js_error(e: worker::Error) -> UpstreamError {
     Arc::new(e)
 }
+
+/// No response headers within the timeout.
+#[derive(Debug)]
+struct TimedOut(std::time::Duration);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no response within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 impl WorkerIo {
     async fn fetch(
@@ -95,10 +110,18 @@ impl WorkerIo {
             .with_body(body);
         let req = worker::Request::new_with_init(&request.url, &init)
             .map_err(|e| SendError::unreachable(js_error(e)))?;
-        let mut resp = worker::Fetch::Request(req)
-            .send()
-            .await
-            .map_err(|e| SendError::unreachable(js_error(e)))?;
+        let controller = worker::AbortController::default();
+        let signal = controller.signal();
+        let fetch = worker::Fetch::Request(req);
+        let sending = fetch.send_with_signal(&signal);
+        let timer = worker::Delay::from(self.timeout);
+        let mut resp = match select(Box::pin(sending), timer).await {
+            Either::Left((r, _)) => r.map_err(|e| SendError::unreachable(js_error(e)))?,
+            Either::Right(_) => {
+                controller.abort();
+                return Err(SendError::timed_out(Arc::new(TimedOut(self.timeout))));
+            }
+        };
         let status = resp.status_code();
         let headers = resp.headers().entries().collect();
         let body: Body = match resp.stream() {
@@ -166,7 +189,9 @@ fn config_error(message: impl std::fmt::Display) -> Result<Response> {
 }
 
 /// The engine for one request, and the Redis transport when there is one.
-fn engine(env: &Env) -> std::result::Result<(ProxyEngine, Option<RestTransport>), String> {
+fn engine(
+    env: &Env,
+) -> std::result::Result<(ProxyEngine, Option<RestTransport>, std::time::Duration), String> {
     let lookup = |name: &str| {
         env.secret(name)
             .map(|s| s.to_string())
@@ -190,18 +215,19 @@ fn engine(env: &Env) -> std::result::Result<(ProxyEngine, Option<RestTransport>)
         .response_cache(backend)
         .map_err(|e| e.to_string())?;
     let engine = settings.engine(cache).map_err(|e| e.to_string())?;
-    Ok((engine, transport))
+    Ok((engine, transport, settings.read_timeout))
 }
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let runtime = WaitUntil::shared(Arc::new(ctx));
-    let (engine, transport) = match engine(&env) {
+    let (engine, transport, timeout) = match engine(&env) {
         Ok(e) => e,
         Err(e) => return config_error(e),
     };
     let io = WorkerIo {
         runtime: runtime.clone(),
+        timeout,
     };
     let url = req.url()?;
     let path_and_query = match url.query() {

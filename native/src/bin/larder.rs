@@ -190,7 +190,7 @@ struct ProxyArgs {
     max_connections: usize,
 
     /// Milliseconds the upstream may stay silent (before its headers, or between chunks).
-    #[arg(long, env = "LARDER_PROXY_READ_TIMEOUT_MS", default_value_t = larder_native::proxy::DEFAULT_READ_TIMEOUT.as_millis() as u64)]
+    #[arg(long, env = "LARDER_PROXY_READ_TIMEOUT_MS", default_value_t = larder_core::proxy::DEFAULT_READ_TIMEOUT_MS)]
     read_timeout_ms: u64,
 
     /// Milliseconds connecting to the upstream may take.
@@ -267,6 +267,7 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
         "LARDER_PROXY_BODY_LIMIT" => Some(args.body_limit.to_string()),
         "LARDER_PROXY_MEMORY_ENTRIES" => Some(args.memory_entries.to_string()),
         "LARDER_PREFIX" => Some(args.prefix.clone()),
+        "LARDER_PROXY_READ_TIMEOUT_MS" => Some(args.read_timeout_ms.to_string()),
         other => std::env::var(other).ok(),
     })
     .map_err(|e| e.to_string().replace("invalid argument: ", ""))?;
@@ -314,7 +315,7 @@ async fn proxy(args: ProxyArgs) -> Result<(), String> {
         .tenancy(settings.tenancy)
         .body_limit(settings.body_limit)
         .max_connections(args.max_connections)
-        .read_timeout(Duration::from_millis(args.read_timeout_ms.max(1)))
+        .read_timeout(settings.read_timeout)
         .connect_timeout(Duration::from_millis(args.connect_timeout_ms.max(1)));
     if let Some(h) = settings.hash_key.clone() {
         builder = builder.tenant_key(h);

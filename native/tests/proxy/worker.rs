@@ -409,3 +409,23 @@ async fn encrypted_entries_are_shared_between_the_worker_and_the_native_proxy() 
     }
     assert_eq!(clear, 0, "no prompt or answer in clear in Redis");
 }
+
+/// An upstream silent past `LARDER_PROXY_READ_TIMEOUT_MS` gets the caller a 504 in about
+/// that time, not a wait as long as the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_is_a_504_after_the_read_timeout() {
+    let b = Backend::start().await;
+    let Some(w) = b
+        .worker_with(true, &[("LARDER_PROXY_READ_TIMEOUT_MS", "300")])
+        .await
+    else {
+        return;
+    };
+    b.fake.set_latency(Duration::from_secs(5));
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let a = post_to(&client, w.url(), "/v1/chat/completions", &chat("slow"), &[]).await;
+    let took = started.elapsed();
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", a.json());
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+}

@@ -164,7 +164,7 @@ fn contenders(capacity: usize) -> Vec<Box<dyn Contender>> {
 
 const CAPACITY: usize = 10_000;
 const OPS_PER_THREAD: usize = 400_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("larder:cache:{i:016x}")).collect()
@@ -205,51 +205,91 @@ impl Workload {
     }
 }
 
-/// Million operations per second, median of ROUNDS, for `threads` threads.
-fn throughput(c: &dyn Contender, w: Workload, threads: usize, keys: &[String]) -> f64 {
+/// Pins the calling thread to CPU `cpu` where the OS allows (Linux); false otherwise.
+fn pin_to(cpu: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; the
+        // call reads `size_of::<cpu_set_t>()` bytes of it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = cpu;
+        false
+    }
+}
+
+/// Fills `c` to capacity with the first CAPACITY keys.
+fn warm(c: &dyn Contender, keys: &[String]) {
     let value = Bytes::from(vec![7u8; 64]);
-    // Warm: fill to capacity with the first CAPACITY keys.
     for k in &keys[..CAPACITY] {
         c.insert(k, value.clone());
     }
-    let mut results = Vec::new();
-    for round in 0..ROUNDS {
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for t in 0..threads {
-                let value = value.clone();
-                s.spawn(move || {
-                    let mut rng = Rng((round * 31 + t) as u64 + 1);
-                    for _ in 0..OPS_PER_THREAD {
-                        match w {
-                            Workload::GetHit => {
-                                // Hot keys stay within capacity: a hit for every contender
-                                // (moka admits lazily, so its rate may be slightly lower).
-                                let k = &keys[rng.below(CAPACITY / 2)];
-                                black_box(c.get(k));
-                            }
-                            Workload::Insert => {
-                                let k = &keys[rng.below(keys.len())];
+}
+
+/// One round: million operations per second of `threads` threads (thread `t` pinned to
+/// CPU `t` when `pinned`).
+fn round(
+    c: &dyn Contender,
+    w: Workload,
+    threads: usize,
+    keys: &[String],
+    seed: usize,
+    cpus: usize,
+) -> f64 {
+    let value = Bytes::from(vec![7u8; 64]);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let value = value.clone();
+            s.spawn(move || {
+                if cpus > 1 {
+                    pin_to(t % cpus);
+                }
+                let mut rng = Rng((seed * 31 + t) as u64 + 1);
+                for _ in 0..OPS_PER_THREAD {
+                    match w {
+                        Workload::GetHit => {
+                            // Hot keys stay within capacity: a hit for every contender
+                            // (moka admits lazily, so its rate may be slightly lower).
+                            let k = &keys[rng.below(CAPACITY / 2)];
+                            black_box(c.get(k));
+                        }
+                        Workload::Insert => {
+                            let k = &keys[rng.below(keys.len())];
+                            c.insert(k, value.clone());
+                        }
+                        Workload::Mixed9010 => {
+                            let k = &keys[rng.below(CAPACITY * 2)];
+                            if rng.below(10) == 0 {
                                 c.insert(k, value.clone());
-                            }
-                            Workload::Mixed9010 => {
-                                let k = &keys[rng.below(CAPACITY * 2)];
-                                if rng.below(10) == 0 {
-                                    c.insert(k, value.clone());
-                                } else {
-                                    black_box(c.get(k));
-                                }
+                            } else {
+                                black_box(c.get(k));
                             }
                         }
                     }
-                });
-            }
-        });
-        let secs = start.elapsed().as_secs_f64();
-        results.push((threads * OPS_PER_THREAD) as f64 / secs / 1e6);
-    }
-    results.sort_by(|a, b| a.total_cmp(b));
-    results[ROUNDS / 2]
+                }
+            });
+        }
+    });
+    (threads * OPS_PER_THREAD) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// The median of `v` and the spread around it (the lowest and highest value).
+fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
 }
 
 /// A Zipf(s) sampler over `n` ranks by inverse CDF (binary search on the cumulative sums).
@@ -275,9 +315,8 @@ impl Zipf {
     }
 }
 
-/// Hit ratio on 1M requests over 100k keys, Zipf(0.9), capacity 10% of the keys, with
-/// cache-aside fills (a miss inserts).
-fn zipf_hit_ratio(c: &dyn Contender, trace: &[usize], keys: &[String]) -> f64 {
+/// Hit ratio of `trace` (indices into `keys`) with cache-aside fills (a miss inserts).
+fn hit_ratio(c: &dyn Contender, trace: &[usize], keys: &[String]) -> f64 {
     let value = Bytes::from_static(b"v");
     let mut hits = 0usize;
     for &i in trace {
@@ -288,6 +327,111 @@ fn zipf_hit_ratio(c: &dyn Contender, trace: &[usize], keys: &[String]) -> f64 {
         }
     }
     hits as f64 / trace.len() as f64
+}
+
+/// Keys in the hit-ratio traces' key space; capacities are fractions of it.
+const SPACE: usize = 100_000;
+/// Requests per hit-ratio trace.
+const REQUESTS: usize = 500_000;
+
+/// A trace of REQUESTS indices. Indices ≥ SPACE are one-off keys (never requested again).
+fn trace(name: &str, capacity: usize) -> Vec<usize> {
+    let mut rng = Rng(7);
+    let mut one_off = SPACE;
+    let mut fresh = || {
+        one_off += 1;
+        one_off - 1
+    };
+    match name {
+        "loop" => {
+            // A loop over 10 % more keys than fit: LRU and FIFO miss every request.
+            let n = capacity + capacity / 10;
+            (0..REQUESTS).map(|i| i % n).collect()
+        }
+        "scan + hot" => {
+            // Zipf(0.9) requests to the key space, and every fifth stretch of 5,000
+            // requests a scan of one-off keys.
+            let zipf = Zipf::new(SPACE, 0.9);
+            (0..REQUESTS)
+                .map(|i| {
+                    if (i / 5_000) % 5 == 4 {
+                        fresh()
+                    } else {
+                        zipf.sample(&mut rng)
+                    }
+                })
+                .collect()
+        }
+        "agent" => {
+            // An agent fleet: 30 % one-off prompts; the rest Zipf(1.0) over a hot set of
+            // 2,000 prompts that moves on by 500 every 50,000 requests; and bursts, where a
+            // request is repeated right away 1–5 times (retries, parallel identical calls).
+            let zipf = Zipf::new(2_000, 1.0);
+            let mut out = Vec::with_capacity(REQUESTS);
+            while out.len() < REQUESTS {
+                let shift = (out.len() / 50_000) * 500;
+                let k = if rng.below(10) < 3 {
+                    fresh()
+                } else {
+                    (shift + zipf.sample(&mut rng)) % SPACE
+                };
+                out.push(k);
+                if rng.below(5) == 0 {
+                    for _ in 0..=rng.below(5) {
+                        out.push(k);
+                    }
+                }
+            }
+            out.truncate(REQUESTS);
+            out
+        }
+        zipf => {
+            let s: f64 = zipf.trim_start_matches("zipf ").parse().expect("zipf S");
+            let zipf = Zipf::new(SPACE, s);
+            (0..REQUESTS).map(|_| zipf.sample(&mut rng)).collect()
+        }
+    }
+}
+
+/// The hit-ratio table: every trace at every capacity, every contender, in one run.
+fn hit_ratios() {
+    const TRACES: [&str; 7] = [
+        "zipf 0.6",
+        "zipf 0.8",
+        "zipf 1.0",
+        "zipf 1.2",
+        "loop",
+        "scan + hot",
+        "agent",
+    ];
+    let keys = keys(SPACE + REQUESTS);
+    let names: Vec<&str> = contenders(1).iter().map(|c| c.name()).collect();
+    println!(
+        "### Hit ratio: {REQUESTS} requests per trace over {SPACE} keys (plus one-off keys), \
+         cache-aside fills\n"
+    );
+    println!("| trace | capacity | {} |", names.join(" | "));
+    println!("|---|---|{}", "---|".repeat(names.len()));
+    for t in TRACES {
+        for pct in [1usize, 10, 50] {
+            let capacity = SPACE * pct / 100;
+            let trace = trace(t, capacity);
+            let ratios: Vec<f64> = contenders(capacity)
+                .iter()
+                .map(|c| hit_ratio(c.as_ref(), &trace, &keys))
+                .collect();
+            let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            println!("| {t} | {pct} % | {} |", cells.join(" | "));
+            for (name, ratio) in names.iter().zip(&ratios) {
+                emit(serde_json::json!({
+                    "suite": "memory", "kind": "hit_ratio", "contender": name,
+                    "hit_ratio": ratio, "trace": t, "capacity_pct": pct,
+                    "capacity": capacity, "requests": REQUESTS, "keys": SPACE,
+                }));
+            }
+        }
+    }
+    println!();
 }
 
 /// Heap bytes per entry beyond the key and value payloads, after inserting `n` entries.
@@ -320,61 +464,80 @@ fn main() {
          capacity {CAPACITY}; keys `String`, values `Bytes` (64 B).\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cpus > 1 && pin_to(0);
+    println!(
+        "Contenders interleaved round by round (the order rotating), {ROUNDS} rounds; threads \
+         {}pinned to CPUs; a ratio is larder MemoryCache ÷ quick_cache per round, median \
+         [lowest – highest].\n",
+        if pinned { "" } else { "not " }
+    );
+    let workloads = [Workload::GetHit, Workload::Insert, Workload::Mixed9010];
     for threads in [1usize, 2] {
-        println!("### {threads} thread(s): million ops/s (ratio = larder MemoryCache / other)\n");
-        print!("| contender |");
-        let workloads = [Workload::GetHit, Workload::Insert, Workload::Mixed9010];
-        for w in workloads {
-            print!(" {} |", w.name());
-        }
-        println!();
+        println!("### {threads} thread(s): million ops/s, median [lowest – highest]\n");
+        println!("| contender | get (hit) | insert | mixed 90% get / 10% insert |");
         println!("|---|---|---|---|");
-        let mut table: Vec<(&'static str, Vec<f64>)> = Vec::new();
-        for c in contenders(CAPACITY) {
-            let row = workloads
-                .iter()
-                .map(|&w| throughput(c.as_ref(), w, threads, &all_keys))
-                .collect();
-            table.push((c.name(), row));
-        }
-        for (name, row) in &table {
-            for (w, mops) in workloads.iter().zip(row) {
+        let mut cells: Vec<Vec<String>> = Vec::new();
+        let mut ratio_row = Vec::new();
+        let all = contenders(CAPACITY);
+        let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
+        for (wi, &w) in workloads.iter().enumerate() {
+            let cs = contenders(CAPACITY);
+            for c in &cs {
+                warm(c.as_ref(), &all_keys);
+            }
+            let mut per: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
+            for r in 0..ROUNDS {
+                for k in 0..cs.len() {
+                    let i = (r + k) % cs.len();
+                    per[i].push(round(
+                        cs[i].as_ref(),
+                        w,
+                        threads,
+                        &all_keys,
+                        r,
+                        if pinned { cpus } else { 1 },
+                    ));
+                }
+            }
+            let quick = names.iter().position(|n| *n == "quick_cache sync").unwrap();
+            let ratios: Vec<f64> = per[0].iter().zip(&per[quick]).map(|(a, b)| a / b).collect();
+            let (rm, rlo, rhi) = median_spread(ratios);
+            let decided = if rlo >= 1.0 {
+                "met"
+            } else if rhi < 1.0 {
+                "not met"
+            } else {
+                "not decided"
+            };
+            ratio_row.push(format!("{rm:.2}× [{rlo:.2} – {rhi:.2}] {decided}"));
+            emit(serde_json::json!({
+                "suite": "memory", "kind": "ratio", "workload": w.name(), "threads": threads,
+                "vs": "quick_cache sync", "median": rm, "low": rlo, "high": rhi,
+                "rounds": ROUNDS, "pinned": pinned,
+            }));
+            for (i, rounds) in per.into_iter().enumerate() {
+                let (m, lo, hi) = median_spread(rounds);
+                if cells.len() <= i {
+                    cells.push(Vec::new());
+                }
+                cells[i].push(format!("{m:.2} [{lo:.2} – {hi:.2}]"));
+                let _ = wi;
                 emit(serde_json::json!({
-                    "suite": "memory", "kind": "throughput", "contender": name,
-                    "workload": w.name(), "threads": threads, "mops": mops,
-                    "rounds": ROUNDS, "ops_per_thread": OPS_PER_THREAD,
+                    "suite": "memory", "kind": "throughput", "contender": names[i],
+                    "workload": w.name(), "threads": threads, "mops": m, "low": lo,
+                    "high": hi, "rounds": ROUNDS, "ops_per_thread": OPS_PER_THREAD,
+                    "pinned": pinned,
                 }));
             }
         }
-        let base = table[0].1.clone();
-        for (name, row) in &table {
-            print!("| {name} |");
-            for (i, v) in row.iter().enumerate() {
-                if *name == table[0].0 {
-                    print!(" {v:.2} |");
-                } else {
-                    print!(" {v:.2} ({:.2}×) |", base[i] / v);
-                }
-            }
-            println!();
+        for (name, row) in names.iter().zip(&cells) {
+            println!("| {name} | {} |", row.join(" | "));
         }
-        println!();
+        println!("| **larder ÷ quick_cache** | {} |\n", ratio_row.join(" | "));
     }
 
-    println!("### Hit ratio: Zipf(0.9), 1M requests, 100k keys, capacity 10k\n");
-    let zipf = Zipf::new(100_000, 0.9);
-    let mut rng = Rng(42);
-    let trace: Vec<usize> = (0..1_000_000).map(|_| zipf.sample(&mut rng)).collect();
-    let zkeys = keys(100_000);
-    println!("| contender | hit ratio |\n|---|---|");
-    for c in contenders(10_000) {
-        let ratio = zipf_hit_ratio(c.as_ref(), &trace, &zkeys);
-        println!("| {} | {ratio:.3} |", c.name());
-        emit(serde_json::json!({
-            "suite": "memory", "kind": "hit_ratio", "contender": c.name(), "hit_ratio": ratio,
-            "requests": trace.len(), "keys": zkeys.len(), "capacity": 10_000, "zipf_s": 0.9,
-        }));
-    }
+    hit_ratios();
 
     println!("\n### Heap overhead per entry (100k entries; excludes key and value bytes)\n");
     println!("| contender | bytes/entry |\n|---|---|");

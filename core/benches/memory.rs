@@ -481,7 +481,7 @@ fn main() {
         let mut ratio_row = Vec::new();
         let all = contenders(CAPACITY);
         let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
-        for (wi, &w) in workloads.iter().enumerate() {
+        for &w in &workloads {
             let cs = contenders(CAPACITY);
             for c in &cs {
                 warm(c.as_ref(), &all_keys);
@@ -522,7 +522,6 @@ fn main() {
                     cells.push(Vec::new());
                 }
                 cells[i].push(format!("{m:.2} [{lo:.2} – {hi:.2}]"));
-                let _ = wi;
                 emit(serde_json::json!({
                     "suite": "memory", "kind": "throughput", "contender": names[i],
                     "workload": w.name(), "threads": threads, "mops": m, "low": lo,

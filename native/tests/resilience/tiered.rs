@@ -44,6 +44,26 @@ async fn raw_set(t: &larder_native::RedisTransport, key: &str, value: &str) {
     .expect("SET");
 }
 
+/// Waits until the backplane's subscription is up, reading an unrelated key (operations
+/// start the subscription): subscribing clears L1 (messages sent before it were missed), so
+/// an L1 filled earlier may be emptied by it.
+async fn until_subscribed(cache: &larder_core::ComputeCache<crate::Tiered>) {
+    let started = Instant::now();
+    while !cache
+        .cache()
+        .tiered_stats()
+        .backplane
+        .is_some_and(|b| b.subscribed)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the backplane never subscribed"
+        );
+        let _ = cache.get("subscribe-probe").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Child: fills its L1 with `KEY`, then (once the parent has overwritten it in the other
 /// process) reads it again and reports what it got.
 pub(crate) async fn child_backplane() {
@@ -51,6 +71,7 @@ pub(crate) async fn child_backplane() {
     let (compute, _) = tiered_stack(&url).await;
     let cache = compute.build().unwrap();
     let raw = transport(&url).await;
+    until_subscribed(&cache).await;
     wait_for(&raw, "test:phase", "1").await;
     let first = cache.get(KEY).await.expect("get").expect("v1 is there");
     let filled = cache.cache().l1().contains(KEY);
@@ -314,6 +335,8 @@ async fn pubsub_connection_killed_clears_l1_when_the_transport_resumes_it() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let _ = cache.get(key).await;
     }
+    // Subscribing cleared L1: fill it again.
+    let _ = cache.get(key).await;
     assert!(cache.cache().l1().contains(key));
     // Another writer changes L2 without any message (a plain RedisCache, no backplane): the
     // L1 copy is now stale, and only a gap can tell.

@@ -1421,6 +1421,23 @@ impl ResponseCache {
     /// [`lookup`](Self::lookup); `count` says whether a corrupt entry is counted (a re-read
     /// of an entry already counted does not count it again).
     async fn lookup_counting(&self, t: &Target, read_value: bool, count: bool) -> Result<Lookup> {
+        self.lookup_with(t, read_value, count, None).await
+    }
+
+    /// [`lookup_counting`](Self::lookup_counting), with one more command sent in the same
+    /// round trip to Redis (its reply goes to the `Option`; nothing is sent for a local
+    /// backend).
+    async fn lookup_with(
+        &self,
+        t: &Target,
+        read_value: bool,
+        count: bool,
+        extra: Option<(Cmd, &mut Option<Value>)>,
+    ) -> Result<Lookup> {
+        let (extra_cmd, extra_out) = match extra {
+            Some((c, out)) => (Some(c), Some(out)),
+            None => (None, None),
+        };
         let now = self.inner.clock.now_ms();
         match &self.inner.backend {
             Backend::Redis { transport } => {
@@ -1441,8 +1458,14 @@ impl ResponseCache {
                 if cmds.is_empty() {
                     return Ok(Lookup::default());
                 }
+                let has_extra = extra_cmd.is_some();
+                cmds.extend(extra_cmd);
                 let carry = self.inner.recorder.pending_events() >= self.inner.flush_every;
-                let mut replies = self.run(transport, cmds, carry).await?.into_iter();
+                let mut all = self.run(transport, cmds, carry).await?;
+                if has_extra && let Some(out) = extra_out {
+                    *out = all.pop();
+                }
+                let mut replies = all.into_iter();
                 let generation = if compat {
                     0
                 } else {

@@ -334,16 +334,24 @@ impl ResponseCache {
     /// While waiting for another process's lease: the answer it stored, or the stream it is
     /// publishing.
     async fn recheck_stream(&self, t: &Target, accepts_cached: bool) -> Option<Found> {
-        if let Some(e) = self.recheck(t).await
+        // The entry and the lease's holder in one round trip (a look costs subrequests on
+        // Workers).
+        let transport = self.publishes_streams();
+        let lock_key = self.inner.keys.scheme().lock_key(&t.user);
+        let mut holder = None;
+        let extra = transport.map(|_| (Cmd::new("GET").arg(lock_key.as_str()), &mut holder));
+        if let Ok(super::Lookup {
+            entry: Some(Entry::Fresh(e)),
+            ..
+        }) = self.lookup_with(t, true, false, extra).await
             && accepts_cached
             && e.stream.is_some()
         {
             return Some(Found::Stored(e));
         }
-        let transport = self.publishes_streams()?;
-        let lock_key = self.inner.keys.scheme().lock_key(&t.user);
-        let token = match transport.exec(Cmd::new("GET").arg(lock_key.as_str())).await {
-            Ok(Value::Bulk(b)) => String::from_utf8(b.to_vec()).ok()?,
+        let transport = transport?;
+        let token = match holder {
+            Some(Value::Bulk(b)) => String::from_utf8(b.to_vec()).ok()?,
             _ => return None,
         };
         let live = self.inner.keys.live_key(&t.user, &token);

@@ -371,7 +371,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
                 h.render(),
             )
                 .into_response(),
-            None => into_axum(s.engine.error(404, "no metrics recorder")),
+            None => into_axum(ProxyResponse::error(404, "no metrics recorder")),
         };
     }
     let request = proxy_request(&parts);

@@ -80,13 +80,6 @@ impl ProxyRequest {
         self.body = body;
         self
     }
-
-    /// The path, without the query.
-    pub fn path(&self) -> &str {
-        self.path_and_query
-            .split_once('?')
-            .map_or(self.path_and_query.as_str(), |(p, _)| p)
-    }
 }
 
 /// What the proxy's server does with a request (see [`ProxyEngine::route`]).
@@ -263,6 +256,13 @@ impl<B> ProxyResponse<B> {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// An error answer in the shape both SDKs parse (`{"error": {"message", "type"}}`), for
+    /// the proxy's own failures (a missing route, a misconfigured server).
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({"error": {"message": message, "type": "larder_proxy_error"}});
+        ProxyResponse::json(status, body.to_string())
     }
 
     fn set_header(&mut self, name: &str, value: String) {
@@ -467,10 +467,8 @@ impl Failure {
     }
 }
 
-/// An error answer in the shape both SDKs parse: `{"error": {"message", "type"}}`.
 fn error_response<B>(status: u16, message: &str) -> ProxyResponse<B> {
-    let body = serde_json::json!({"error": {"message": message, "type": "larder_proxy_error"}});
-    ProxyResponse::json(status, body.to_string())
+    ProxyResponse::error(status, message)
 }
 
 /// Request headers that are not forwarded: hop-by-hop ones, and those the client sets.
@@ -710,16 +708,6 @@ impl ProxyEngine {
         self.inner.body_limit
     }
 
-    /// The OpenAI upstream's base URL (no trailing `/v1`).
-    pub fn openai_upstream(&self) -> &str {
-        &self.inner.openai
-    }
-
-    /// The Anthropic upstream's base URL (no trailing `/v1`).
-    pub fn anthropic_upstream(&self) -> &str {
-        &self.inner.anthropic
-    }
-
     /// What to do with a request to `path` (no query) with `method`.
     pub fn route(&self, method: &str, path: &str) -> Route {
         if path == "/healthz" && method.eq_ignore_ascii_case("GET") {
@@ -746,11 +734,6 @@ impl ProxyEngine {
             413,
             &format!("the request body is over {} bytes", self.inner.body_limit),
         )
-    }
-
-    /// An error answer in the shape both SDKs parse, for failures of the server itself.
-    pub fn error<B>(&self, status: u16, message: &str) -> ProxyResponse<B> {
-        error_response(status, message)
     }
 
     /// The upstream request for a pass-through request (its body, which the server streams,
@@ -841,10 +824,11 @@ impl ProxyEngine {
             Ok(k) => k.rsplit(':').next().unwrap_or_default().to_owned(),
             Err(e) => return error_response(400, &e.to_string()),
         };
-        let upstream = self.upstream_request(&request, Some(api));
         let rejected = Rejected::new(self, &plan, &key);
+        // Built only when the upstream is called (never for a hit).
+        let upstream = || self.upstream_request(&request, Some(api));
         let response = if plan.cache_use == CacheUse::Bypass {
-            match io.send(upstream).await {
+            match io.send(upstream()).await {
                 Ok(r) => self.with_headers(relay(r), &plan, None, &key, None),
                 Err(e) => Failure::Send(e).to_response(),
             }
@@ -894,7 +878,7 @@ impl ProxyEngine {
         api: Api,
         plan: &Plan,
         key: &str,
-        upstream: UpstreamRequest,
+        upstream: impl FnOnce() -> UpstreamRequest,
         rejected: &Rejected<'_>,
     ) -> ProxyResponse<I::Body> {
         let cache = &self.inner.cache;
@@ -909,7 +893,7 @@ impl ProxyEngine {
             cache
                 .try_get_with(&plan.request, &plan.control, || async move {
                     let started = clock.now_ms();
-                    let resp = io.send(upstream).await.map_err(Failure::Send)?;
+                    let resp = io.send(upstream()).await.map_err(Failure::Send)?;
                     metrics::histogram!("larder_proxy_upstream_seconds", "proxy" => name,
                         "api" => api.as_str())
                     .record(clock.now_ms().saturating_sub(started) as f64 / 1000.0);
@@ -949,7 +933,7 @@ impl ProxyEngine {
         api: Api,
         plan: &Plan,
         key: &str,
-        upstream: UpstreamRequest,
+        upstream: impl FnOnce() -> UpstreamRequest,
         rejected: &Rejected<'_>,
     ) -> ProxyResponse<I::Body> {
         let only_cached = plan.cache_use == CacheUse::OnlyIfCached;
@@ -965,7 +949,7 @@ impl ProxyEngine {
                 if only_cached {
                     return Err(Failure::NotCached);
                 }
-                let resp = io.send(upstream).await.map_err(Failure::Send)?;
+                let resp = io.send(upstream()).await.map_err(Failure::Send)?;
                 if super::upstream_verdict(resp.status) != UpstreamVerdict::Store {
                     return Err(failed_reply(resp, rejected).await);
                 }
@@ -1126,6 +1110,16 @@ mod tests {
         calls: AtomicUsize,
     }
 
+    impl Fake {
+        fn new(status: u16, chunks: Vec<&'static str>) -> Self {
+            Fake {
+                status,
+                chunks,
+                calls: AtomicUsize::new(0),
+            }
+        }
+    }
+
     impl ProxyIo for Fake {
         type Body = Body;
 
@@ -1195,11 +1189,7 @@ mod tests {
     #[tokio::test]
     async fn after_the_terminal_event_the_answer_is_stored() {
         let e = engine();
-        let up = Fake {
-            status: 200,
-            chunks: CHUNKS.to_vec(),
-            calls: AtomicUsize::new(0),
-        };
+        let up = Fake::new(200, CHUNKS.to_vec());
         let first = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
         assert_eq!(first.header("x-larder-cache"), Some("MISS"));
         let ProxyBody::Events(mut events) = first.body else {
@@ -1223,11 +1213,7 @@ mod tests {
         use futures_util::FutureExt;
 
         let e = engine();
-        let up = Fake {
-            status: 200,
-            chunks: CHUNKS.to_vec(),
-            calls: AtomicUsize::new(0),
-        };
+        let up = Fake::new(200, CHUNKS.to_vec());
         let first = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
         let ProxyBody::Events(mut events) = first.body else {
             panic!("a streamed answer")
@@ -1274,11 +1260,7 @@ mod tests {
     #[tokio::test]
     async fn the_body_ends_after_the_store() {
         let e = engine();
-        let up = Fake {
-            status: 200,
-            chunks: CHUNKS.to_vec(),
-            calls: AtomicUsize::new(0),
-        };
+        let up = Fake::new(200, CHUNKS.to_vec());
         let a = body_of(e.handle(&up, Api::ChatCompletions, request(STREAMED)).await).await;
         let r = e.handle(&up, Api::ChatCompletions, request(STREAMED)).await;
         assert_eq!(r.header("x-larder-cache"), Some("HIT"));
@@ -1290,19 +1272,14 @@ mod tests {
     async fn rejections_pass_and_answers_are_stored() {
         let e = engine();
         let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        let bad = Fake {
-            status: 400,
-            chunks: vec![r#"{"error":{"message":"no"}}"#],
-            calls: AtomicUsize::new(0),
-        };
+        let bad = Fake::new(400, vec![r#"{"error":{"message":"no"}}"#]);
         let r = e.handle(&bad, Api::ChatCompletions, request(body)).await;
         assert_eq!(r.status, 400);
         assert_eq!(body_of(r).await, br#"{"error":{"message":"no"}}"#);
-        let ok = Fake {
-            status: 200,
-            chunks: vec![r#"{"id":"x","choices":[{"message":{"content":"yes"}}]}"#],
-            calls: AtomicUsize::new(0),
-        };
+        let ok = Fake::new(
+            200,
+            vec![r#"{"id":"x","choices":[{"message":{"content":"yes"}}]}"#],
+        );
         let miss = e.handle(&ok, Api::ChatCompletions, request(body)).await;
         assert_eq!(miss.header("x-larder-cache"), Some("MISS"));
         let hit = e.handle(&ok, Api::ChatCompletions, request(body)).await;
@@ -1336,7 +1313,6 @@ mod tests {
             .openai_key("sk-x")
             .build()
             .unwrap();
-        assert_eq!(e.openai_upstream(), "https://api.openai.com");
         let up = e.pass_through(&ProxyRequest::new(
             "GET",
             "/v1/models",

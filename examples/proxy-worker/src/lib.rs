@@ -176,16 +176,8 @@ fn into_worker(r: ProxyResponse<Body>, redis_requests: Option<u64>) -> Result<Re
 }
 
 fn config_error(message: impl std::fmt::Display) -> Result<Response> {
-    let body = format!(
-        "{{\"error\":{{\"message\":{:?},\"type\":\"larder_proxy_error\"}}}}",
-        format!("the proxy is misconfigured: {message}")
-    );
-    let headers = worker::Headers::new();
-    headers.set("content-type", "application/json")?;
-    Ok(Response::builder()
-        .with_status(500)
-        .with_headers(headers)
-        .fixed(body.into_bytes()))
+    let message = format!("the proxy is misconfigured: {message}");
+    into_worker(ProxyResponse::error(500, &message), None)
 }
 
 /// The engine for one request, and the Redis transport when there is one.

@@ -485,37 +485,52 @@ async fn a_hundred_identical_requests_through_two_proxies_make_one_upstream_call
         .into_iter()
         .enumerate()
     {
-        let before = fake.calls();
-        let body = Arc::new(body);
-        let tasks: Vec<_> = (0..100)
-            .map(|i| {
-                let base = if i % 2 == 0 { a.url() } else { b.url() };
-                let (client, body) = (client.clone(), body.clone());
-                tokio::spawn(async move {
-                    post_to(&client, &base, "/v1/chat/completions", &body, &[]).await
-                })
-            })
-            .collect();
-        let mut answers = Vec::new();
-        for t in tasks {
-            answers.push(t.await.unwrap());
-        }
-        assert_eq!(
-            fake.calls() - before,
-            1,
-            "round {round}: exactly one upstream call"
-        );
-        let first = &answers[0].body;
-        for a in &answers {
-            assert_eq!(a.status, StatusCode::OK);
-            assert_eq!(
-                &a.body, first,
-                "round {round}: every caller got the same answer"
-            );
-        }
-        let misses = answers.iter().filter(|a| a.cache == "MISS").count();
-        assert_eq!(misses, 1, "round {round}: one MISS, the rest joined or hit");
+        let bases = [a.url(), b.url()];
+        identical_at_once(&client, &bases, 100, body, || fake.calls(), round).await;
     }
+}
+
+/// Sends `n` copies of `body` at once, spread over `bases`, and checks that they made one
+/// upstream call (`calls` before and after), one MISS, and the same answer for all.
+async fn identical_at_once(
+    client: &reqwest::Client,
+    bases: &[String],
+    n: usize,
+    body: Value,
+    calls: impl Fn() -> u64,
+    round: usize,
+) -> Vec<Answer> {
+    let before = calls();
+    let body = Arc::new(body);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let base = bases[i % bases.len()].clone();
+            let (client, body) = (client.clone(), body.clone());
+            tokio::spawn(async move {
+                post_to(&client, &base, "/v1/chat/completions", &body, &[]).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(
+        calls() - before,
+        1,
+        "round {round}: exactly one upstream call"
+    );
+    let first = &answers[0].body;
+    for a in &answers {
+        assert_eq!(a.status, StatusCode::OK, "round {round}");
+        assert_eq!(
+            &a.body, first,
+            "round {round}: every caller got the same answer"
+        );
+    }
+    let misses = answers.iter().filter(|a| a.cache == "MISS").count();
+    assert_eq!(misses, 1, "round {round}: one MISS, the rest joined or hit");
+    answers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

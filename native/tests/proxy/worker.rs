@@ -203,33 +203,9 @@ async fn fifty_identical_requests_in_two_workerd_processes_make_one_upstream_cal
         .into_iter()
         .enumerate()
     {
-        let before = b.fake.calls();
-        let body = Arc::new(body);
-        let tasks: Vec<_> = (0..50)
-            .map(|i| {
-                let base = if i % 2 == 0 { w1.url() } else { w2.url() }.to_owned();
-                let (client, body) = (client.clone(), body.clone());
-                tokio::spawn(async move {
-                    post_to(&client, &base, "/v1/chat/completions", &body, &[]).await
-                })
-            })
-            .collect();
-        let mut answers = Vec::new();
-        for t in tasks {
-            answers.push(t.await.unwrap());
-        }
-        assert_eq!(
-            b.fake.calls() - before,
-            1,
-            "round {round}: exactly one upstream call"
-        );
-        let first = &answers[0].body;
-        for a in &answers {
-            assert_eq!(a.status, StatusCode::OK, "round {round}");
-            assert_eq!(&a.body, first, "round {round}: the same answer for all");
-        }
-        let misses = answers.iter().filter(|a| a.cache == "MISS").count();
-        assert_eq!(misses, 1, "round {round}: one MISS, the rest joined or hit");
+        let bases = [w1.url().to_owned(), w2.url().to_owned()];
+        let answers =
+            super::identical_at_once(&client, &bases, 50, body, || b.fake.calls(), round).await;
         let most = answers.iter().map(redis_requests).max().unwrap();
         println!("round {round}: at most {most} Redis requests before a response started");
     }

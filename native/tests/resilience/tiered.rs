@@ -321,20 +321,7 @@ async fn pubsub_connection_killed_clears_l1_when_the_transport_resumes_it() {
         .set(key, "v1".into(), Some(Duration::from_secs(3600)))
         .await
         .unwrap();
-    let started = Instant::now();
-    while !cache
-        .cache()
-        .tiered_stats()
-        .backplane
-        .is_some_and(|b| b.subscribed)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let _ = cache.get(key).await;
-    }
+    until_subscribed(&cache).await;
     // Subscribing cleared L1: fill it again.
     let _ = cache.get(key).await;
     assert!(cache.cache().l1().contains(key));

@@ -9,6 +9,9 @@ use serde_json::Value;
 
 use super::sse::Event;
 
+/// The event name of every part of a [`Format::AiSdk`] stream.
+pub const AI_SDK_EVENT: &str = "ai-sdk";
+
 /// `Value::Null`, for events whose data is not JSON.
 static NULL: Value = Value::Null;
 
@@ -28,6 +31,12 @@ pub enum Format {
     /// `message_stop`.
     #[serde(rename = "anthropic.messages")]
     AnthropicMessages,
+    /// The Vercel AI SDK's language-model stream parts (`LanguageModelV4StreamPart`, and
+    /// V3's, which have the same shape), one part per event: event name `ai-sdk`, data the
+    /// part as JSON (`{"type":"text-delta","id":…,"delta":…}`), ending with the `finish`
+    /// part. The `larder` npm package's middleware writes them.
+    #[serde(rename = "ai-sdk")]
+    AiSdk,
     /// Any other event stream: recorded and replayed, never interpreted.
     #[serde(rename = "sse")]
     Unknown,
@@ -40,11 +49,15 @@ impl Format {
     /// - event name or data `type` starting with `response.` → OpenAI Responses;
     /// - data JSON with `"object":"chat.completion.chunk"` → OpenAI Chat Completions (also
     ///   `"text_completion"`: legacy completions, framed the same way);
+    /// - event name `ai-sdk` → the AI SDK's stream parts;
     /// - anything else → [`Format::Unknown`].
     pub fn detect(first: &Event) -> Format {
         let name = first.event.as_deref().unwrap_or("");
         if name == "message_start" {
             return Format::AnthropicMessages;
+        }
+        if name == AI_SDK_EVENT {
+            return Format::AiSdk;
         }
         if name.starts_with("response.") {
             return Format::OpenAiResponses;
@@ -66,12 +79,13 @@ impl Format {
     }
 
     /// The format's name, as serialized: `"openai.chat"`, `"openai.responses"`,
-    /// `"anthropic.messages"` or `"sse"`.
+    /// `"anthropic.messages"`, `"ai-sdk"` or `"sse"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Format::OpenAiChat => "openai.chat",
             Format::OpenAiResponses => "openai.responses",
             Format::AnthropicMessages => "anthropic.messages",
+            Format::AiSdk => "ai-sdk",
             Format::Unknown => "sse",
         }
     }
@@ -216,12 +230,14 @@ impl Recorder {
             Format::OpenAiChat => self.push_chat(event),
             Format::OpenAiResponses => self.push_responses(event),
             Format::AnthropicMessages => self.push_anthropic(event),
+            Format::AiSdk => self.push_ai_sdk(event),
             Format::Unknown => {}
         }
     }
 
     /// True once the format's terminal event was seen: chat `data: [DONE]`; Responses
-    /// `response.completed` or `response.incomplete`; Anthropic `message_stop`. Never for
+    /// `response.completed` or `response.incomplete`; Anthropic `message_stop`; the AI
+    /// SDK's `finish` part. Never for
     /// [`Format::Unknown`]. Completion says nothing about failure: check
     /// [`error`](Recorder::error) as well.
     pub fn is_complete(&self) -> bool {
@@ -230,7 +246,8 @@ impl Recorder {
 
     /// The first provider error seen in the stream, if any: chat — an event named `error`
     /// or data with a top-level `error`; Responses — an `error` or `response.failed` event;
-    /// Anthropic — an `error` event. The message is `"<type or code>: <message>"` when the
+    /// Anthropic — an `error` event; the AI SDK — an `error` part, or a `finish` part whose
+    /// reason is `error`. The message is `"<type or code>: <message>"` when the
     /// provider gave both. A failed stream must never be stored.
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
@@ -480,6 +497,67 @@ impl Recorder {
                 cache_write_tokens: count(&input["cache_write_tokens"]),
                 reasoning_tokens: count(&usage["output_tokens_details"]["reasoning_tokens"]),
             });
+        }
+    }
+
+    /// One AI SDK stream part (V3 and V4 share these shapes).
+    fn push_ai_sdk(&mut self, event: &Event) {
+        let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+            return;
+        };
+        match v["type"].as_str().unwrap_or_default() {
+            "text-delta" => push_str(&mut self.summary.text, &v["delta"]),
+            "reasoning-delta" => push_str(&mut self.summary.reasoning, &v["delta"]),
+            "tool-call" => {
+                let slot = self.new_tool();
+                let tool = &mut self.summary.tool_calls[slot];
+                fill(&mut tool.id, &v["toolCallId"]);
+                fill(&mut tool.name, &v["toolName"]);
+                match &v["input"] {
+                    Value::String(s) => tool.arguments.clone_from(s),
+                    Value::Null => {}
+                    other => tool.arguments = other.to_string(),
+                }
+            }
+            "response-metadata" => {
+                set_str(&mut self.summary.id, &v["id"]);
+                set_str(&mut self.summary.model, &v["modelId"]);
+            }
+            "error" => {
+                let message = error_text(&v["error"])
+                    .unwrap_or_else(|| raw_error(&event.data, "error"));
+                self.set_error(message);
+            }
+            "finish" => {
+                // V4: `{unified, raw}`; V3 and earlier: a string.
+                let reason = &v["finishReason"];
+                let reason = reason["unified"].as_str().or(reason.as_str());
+                if let Some(r) = reason {
+                    self.summary.finish_reason = Some(r.to_owned());
+                    if r == "error" {
+                        self.set_error("finish: error".to_owned());
+                    }
+                }
+                let usage = &v["usage"];
+                if usage.is_object() {
+                    // V4 nests the counts (`inputTokens.total`); V3 had plain numbers.
+                    let n = |v: &Value, inner: &str| match v {
+                        Value::Object(_) => count(&v[inner]),
+                        other => count(other),
+                    };
+                    self.summary.usage = Some(StreamUsage {
+                        input_tokens: n(&usage["inputTokens"], "total"),
+                        output_tokens: n(&usage["outputTokens"], "total"),
+                        cache_read_tokens: count(&usage["inputTokens"]["cacheRead"])
+                            .max(count(&usage["cachedInputTokens"])),
+                        cache_write_tokens: count(&usage["inputTokens"]["cacheWrite"]),
+                        reasoning_tokens: count(&usage["outputTokens"]["reasoning"])
+                            .max(count(&usage["reasoningTokens"])),
+                    });
+                }
+                self.complete = true;
+            }
+            _ => {}
         }
     }
 
@@ -982,6 +1060,63 @@ mod tests {
                 "msg_01Pq8dK2nR3sT4uV5wX6yZ7a",
             )
         );
+    }
+
+    /// AI SDK stream parts (V4): text, reasoning, a tool call, usage and the reason; a
+    /// stream is complete at `finish`, failed at an `error` part or a finish for `error`.
+    #[test]
+    fn ai_sdk_parts() {
+        let part = |json: &str| Event::named(AI_SDK_EVENT, json);
+        let parts = [
+            part(r#"{"type":"stream-start","warnings":[]}"#),
+            part(r#"{"type":"response-metadata","id":"r-1","modelId":"m-1","timestamp":"2026-12-03T10:00:00.000Z"}"#),
+            part(r#"{"type":"reasoning-delta","id":"0","delta":"hm"}"#),
+            part(r#"{"type":"text-start","id":"1"}"#),
+            part(r#"{"type":"text-delta","id":"1","delta":"Hello, "}"#),
+            part(r#"{"type":"text-delta","id":"1","delta":"world"}"#),
+            part(r#"{"type":"tool-call","toolCallId":"c1","toolName":"weather","input":"{\"city\":\"Paris\"}"}"#),
+        ];
+        assert_eq!(Format::detect(&parts[0]), Format::AiSdk);
+        assert_eq!(Format::AiSdk.as_str(), "ai-sdk");
+        let mut r = Recorder::new(Format::AiSdk);
+        for p in &parts {
+            r.push(p);
+        }
+        assert!(!r.is_complete());
+        r.push(&part(
+            r#"{"type":"finish","finishReason":{"unified":"tool-calls","raw":"tool_calls"},"usage":{"inputTokens":{"total":12,"noCache":10,"cacheRead":2,"cacheWrite":0},"outputTokens":{"total":7,"text":5,"reasoning":2}}}"#,
+        ));
+        assert!(r.is_complete());
+        assert_eq!(r.error(), None);
+        let s = r.summary();
+        assert_eq!(s.text, "Hello, world");
+        assert_eq!(s.reasoning, "hm");
+        assert_eq!((s.id.as_deref(), s.model.as_deref()), (Some("r-1"), Some("m-1")));
+        assert_eq!(s.finish_reason.as_deref(), Some("tool-calls"));
+        assert_eq!(
+            s.tool_calls,
+            vec![ToolCall {
+                id: "c1".into(),
+                name: "weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into()
+            }]
+        );
+        let u = s.usage.clone().unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.reasoning_tokens),
+            (12, 7, 2, 2)
+        );
+
+        let mut failed = Recorder::new(Format::AiSdk);
+        failed.push(&part(r#"{"type":"error","error":{"message":"overloaded"}}"#));
+        assert_eq!(failed.error(), Some("overloaded"));
+        let mut failed = Recorder::new(Format::AiSdk);
+        failed.push(&part(r#"{"type":"finish","finishReason":"error","usage":{"inputTokens":3,"outputTokens":0}}"#));
+        assert!(failed.is_complete());
+        assert!(failed.error().is_some(), "a finish for an error is a failed stream");
+        assert_eq!(failed.summary().usage.as_ref().unwrap().input_tokens, 3);
+        // Not JSON: skipped, never a panic.
+        failed.push(&part("{not json"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 # conformance on every topology, fault tests against real redis-server processes, the rig adapter:
 # `--all-features` turns on larder-tests' `rig` feature and its `rig` test binary), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
-# wasm32 and served by workerd), the fuzz regressions, the core built for
+# wasm32 and served by workerd), the npm package (Node, a TypeScript Worker in workerd, the AI
+# SDK middleware), the fuzz regressions, the core built for
 # wasm32-unknown-unknown, every example.
 # A fresh machine spends ~10 minutes once installing worker-build and wasm-bindgen-cli.
 set -euo pipefail
@@ -73,6 +74,9 @@ step "proxy: the official SDKs (openai and anthropic from PyPI, openai from npm)
 bash scripts/install-proxy-sdks.sh
 LARDER_SDK_TESTS=require LARDER_EDGE_TESTS=require cargo test --workspace --all-features --test proxy -- \
   official_sdks worker::
+
+step "js: the npm package (larder-core through wasm-bindgen) under Node and in workerd, with the AI SDK middleware"
+bash scripts/js-tests.sh
 
 step "larder-core for wasm32-unknown-unknown"
 cargo build -p larder-core --target wasm32-unknown-unknown

@@ -524,8 +524,8 @@ impl Recorder {
                 set_str(&mut self.summary.model, &v["modelId"]);
             }
             "error" => {
-                let message = error_text(&v["error"])
-                    .unwrap_or_else(|| raw_error(&event.data, "error"));
+                let message =
+                    error_text(&v["error"]).unwrap_or_else(|| raw_error(&event.data, "error"));
                 self.set_error(message);
             }
             "finish" => {
@@ -1069,12 +1069,16 @@ mod tests {
         let part = |json: &str| Event::named(AI_SDK_EVENT, json);
         let parts = [
             part(r#"{"type":"stream-start","warnings":[]}"#),
-            part(r#"{"type":"response-metadata","id":"r-1","modelId":"m-1","timestamp":"2026-12-03T10:00:00.000Z"}"#),
+            part(
+                r#"{"type":"response-metadata","id":"r-1","modelId":"m-1","timestamp":"2026-12-03T10:00:00.000Z"}"#,
+            ),
             part(r#"{"type":"reasoning-delta","id":"0","delta":"hm"}"#),
             part(r#"{"type":"text-start","id":"1"}"#),
             part(r#"{"type":"text-delta","id":"1","delta":"Hello, "}"#),
             part(r#"{"type":"text-delta","id":"1","delta":"world"}"#),
-            part(r#"{"type":"tool-call","toolCallId":"c1","toolName":"weather","input":"{\"city\":\"Paris\"}"}"#),
+            part(
+                r#"{"type":"tool-call","toolCallId":"c1","toolName":"weather","input":"{\"city\":\"Paris\"}"}"#,
+            ),
         ];
         assert_eq!(Format::detect(&parts[0]), Format::AiSdk);
         assert_eq!(Format::AiSdk.as_str(), "ai-sdk");
@@ -1091,7 +1095,10 @@ mod tests {
         let s = r.summary();
         assert_eq!(s.text, "Hello, world");
         assert_eq!(s.reasoning, "hm");
-        assert_eq!((s.id.as_deref(), s.model.as_deref()), (Some("r-1"), Some("m-1")));
+        assert_eq!(
+            (s.id.as_deref(), s.model.as_deref()),
+            (Some("r-1"), Some("m-1"))
+        );
         assert_eq!(s.finish_reason.as_deref(), Some("tool-calls"));
         assert_eq!(
             s.tool_calls,
@@ -1103,17 +1110,27 @@ mod tests {
         );
         let u = s.usage.clone().unwrap();
         assert_eq!(
-            (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.reasoning_tokens),
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.reasoning_tokens
+            ),
             (12, 7, 2, 2)
         );
 
         let mut failed = Recorder::new(Format::AiSdk);
-        failed.push(&part(r#"{"type":"error","error":{"message":"overloaded"}}"#));
+        failed.push(&part(
+            r#"{"type":"error","error":{"message":"overloaded"}}"#,
+        ));
         assert_eq!(failed.error(), Some("overloaded"));
         let mut failed = Recorder::new(Format::AiSdk);
         failed.push(&part(r#"{"type":"finish","finishReason":"error","usage":{"inputTokens":3,"outputTokens":0}}"#));
         assert!(failed.is_complete());
-        assert!(failed.error().is_some(), "a finish for an error is a failed stream");
+        assert!(
+            failed.error().is_some(),
+            "a finish for an error is a failed stream"
+        );
         assert_eq!(failed.summary().usage.as_ref().unwrap().input_tokens, 3);
         // Not JSON: skipped, never a panic.
         failed.push(&part("{not json"));

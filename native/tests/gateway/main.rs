@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod dialect;
 mod hostile;
+mod js;
 mod lifecycle;
 mod limits;
 mod security;

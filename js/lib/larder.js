@@ -11,34 +11,24 @@ export class LarderError extends Error {
     this.name = "LarderError";
   }
 }
+function subclass(name) {
+  const E = class extends LarderError {
+    constructor(message, options) {
+      super(message, options);
+      this.name = name;
+    }
+  };
+  Object.defineProperty(E, "name", { value: name });
+  return E;
+}
 /** Bad options or environment: a missing token, a malformed key or secret, a bad prefix. */
-export class ConfigError extends LarderError {
-  constructor(message, options) {
-    super(message, options);
-    this.name = "ConfigError";
-  }
-}
+export const ConfigError = subclass("ConfigError");
 /** A bad argument: a request that is not a JSON object with a model, bad controls, bad bytes. */
-export class InvalidInputError extends LarderError {
-  constructor(message, options) {
-    super(message, options);
-    this.name = "InvalidInputError";
-  }
-}
+export const InvalidInputError = subclass("InvalidInputError");
 /** Redis could not be reached or answered badly (only when the cache is not fail-open, and for admin calls). */
-export class CacheError extends LarderError {
-  constructor(message, options) {
-    super(message, options);
-    this.name = "CacheError";
-  }
-}
+export const CacheError = subclass("CacheError");
 /** A streamed answer that cannot go on: cut, its leader gone, or too slow a reader. */
-export class StreamError extends LarderError {
-  constructor(message, options) {
-    super(message, options);
-    this.name = "StreamError";
-  }
-}
+export const StreamError = subclass("StreamError");
 
 const ERRORS = { ConfigError, InvalidInputError, CacheError, StreamError };
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The example Worker (examples/edge-worker, Rust → wasm32) in workerd, through `larder
-# gateway` to a redis-server: its size (raw and gzip -9) and the latency of `GET /get` and
-# `POST /set` (1 KB values) as a client sees it (client → workerd → gateway → Redis), one
-# request at a time.
+# gateway` to a redis-server: its size (raw and gzip -9; also the npm package's wasm, js/) and
+# the latency of `GET /get` and `POST /set` (1 KB values) as a client sees it (client →
+# workerd → gateway → Redis), one request at a time.
 #
 #   bash scripts/bench-edge.sh            # 5 s per run
 #   DURATION=10 bash scripts/bench-edge.sh
@@ -23,6 +23,11 @@ BUILD="$ROOT/examples/edge-worker/build"
 raw=$(wc -c <"$BUILD/index_bg.wasm")
 gz=$(gzip -9 -c "$BUILD/index_bg.wasm" | wc -c)
 echo "{\"suite\":\"edge\",\"kind\":\"wasm_size\",\"raw_bytes\":$raw,\"gzip_bytes\":$gz}" | bench_emit
+# The npm package's wasm (js/), built the same way as for its tests.
+bash "$ROOT/scripts/build-js.sh" >&2
+raw=$(wc -c <"$ROOT/js/dist/wasm/larder_bg.wasm")
+gz=$(gzip -9 -c "$ROOT/js/dist/wasm/larder_bg.wasm" | wc -c)
+echo "{\"suite\":\"edge\",\"kind\":\"js_wasm_size\",\"raw_bytes\":$raw,\"gzip_bytes\":$gz}" | bench_emit
 
 bench_init
 build_larder

@@ -673,6 +673,17 @@ def render_edge(R):
             f"KiB gzip -9** ({size['raw_bytes']:,} / {size['gzip_bytes']:,} bytes)."
         )
         R.p()
+    js = next((r for r in recs if r.get("kind") == "js_wasm_size"), None)
+    if js:
+        R.p(
+            f"The npm package's wasm (`js/`, larder-core through wasm-bindgen, wasm-opt -Oz): "
+            f"**{js['raw_bytes'] / 1024:.0f} KiB raw, {js['gzip_bytes'] / 1024:.0f} KiB gzip -9** "
+            f"({js['raw_bytes']:,} / {js['gzip_bytes']:,} bytes)."
+        )
+        R.p()
+        R.targets.append(("npm package: wasm ≤ 300 KB gzip", "js/dist/wasm/larder_bg.wasm",
+                          f"{js['gzip_bytes'] / 1000:.0f} KB", js["gzip_bytes"] <= 300_000,
+                          300_000 - js["gzip_bytes"]))
     rows = [
         [r["op"], r["path"], fmt_num(r.get("requests_per_sec")), fmt_us(r.get("p50_ms", 0) * 1000),
          fmt_us(r.get("p99_ms", 0) * 1000), r.get("non_2xx", 0)]

@@ -132,6 +132,33 @@ impl fmt::Debug for RestTransportBuilder {
 }
 
 impl RestTransportBuilder {
+    /// A builder from any name → value lookup: [`URL_ENV`], [`TOKEN_ENV`] and, optionally,
+    /// [`BASE64_ARGS_ENV`] (`1`, `true` or `yes`, in any case). For a transport with its own
+    /// HTTP client ([`client`](Self::client)); [`RestTransport::from_lookup`] builds it
+    /// at once.
+    ///
+    /// # Errors
+    ///
+    /// When the URL or the token is missing or blank.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<RestTransportBuilder, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(format!(
+                        "{name} is not set; set {URL_ENV} and {TOKEN_ENV} (from the Upstash \
+                     console, or a larder gateway's URL and token)"
+                    ))
+                })
+        };
+        let base64_args = lookup(BASE64_ARGS_ENV).is_some_and(|v| {
+            matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+        });
+        Ok(RestTransport::builder(get(URL_ENV)?, get(TOKEN_ENV)?).base64_args(base64_args))
+    }
+
     /// How long one request may take in all (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -272,22 +299,7 @@ impl RestTransport {
     ///
     /// [`from_env`]: Self::from_env
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| {
-                    ConfigError::new(format!(
-                        "{name} is not set; set {URL_ENV} and {TOKEN_ENV} (from the Upstash \
-                     console, or a larder gateway's URL and token)"
-                    ))
-                })
-        };
-        let base64_args = lookup(BASE64_ARGS_ENV)
-            .map(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"))
-            .unwrap_or(false);
-        Self::builder(get(URL_ENV)?, get(TOKEN_ENV)?)
-            .base64_args(base64_args)
-            .build()
+        RestTransportBuilder::from_lookup(lookup)?.build()
     }
 
     /// The REST URL, without a trailing slash.
@@ -901,6 +913,21 @@ mod tests {
                 "the token never shows in Debug"
             );
         }
+        // The builder reads the same variables without needing a client; the flag in any
+        // case.
+        for (flag, on) in [("TRUE", true), (" yes ", true), ("0", false), ("no", false)] {
+            let b = RestTransportBuilder::from_lookup(|n| match n {
+                URL_ENV => Some("https://h/".into()),
+                TOKEN_ENV => Some("tok".into()),
+                BASE64_ARGS_ENV => Some(flag.into()),
+                _ => None,
+            })
+            .unwrap();
+            assert_eq!(b.base64_args, on, "{flag:?}");
+        }
+        let missing =
+            RestTransportBuilder::from_lookup(|n| (n == URL_ENV).then(|| "https://h".into()));
+        assert!(missing.unwrap_err().to_string().contains(TOKEN_ENV));
     }
 
     #[test]

@@ -320,38 +320,41 @@ const OPTION_NAMES = [
  * `larder gateway` in front of any Redis) when `url` is given, else in this instance's
  * memory (an isolate's, in a Worker).
  */
+/** How `fromEnv` hands its cache to the constructor. */
+const BUILT = Symbol("larder.built");
+
+function checked(options) {
+  if (options === null || typeof options !== "object") throw new ConfigError("options must be an object");
+  const { fetch: fetchImpl = globalThis.fetch, ...rest } = options;
+  for (const name of Object.keys(rest)) {
+    if (!OPTION_NAMES.includes(name)) throw new ConfigError(`unknown option ${JSON.stringify(name)}`);
+  }
+  if (typeof fetchImpl !== "function") throw new ConfigError("no fetch: pass options.fetch");
+  return [toJson(rest), poster(fetchImpl)];
+}
+
 export class Larder {
   #cache;
   constructor(options = {}) {
-    const { fetch: fetchImpl = globalThis.fetch, ...rest } = options;
-    for (const name of Object.keys(rest)) {
-      if (!OPTION_NAMES.includes(name)) throw new ConfigError(`unknown option ${JSON.stringify(name)}`);
+    if (options?.[BUILT]) {
+      this.#cache = options[BUILT];
+      return;
     }
-    if (rest.url && typeof fetchImpl !== "function") throw new ConfigError("no fetch: pass options.fetch");
-    this.#cache = call(() => new wasm.Cache(toJson(rest), poster(fetchImpl)));
+    const [json, post] = checked(options);
+    this.#cache = call(() => new wasm.Cache(json, post));
   }
 
   /**
    * A cache configured like @upstash/redis's `Redis.fromEnv()` and larder's other runtimes:
    * UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (without them: memory),
    * LARDER_REST_BASE64_ARGS (`1` for a larder gateway), LARDER_PREFIX,
-   * LARDER_ENCRYPTION_KEYS and LARDER_HASH_SECRET. `env` is a Worker's bindings, or
-   * `process.env` by default.
+   * LARDER_ENCRYPTION_KEYS and LARDER_HASH_SECRET; `options` win over them. `env` is a
+   * Worker's bindings, or `process.env` by default.
    */
   static fromEnv(env = globalThis.process?.env ?? {}, options = {}) {
-    const get = (name) => {
-      const v = env[name];
-      return typeof v === "string" && v.trim() !== "" ? v.trim() : undefined;
-    };
-    return new Larder({
-      url: get("UPSTASH_REDIS_REST_URL"),
-      token: get("UPSTASH_REDIS_REST_TOKEN"),
-      base64Args: ["1", "true", "yes"].includes(get("LARDER_REST_BASE64_ARGS")?.toLowerCase()),
-      prefix: get("LARDER_PREFIX"),
-      encryptionKeys: get("LARDER_ENCRYPTION_KEYS"),
-      hashSecret: get("LARDER_HASH_SECRET"),
-      ...options,
-    });
+    if (env === null || typeof env !== "object") throw new ConfigError("env must be an object of variables");
+    const [json, post] = checked(options);
+    return new Larder({ [BUILT]: call(() => wasm.Cache.fromEnv(env, json, post)) });
   }
 
   /** `"redis"` or `"memory"`. */

@@ -27,8 +27,8 @@ use larder_core::response::{CacheControl, LlmRequest, LlmResponse, ResponseCache
 use larder_core::seal::{HashKey, Keyring as CoreKeyring};
 use larder_core::stream::{StreamError, Streamed};
 use larder_core::{CacheExt, Envelope, ErrorKind, MemoryCache, RedisCache, TransportError};
-use larder_edge::{HttpClient, HttpRequest, HttpResponse, RestTransport};
-use serde::Deserialize;
+use larder_edge::{HttpClient, HttpRequest, HttpResponse, RestTransport, RestTransportBuilder};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
@@ -249,7 +249,7 @@ impl HttpClient for JsClient {
 // The cache
 
 /// What `new Cache(options)` reads (camelCase, as the JavaScript wrapper passes them).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Options {
     url: Option<String>,
@@ -372,12 +372,59 @@ impl Cache {
     pub fn new(options: &str, post: Function) -> Result<Cache, JsValue> {
         let o: Options =
             serde_json::from_str(options).map_err(|e| config(format!("the options: {e}")))?;
-        let url = o.url.clone().filter(|u| !u.trim().is_empty());
-        if url.is_none() {
+        let rest = match o.url.clone().filter(|u| !u.trim().is_empty()) {
+            Some(url) => Some(
+                RestTransport::builder(url, o.token.clone().unwrap_or_default())
+                    .base64_args(o.base64_args.unwrap_or(false)),
+            ),
+            None => None,
+        };
+        Cache::build(o, rest, options, post)
+    }
+
+    /// A cache configured from `env` (a Worker's bindings, `process.env`): the variables of
+    /// `RestTransportBuilder::from_lookup` (Redis; without `UPSTASH_REDIS_REST_URL`, memory),
+    /// `LARDER_PREFIX`, `LARDER_ENCRYPTION_KEYS` and `LARDER_HASH_SECRET`; `options` (JSON)
+    /// win over them.
+    #[wasm_bindgen(js_name = fromEnv)]
+    pub fn from_env(env: JsValue, options: &str, post: Function) -> Result<Cache, JsValue> {
+        let lookup = |name: &str| {
+            Reflect::get(&env, &JsValue::from_str(name))
+                .ok()
+                .and_then(|v| v.as_string())
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut o: Options =
+            serde_json::from_str(options).map_err(|e| config(format!("the options: {e}")))?;
+        o.prefix = o.prefix.or_else(|| lookup("LARDER_PREFIX"));
+        o.encryption_keys = o
+            .encryption_keys
+            .or_else(|| lookup("LARDER_ENCRYPTION_KEYS"));
+        o.hash_secret = o.hash_secret.or_else(|| lookup("LARDER_HASH_SECRET"));
+        let rest = match lookup(larder_edge::URL_ENV) {
+            Some(_) => Some(RestTransportBuilder::from_lookup(lookup).map_err(config)?),
+            None => None,
+        };
+        let key = serde_json::to_string(&o).unwrap_or_default();
+        Cache::build(o, rest, &key, post)
+    }
+}
+
+impl Cache {
+    /// The cache over Redis through `rest`, or over the instance's memory (shared by every
+    /// cache built with the same `options_key`).
+    fn build(
+        o: Options,
+        rest: Option<RestTransportBuilder>,
+        options_key: &str,
+        post: Function,
+    ) -> Result<Cache, JsValue> {
+        if rest.is_none() {
             let shared = LOCAL.with(|l| {
                 l.borrow()
                     .iter()
-                    .find(|(k, _)| k == options)
+                    .find(|(k, _)| k == options_key)
                     .map(|(_, c)| c.clone())
             });
             if let Some(responses) = shared {
@@ -388,12 +435,9 @@ impl Cache {
                 });
             }
         }
-        let (mut builder, raw, transport) = match url {
-            Some(url) => {
-                let token = o.token.unwrap_or_default();
-                let mut t = RestTransport::builder(url, token)
-                    .base64_args(o.base64_args.unwrap_or(false))
-                    .client(JsClient { post });
+        let (mut builder, raw, transport) = match rest {
+            Some(t) => {
+                let mut t = t.client(JsClient { post });
                 if let Some(timeout) = ms(o.timeout_ms) {
                     t = t.timeout(timeout);
                 }
@@ -451,7 +495,10 @@ impl Cache {
         }
         let responses = builder.build().map_err(config)?;
         if transport.is_none() {
-            LOCAL.with(|l| l.borrow_mut().push((options.to_owned(), responses.clone())));
+            LOCAL.with(|l| {
+                l.borrow_mut()
+                    .push((options_key.to_owned(), responses.clone()));
+            });
         }
         Ok(Cache {
             responses,
@@ -459,7 +506,10 @@ impl Cache {
             transport,
         })
     }
+}
 
+#[wasm_bindgen]
+impl Cache {
     /// Whether answers live in Redis (`false`: this instance's memory).
     #[wasm_bindgen(getter, js_name = isRedis)]
     pub fn is_redis(&self) -> bool {

@@ -269,7 +269,7 @@ if (REDIS) {
       const env = {
         UPSTASH_REDIS_REST_URL: REDIS.url,
         UPSTASH_REDIS_REST_TOKEN: REDIS.token,
-        LARDER_REST_BASE64_ARGS: "1",
+        LARDER_REST_BASE64_ARGS: "TRUE",
         LARDER_PREFIX: prefix,
       };
       const c = Larder.fromEnv(env);
@@ -278,7 +278,12 @@ if (REDIS) {
       const request = { model: "m", prompt: unique() };
       await c.put(request, "from env");
       assert.equal((await new Larder({ ...REDIS, prefix }).get(request)).text, "from env");
-      assert.throws(() => Larder.fromEnv({ ...env, LARDER_HASH_SECRET: "c2hvcnQ=" }), ConfigError);
+      assert.throws(() => Larder.fromEnv({ ...env, LARDER_HASH_SECRET: "c2hvcnQ=" }), /LARDER_HASH_SECRET/);
+      assert.throws(() => Larder.fromEnv({ ...env, UPSTASH_REDIS_REST_TOKEN: " " }), /UPSTASH_REDIS_REST_TOKEN/);
+      assert.throws(() => Larder.fromEnv(env, { colour: "blue" }), ConfigError);
+      // Options win over the variables.
+      const other = Larder.fromEnv(env, { prefix: `${prefix}-other` });
+      assert.equal(await other.get(request), undefined);
     });
 
     test("encrypted and keyed: readable with the keys, opaque without", async () => {

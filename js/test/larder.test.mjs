@@ -4,6 +4,7 @@
 // trap. Run (in js/): node --test test/larder.test.mjs
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { test, describe } from "node:test";
 import fc from "fast-check";
 import {
@@ -105,6 +106,26 @@ describe("errors", () => {
     for (const E of [ConfigError, InvalidInputError, CacheError, StreamError]) {
       assert.ok(new E("x") instanceof LarderError);
       assert.ok(new E("x") instanceof Error);
+    }
+  });
+
+  test("a Redis that accepts and never answers costs at most the timeout", async () => {
+    const sockets = [];
+    const hung = createServer((s) => sockets.push(s));
+    await new Promise((r) => hung.listen(0, "127.0.0.1", r));
+    try {
+      const c = new Larder({ url: `http://127.0.0.1:${hung.address().port}`, token: "t", timeoutMs: 300 });
+      let started = Date.now();
+      const a = await c.getOrCompute({ model: "m", prompt: unique() }, async () => "computed anyway");
+      assert.equal(a.text, "computed anyway");
+      assert.ok(Date.now() - started < 2500, `${Date.now() - started} ms`);
+      started = Date.now();
+      await assert.rejects(c.get({ model: "m", prompt: "x" }), CacheError);
+      assert.ok(Date.now() - started < 1500, `${Date.now() - started} ms`);
+      assert.ok(sockets.length >= 1, "the requests reached the hung server");
+    } finally {
+      for (const s of sockets) s.destroy();
+      hung.close();
     }
   });
 

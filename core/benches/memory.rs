@@ -11,7 +11,8 @@
 //! thread-safe, so it is measured as `Mutex<LruCache>` (what a user would write).
 //!
 //! `LARDER_BENCH_ONLY` runs one part: `throughput`, `hit-ratio` or `overhead` (the hit-ratio
-//! part is deterministic and quick, for trying policy changes).
+//! part is deterministic and quick, for trying policy changes), or `get-hit`, `insert` or
+//! `mixed`: one throughput column.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -467,7 +468,16 @@ fn main() {
     let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     println!("## Memory tier\n");
     if run("throughput") {
-        throughput();
+        throughput(&[Workload::GetHit, Workload::Insert, Workload::Mixed9010]);
+    }
+    for (part, w) in [
+        ("get-hit", Workload::GetHit),
+        ("insert", Workload::Insert),
+        ("mixed", Workload::Mixed9010),
+    ] {
+        if only.as_deref() == Some(part) {
+            throughput(&[w]);
+        }
     }
     if run("hit-ratio") {
         hit_ratios();
@@ -478,7 +488,7 @@ fn main() {
 }
 
 /// The throughput tables: every workload at 1 and 2 threads, contenders interleaved.
-fn throughput() {
+fn throughput(workloads: &[Workload]) {
     let all_keys = keys(CAPACITY * 10);
     println!(
         "{} threads available; {OPS_PER_THREAD} ops per thread per round; median of {ROUNDS} rounds; \
@@ -493,16 +503,16 @@ fn throughput() {
          [lowest – highest].\n",
         if pinned { "" } else { "not " }
     );
-    let workloads = [Workload::GetHit, Workload::Insert, Workload::Mixed9010];
     for threads in [1usize, 2] {
         println!("### {threads} thread(s): million ops/s, median [lowest – highest]\n");
-        println!("| contender | get (hit) | insert | mixed 90% get / 10% insert |");
-        println!("|---|---|---|---|");
+        let columns: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+        println!("| contender | {} |", columns.join(" | "));
+        println!("|---|{}", "---|".repeat(columns.len()));
         let mut cells: Vec<Vec<String>> = Vec::new();
         let mut ratio_row = Vec::new();
         let all = contenders(CAPACITY);
         let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
-        for &w in &workloads {
+        for &w in workloads {
             let cs = contenders(CAPACITY);
             for c in &cs {
                 warm(c.as_ref(), &all_keys);

@@ -17,14 +17,24 @@ const ONE_MASK: u64 = 0x1111_1111_1111_1111;
 const SAMPLE_PER_ENTRY: usize = 10;
 
 pub(super) struct Sketch {
-    table: Box<[u64]>,
-    /// Blocks − 1 (the block count is a power of two).
+    /// The blocks; their count is a power of two.
+    table: Box<[Block]>,
+    /// Blocks − 1.
     block_mask: usize,
     /// Increments since the last halving (those that changed a counter).
     size: usize,
     /// Halve when `size` reaches this.
     sample_size: usize,
+    /// Changes whenever counters may have decreased (halving, clearing, resizing); never 0.
+    epoch: u32,
 }
+
+/// One cache line of counters (aligned, so that a key's counters never straddle two lines).
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Block([u64; BLOCK_WORDS]);
+
+const ZERO_BLOCK: Block = Block([0; BLOCK_WORDS]);
 
 /// A 64-bit finalizer (from SplitMix64): the key's hash also picks the shard and the hash
 /// bucket, so its bits are remixed before choosing counters.
@@ -36,6 +46,15 @@ fn mix(hash: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The word (within its block) and the shift of counter `i` (0 to 3) of a key, from the
+/// high half of its remixed hash: counter `i` lies in word `2i` or `2i + 1`, so the four
+/// never share a word.
+#[inline(always)]
+fn counter(h: u64, i: u32) -> (usize, u32) {
+    let c = (h >> 32 >> (i * 8)) as u32;
+    ((i as usize) * 2 + (c & 1) as usize, ((c >> 1) & 15) * 4)
+}
+
 impl Sketch {
     /// A sketch with no counters: increments do nothing, every estimate is 0.
     pub(super) fn empty() -> Self {
@@ -44,7 +63,27 @@ impl Sketch {
             block_mask: 0,
             size: 0,
             sample_size: usize::MAX,
+            epoch: 1,
         }
+    }
+
+    /// An empty sketch whose epoch follows `self`'s.
+    pub(super) fn successor(&self) -> Self {
+        let mut next = Sketch::empty();
+        next.epoch = self.epoch;
+        next.next_epoch();
+        next
+    }
+
+    /// The epoch: while it stays the same, no counter decreases, so a key found saturated
+    /// (see [`Sketch::increment`]) stays saturated.
+    #[inline]
+    pub(super) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    fn next_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1).max(1);
     }
 
     /// Replaces the counters with zeroed ones sized for `entries` (one word per entry,
@@ -52,51 +91,52 @@ impl Sketch {
     pub(super) fn resize(&mut self, entries: usize) {
         let entries = entries.clamp(1, 1 << 30);
         let words = entries.next_power_of_two().max(BLOCK_WORDS);
-        self.table = vec![0; words].into_boxed_slice();
+        self.table = vec![ZERO_BLOCK; words / BLOCK_WORDS].into_boxed_slice();
         self.block_mask = words / BLOCK_WORDS - 1;
         self.size = 0;
         self.sample_size = SAMPLE_PER_ENTRY * entries;
+        self.next_epoch();
     }
 
     /// Zeroes every counter.
     pub(super) fn clear(&mut self) {
-        self.table.fill(0);
+        self.table.fill(ZERO_BLOCK);
         self.size = 0;
+        self.next_epoch();
     }
 
-    /// The word and the shift of the `i`-th counter of a key.
+    /// Counts one use of the key with this hash. Returns whether all of the key's counters
+    /// are now saturated: then further increments change nothing until the epoch changes.
     #[inline]
-    fn index(&self, h: u64, i: u32) -> (usize, u32) {
-        let block = (h as usize & self.block_mask) * BLOCK_WORDS;
-        let c = (h >> 32 >> (i * 8)) as u32;
-        let word = block + (c & 1) as usize + (i as usize) * 2;
-        (word, ((c >> 1) & 15) * 4)
-    }
-
-    /// Counts one use of the key with this hash.
-    #[inline]
-    pub(super) fn increment(&mut self, hash: u64) {
+    pub(super) fn increment(&mut self, hash: u64) -> bool {
         if self.table.is_empty() {
-            return;
+            return false;
+        }
+        let h = mix(hash);
+        let block = &mut self.table[h as usize & self.block_mask].0;
+        let (w0, s0) = counter(h, 0);
+        let (w1, s1) = counter(h, 1);
+        let (w2, s2) = counter(h, 2);
+        let (w3, s3) = counter(h, 3);
+        let (n0, n1) = ((block[w0] >> s0) & 15, (block[w1] >> s1) & 15);
+        let (n2, n3) = ((block[w2] >> s2) & 15, (block[w3] >> s3) & 15);
+        let min = n0.min(n1).min(n2.min(n3));
+        if min == 15 {
+            return true;
         }
         // Conservative update: only the counters at the minimum grow, the others already
         // overstate this key.
-        let h = mix(hash);
-        let index = [0, 1, 2, 3].map(|i| self.index(h, i));
-        let count = |(word, shift): (usize, u32)| (self.table[word] >> shift) & 15;
-        let min = index.iter().map(|&at| count(at)).min().unwrap_or(15);
-        if min == 15 {
-            return;
-        }
-        for (word, shift) in index {
-            if (self.table[word] >> shift) & 15 == min {
-                self.table[word] += 1 << shift;
-            }
-        }
+        block[w0] += u64::from(n0 == min) << s0;
+        block[w1] += u64::from(n1 == min) << s1;
+        block[w2] += u64::from(n2 == min) << s2;
+        block[w3] += u64::from(n3 == min) << s3;
         self.size += 1;
         if self.size >= self.sample_size {
             self.halve();
+            return false;
         }
+        // The counters at the minimum grew by one, the others were already above it.
+        min == 14
     }
 
     /// The estimated uses of the key with this hash (at most 15).
@@ -106,29 +146,29 @@ impl Sketch {
             return 0;
         }
         let h = mix(hash);
-        (0..4)
-            .map(|i| {
-                let (word, shift) = self.index(h, i);
-                ((self.table[word] >> shift) & 15) as u8
-            })
-            .min()
-            .unwrap_or(0)
+        let block = &self.table[h as usize & self.block_mask].0;
+        let count = |i| {
+            let (word, shift) = counter(h, i);
+            (block[word] >> shift) & 15
+        };
+        count(0).min(count(1)).min(count(2).min(count(3))) as u8
     }
 
     /// Halves every counter (the decay that makes old popularity fade).
     fn halve(&mut self) {
         let mut odd = 0usize;
-        for w in self.table.iter_mut() {
+        for w in self.table.iter_mut().flat_map(|b| &mut b.0) {
             odd += (*w & ONE_MASK).count_ones() as usize;
             *w = (*w >> 1) & RESET_MASK;
         }
         self.size = (self.size - odd / 4) / 2;
+        self.next_epoch();
     }
 
     /// Heap bytes held (tests).
     #[cfg(test)]
     pub(super) fn heap_bytes(&self) -> usize {
-        self.table.len() * 8
+        self.table.len() * BLOCK_WORDS * 8
     }
 }
 
@@ -159,6 +199,27 @@ mod tests {
             last = s.size;
         }
         assert_eq!(s.frequency(42), 7, "15 halved");
+    }
+
+    #[test]
+    fn reports_saturation_and_a_new_epoch_when_counts_may_drop() {
+        let mut s = Sketch::empty();
+        s.resize(64);
+        for _ in 1..15 {
+            assert!(!s.increment(42));
+        }
+        assert!(s.increment(42), "the fifteenth use saturates");
+        assert!(s.increment(42), "and it stays saturated");
+        let epoch = s.epoch();
+        let mut key = 1_000u64;
+        while s.epoch() == epoch {
+            s.increment(key);
+            key += 1;
+        }
+        assert_eq!(s.frequency(42), 7, "a new epoch came with the halving");
+        s.clear();
+        assert_ne!(s.epoch(), epoch);
+        assert_ne!(s.successor().epoch(), s.epoch());
     }
 
     #[test]

@@ -95,6 +95,32 @@ fn a_loop_slightly_larger_than_the_cache_keeps_hitting() {
 }
 
 #[test]
+fn a_protected_entry_read_lately_gets_a_second_chance_when_protected_overflows() {
+    // 100 entries: the protected segment holds 80 of them.
+    let mut map = TinyLfu::new(100, 1 << 20);
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(map.insert(k, val("v"), None, 0));
+    }
+    // Promoted in order: k0 is the oldest of the protected segment, then k1.
+    for k in &keys[..80] {
+        assert!(map.get(k, 0).is_some());
+        assert!(map.is_protected(k));
+    }
+    assert!(map.get("k0", 0).is_some(), "marks k0");
+    // Promoting k80 overflows the protected segment: k0 is marked and stays, k1 goes.
+    assert!(map.get("k80", 0).is_some());
+    assert!(map.is_protected("k80"));
+    assert!(map.is_protected("k0"), "the marked entry was demoted");
+    assert!(
+        !map.is_protected("k1"),
+        "the unmarked oldest entry was kept"
+    );
+    assert!(map.contains("k1", 0), "a demoted entry stays in the map");
+    map.check_invariants();
+}
+
+#[test]
 fn contains_ttl_and_expire_do_not_count_as_a_use() {
     let (_, c) = cache(10, 1 << 20);
     c.insert("a", val("a"), None);

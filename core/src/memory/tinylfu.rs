@@ -3,9 +3,11 @@
 //!
 //! Entries live in a slab (`Vec` of slots with a free list) and are doubly linked by `u32`
 //! slot indices into three lists (the window, probation and protected segments), most
-//! recently used first; a [`hashbrown::HashTable`] of slot indices, keyed by the key's hash,
-//! finds them. A [`Sketch`] estimates how often keys were used lately. Lookup, insertion
-//! and removal are O(1) and a lookup allocates nothing. There are no pointers and no
+//! recently placed first; a [`hashbrown::HashTable`] of slot indices, keyed by the key's
+//! hash, finds them. A slot keeps what a read needs (key, value, expiry, marks) on one cache
+//! line, and its list links and hash apart. A [`Sketch`] estimates how often keys were used
+//! lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a read of
+//! a protected entry writes nothing but a mark in its slot. There are no pointers and no
 //! `unsafe`.
 //!
 //! The map has no clock: every call that needs the time takes `now_ms` (unix milliseconds),
@@ -35,6 +37,10 @@ const WINDOW: u8 = 0;
 const PROBATION: u8 = 1;
 const PROTECTED: u8 = 2;
 
+/// The most second chances one promotion gives protected entries (see
+/// [`TinyLfu::promote`]); bounds its work.
+const SECOND_CHANCES: u32 = 16;
+
 /// Shares of the capacity are fixed-point fractions of `1 << FRAC_BITS`.
 const FRAC_BITS: u32 = 20;
 const FRAC_ONE: u64 = 1 << FRAC_BITS;
@@ -59,18 +65,29 @@ impl Now for u64 {
     }
 }
 
+/// What a read needs of an entry, on one cache line: the key, the value, the expiry and
+/// the policy's marks. The list links and the hash are in the entry's [`Link`].
+#[repr(align(64))]
 struct Slot {
     key: Box<str>,
     value: Bytes,
-    hash: u64,
     /// Absolute unix ms; [`NEVER`] when the entry never expires. Expired when `now >= this`.
     expires_at: u64,
-    /// Towards the most recently used end; in a free slot, unused.
-    prev: u32,
-    /// Towards the least recently used end; in a free slot, the next free slot.
-    next: u32,
+    /// The sketch's epoch when the key's counters were found saturated (0: not found so).
+    saturated_at: u32,
     /// The segment holding the entry.
     segment: u8,
+    /// In the protected segment: read since it last reached the segment's end.
+    referenced: bool,
+}
+
+/// An entry's place in its segment's list, and its key's hash.
+struct Link {
+    hash: u64,
+    /// Towards the head of the list; in a free slot, unused.
+    prev: u32,
+    /// Towards the tail of the list; in a free slot, the next free slot.
+    next: u32,
 }
 
 impl Slot {
@@ -159,9 +176,11 @@ struct Counters {
 /// is the one evicted. Usage is estimated by a frequency sketch that counts reads and writes
 /// and halves its counts periodically, so that it follows recent popularity. A read of a
 /// probation entry promotes it to the *protected* segment, whose overflow is demoted back
-/// to probation. So an entry used once cannot push out entries used often (scans and
-/// one-off keys pass through the window), and a loop over slightly more keys than fit keeps
-/// most of them.
+/// to probation. A read of a protected entry only marks it: when the protected segment
+/// overflows, its oldest entry is demoted unless it is marked, in which case it is unmarked
+/// and stays for another round (a second chance, as in the CLOCK algorithm). So an entry
+/// used once cannot push out entries used often (scans and one-off keys pass through the
+/// window), and a loop over slightly more keys than fit keeps most of them.
 ///
 /// The window holds a small fixed share of the capacity and the protected segment most of
 /// the rest. (Caffeine also adapts the window's share by hill climbing on the sampled hit
@@ -225,6 +244,8 @@ struct Counters {
 /// ```
 pub struct TinyLfu {
     slots: Vec<Slot>,
+    /// `links[i]` belongs to `slots[i]`.
+    links: Vec<Link>,
     table: HashTable<u32>,
     /// The window, probation and protected segments (indexed by `WINDOW`, …).
     lists: [List; 3],
@@ -287,6 +308,7 @@ impl TinyLfu {
         };
         let mut map = TinyLfu {
             slots: Vec::new(),
+            links: Vec::new(),
             table: HashTable::new(),
             lists: [List::EMPTY; 3],
             free: NIL,
@@ -458,7 +480,7 @@ impl TinyLfu {
         for segment in [WINDOW, PROBATION, PROTECTED] {
             let mut i = self.lists[segment as usize].head;
             while i != NIL {
-                let next = self.slots[i as usize].next;
+                let next = self.links[i as usize].next;
                 if self.slots[i as usize].is_expired(&mut now) {
                     self.remove_at(i);
                     self.counters.expirations += 1;
@@ -477,8 +499,9 @@ impl TinyLfu {
     }
 
     /// The entries as `(key, value)`, including expired entries not yet removed: the window,
-    /// then the probation and the protected segments, each most recently used first. Does
-    /// not count a use.
+    /// then the probation and the protected segments, each most recently placed first (a
+    /// read moves a window entry to the front, promotes a probation entry and only marks a
+    /// protected one). Does not count a use.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             map: self,
@@ -509,7 +532,7 @@ impl TinyLfu {
             return None;
         };
         self.counters.hits += 1;
-        self.sketch.increment(hash);
+        self.count_use(i, hash);
         self.on_use(i);
         let slot = &self.slots[i as usize];
         Some((&slot.value, slot.expires_at))
@@ -579,8 +602,8 @@ impl TinyLfu {
             self.counters.evictions += 1;
             return false;
         }
-        self.sketch.increment(hash);
         if let Some(i) = existing {
+            self.count_use(i, hash);
             let slot = &mut self.slots[i as usize];
             let old_size = slot.size();
             let old = mem::replace(&mut slot.value, value);
@@ -594,35 +617,43 @@ impl TinyLfu {
             drop(old);
             return true;
         }
+        self.sketch.increment(hash);
         self.make_room(1, size, NIL, now);
         let slot = Slot {
             key: key.into(),
             value,
-            hash,
             expires_at,
+            saturated_at: 0,
+            segment: WINDOW,
+            referenced: false,
+        };
+        let link = Link {
+            hash,
             prev: NIL,
             next: NIL,
-            segment: WINDOW,
         };
         let i = if self.free != NIL {
             let i = self.free;
-            self.free = self.slots[i as usize].next;
+            self.free = self.links[i as usize].next;
             self.slots[i as usize] = slot;
+            self.links[i as usize] = link;
             i
         } else {
             if self.slots.len() == self.slots.capacity() {
                 // Grow by doubling, but never past the entry bound: a full map holds no
                 // spare slots.
                 let room = self.max.entries - self.slots.len();
-                self.slots
-                    .reserve_exact(self.slots.len().max(4).min(room).max(1));
+                let more = self.slots.len().max(4).min(room).max(1);
+                self.slots.reserve_exact(more);
+                self.links.reserve_exact(more);
             }
             self.slots.push(slot);
+            self.links.push(link);
             (self.slots.len() - 1) as u32
         };
-        let slots = &self.slots;
+        let links = &self.links;
         self.table
-            .insert_unique(hash, i, |&j| slots[j as usize].hash);
+            .insert_unique(hash, i, |&j| links[j as usize].hash);
         self.push_front(i, WINDOW);
         self.len += 1;
         self.bytes += size;
@@ -642,7 +673,7 @@ impl TinyLfu {
             let mut i = self.lists[segment as usize].head;
             while i != NIL {
                 let slot = &self.slots[i as usize];
-                let next = slot.next;
+                let next = self.links[i as usize].next;
                 if pred(&slot.key) {
                     if slot.is_expired(now) {
                         self.counters.expirations += 1;
@@ -662,6 +693,7 @@ impl TinyLfu {
     /// cache).
     pub(crate) fn reset(&mut self) {
         self.slots = Vec::new();
+        self.links = Vec::new();
         self.table = HashTable::new();
         self.lists = [List::EMPTY; 3];
         self.free = NIL;
@@ -675,17 +707,17 @@ impl TinyLfu {
         for list in self.lists {
             let mut i = list.head;
             while i != NIL {
-                let slot = &self.slots[i as usize];
-                if slot.is_expired(now) {
+                if self.slots[i as usize].is_expired(now) {
                     self.counters.expirations += 1;
                 } else {
                     live += 1;
                 }
-                i = slot.next;
+                i = self.links[i as usize].next;
             }
         }
         self.counters.deletes += live as u64;
         self.slots.clear();
+        self.links.clear();
         self.table.clear();
         self.lists = [List::EMPTY; 3];
         self.free = NIL;
@@ -697,29 +729,57 @@ impl TinyLfu {
 
     // ---- the policy ----
 
-    /// A use of live entry `i` (a hit or an overwrite): it becomes the most recently used of
-    /// its segment, and a probation entry is promoted to protected.
+    /// Counts a use of live entry `i` (whose key has this hash) in the sketch, unless its
+    /// counters were found saturated since they last could decrease.
+    #[inline]
+    fn count_use(&mut self, i: u32, hash: u64) {
+        if self.slots[i as usize].saturated_at != self.sketch.epoch() && self.sketch.increment(hash)
+        {
+            self.slots[i as usize].saturated_at = self.sketch.epoch();
+        }
+    }
+
+    /// A use of live entry `i` (a hit or an overwrite): a window entry becomes the window's
+    /// most recently used, a probation entry is promoted to protected, a protected entry is
+    /// marked (see [`TinyLfu::promote`]).
     #[inline]
     fn on_use(&mut self, i: u32) {
-        let segment = self.slots[i as usize].segment;
-        if segment == PROBATION {
-            self.unlink(i);
-            self.push_front(i, PROTECTED);
-            // Demote the protected segment's overflow, least recently used first, keeping
-            // at least the promoted entry.
-            loop {
-                let p = self.lists[PROTECTED as usize];
-                if p.len <= 1 || !self.protected_max.exceeded_by(p.len, p.bytes) {
-                    break;
-                }
-                let j = p.tail;
-                self.unlink(j);
-                self.push_front(j, PROBATION);
-            }
+        let slot = &mut self.slots[i as usize];
+        let segment = slot.segment;
+        if segment == PROTECTED {
+            slot.referenced = true;
+        } else if segment == PROBATION {
+            self.promote(i);
         } else if self.lists[segment as usize].head != i {
             self.unlink(i);
             self.push_front(i, segment);
         }
+    }
+
+    /// Moves probation entry `i` to the protected segment, first demoting the protected
+    /// segment's overflow to probation, oldest first; a marked entry met there is unmarked
+    /// and moved to the front instead (at most `SECOND_CHANCES` times, then the oldest goes
+    /// whether marked or not).
+    fn promote(&mut self, i: u32) {
+        self.unlink(i);
+        let size = self.slots[i as usize].size();
+        let mut chances = SECOND_CHANCES;
+        loop {
+            let p = self.lists[PROTECTED as usize];
+            if p.tail == NIL || !self.protected_max.exceeded_by(p.len + 1, p.bytes + size) {
+                break;
+            }
+            let j = p.tail;
+            self.unlink(j);
+            let again = mem::take(&mut self.slots[j as usize].referenced) && chances > 0;
+            if again {
+                chances -= 1;
+                self.push_front(j, PROTECTED);
+            } else {
+                self.push_front(j, PROBATION);
+            }
+        }
+        self.push_front(i, PROTECTED);
     }
 
     /// Makes room for `extra_entries` more entries of `extra_bytes` bytes in total (to be
@@ -768,7 +828,7 @@ impl TinyLfu {
                 self.evict(victim, now);
                 continue;
             }
-            let next = self.slots[candidate as usize].next;
+            let next = self.links[candidate as usize].next;
             candidates -= 1;
             let rejected =
                 self.slots[candidate as usize].is_expired(now) || !self.admit(candidate, victim);
@@ -795,7 +855,7 @@ impl TinyLfu {
             if tail != keep {
                 return tail;
             }
-            let prev = self.slots[tail as usize].prev;
+            let prev = self.links[tail as usize].prev;
             if prev != NIL {
                 return prev;
             }
@@ -805,8 +865,8 @@ impl TinyLfu {
 
     /// Whether `candidate` should displace `victim`: it was used more often lately.
     fn admit(&self, candidate: u32, victim: u32) -> bool {
-        let c = self.sketch.frequency(self.slots[candidate as usize].hash);
-        let v = self.sketch.frequency(self.slots[victim as usize].hash);
+        let c = self.sketch.frequency(self.links[candidate as usize].hash);
+        let v = self.sketch.frequency(self.links[victim as usize].hash);
         c > v
     }
 
@@ -822,7 +882,7 @@ impl TinyLfu {
 
     /// Empties the sketch; it gets counters again as entries arrive.
     fn reset_sketch(&mut self) {
-        self.sketch = Sketch::empty();
+        self.sketch = self.sketch.successor();
         self.sketch_grow_at = 0;
     }
 
@@ -835,16 +895,17 @@ impl TinyLfu {
             .saturating_mul(2)
             .max(16)
             .min(self.max.entries.max(1));
-        let old = mem::replace(&mut self.sketch, Sketch::empty());
+        let new = self.sketch.successor();
+        let old = mem::replace(&mut self.sketch, new);
         self.sketch.resize(entries);
         for list in self.lists {
             let mut i = list.head;
             while i != NIL {
-                let slot = &self.slots[i as usize];
-                for _ in 0..old.frequency(slot.hash) {
-                    self.sketch.increment(slot.hash);
+                let link = &self.links[i as usize];
+                for _ in 0..old.frequency(link.hash) {
+                    self.sketch.increment(link.hash);
                 }
-                i = slot.next;
+                i = link.next;
             }
         }
         self.sketch_grow_at = if entries >= self.max.entries {
@@ -860,10 +921,7 @@ impl TinyLfu {
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
         let slots = &self.slots;
         self.table
-            .find(hash, |&i| {
-                let slot = &slots[i as usize];
-                slot.hash == hash && *slot.key == *key
-            })
+            .find(hash, |&i| *slots[i as usize].key == *key)
             .copied()
     }
 
@@ -881,7 +939,7 @@ impl TinyLfu {
 
     /// Unlinks and frees slot `i`, returning its value.
     fn remove_at(&mut self, i: u32) -> Bytes {
-        let hash = self.slots[i as usize].hash;
+        let hash = self.links[i as usize].hash;
         if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
             entry.remove();
         } else {
@@ -895,8 +953,9 @@ impl TinyLfu {
         // Empty `Box<str>` and `Bytes` do not allocate.
         slot.key = Box::default();
         let value = mem::take(&mut slot.value);
-        slot.prev = NIL;
-        slot.next = free;
+        let link = &mut self.links[i as usize];
+        link.prev = NIL;
+        link.next = free;
         self.free = i;
         value
     }
@@ -905,8 +964,8 @@ impl TinyLfu {
     #[inline]
     fn unlink(&mut self, i: u32) {
         let (prev, next, segment, size) = {
-            let slot = &self.slots[i as usize];
-            (slot.prev, slot.next, slot.segment, slot.size())
+            let (slot, link) = (&self.slots[i as usize], &self.links[i as usize]);
+            (link.prev, link.next, slot.segment, slot.size())
         };
         let list = &mut self.lists[segment as usize];
         list.len -= 1;
@@ -914,13 +973,13 @@ impl TinyLfu {
         if prev == NIL {
             list.head = next;
         } else {
-            self.slots[prev as usize].next = next;
+            self.links[prev as usize].next = next;
         }
         let list = &mut self.lists[segment as usize];
         if next == NIL {
             list.tail = prev;
         } else {
-            self.slots[next as usize].prev = prev;
+            self.links[next as usize].prev = prev;
         }
     }
 
@@ -934,13 +993,14 @@ impl TinyLfu {
         if old_head == NIL {
             list.tail = i;
         }
+        let link = &mut self.links[i as usize];
+        link.prev = NIL;
+        link.next = old_head;
         let slot = &mut self.slots[i as usize];
-        slot.prev = NIL;
-        slot.next = old_head;
         slot.segment = segment;
         list.bytes += slot.size();
         if old_head != NIL {
-            self.slots[old_head as usize].prev = i;
+            self.links[old_head as usize].prev = i;
         }
     }
 
@@ -962,6 +1022,13 @@ impl TinyLfu {
         self.sketch.heap_bytes()
     }
 
+    /// Whether `key` is in the protected segment (tests).
+    #[cfg(test)]
+    pub(crate) fn is_protected(&self, key: &str) -> bool {
+        self.find(self.hash(key), key)
+            .is_some_and(|i| self.slots[i as usize].segment == PROTECTED)
+    }
+
     /// Panics unless the lists, the index, the free list and the byte counts agree.
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
@@ -975,12 +1042,16 @@ impl TinyLfu {
             let mut prev = NIL;
             let mut i = list.head;
             while i != NIL {
-                let slot = &self.slots[i as usize];
-                assert_eq!(slot.prev, prev, "broken back link at slot {i}");
+                let (slot, link) = (&self.slots[i as usize], &self.links[i as usize]);
+                assert_eq!(link.prev, prev, "broken back link at slot {i}");
                 assert_eq!(slot.segment, segment, "slot {i} in the wrong list");
-                assert_eq!(slot.hash, self.hash(&slot.key), "stale hash at slot {i}");
+                assert!(
+                    !slot.referenced || segment == PROTECTED,
+                    "slot {i} marked outside the protected segment"
+                );
+                assert_eq!(link.hash, self.hash(&slot.key), "stale hash at slot {i}");
                 assert_eq!(
-                    self.find(slot.hash, &slot.key),
+                    self.find(link.hash, &slot.key),
                     Some(i),
                     "index misses slot {i}"
                 );
@@ -988,7 +1059,7 @@ impl TinyLfu {
                 list_bytes += slot.size();
                 assert!(list_count <= self.len, "cycle in the list");
                 prev = i;
-                i = slot.next;
+                i = link.next;
             }
             assert_eq!(list.tail, prev, "tail is not the last entry");
             assert_eq!(list_count, list.len, "list length drifted");
@@ -1008,9 +1079,10 @@ impl TinyLfu {
             );
             free += 1;
             assert!(free <= self.slots.len(), "cycle in the free list");
-            i = slot.next;
+            i = self.links[i as usize].next;
         }
         assert_eq!(free + self.len, self.slots.len(), "slots leaked");
+        assert_eq!(self.links.len(), self.slots.len(), "links != slots");
         assert!(self.slots.len() <= self.max.entries.max(1), "spare slots");
         assert!(self.len <= self.max.entries, "entry bound exceeded");
         assert!(self.bytes <= self.max.bytes, "byte bound exceeded");
@@ -1038,7 +1110,7 @@ impl<'a> Iterator for Iter<'a> {
             self.cur = self.map.lists[self.segment as usize].head;
         }
         let slot = &self.map.slots[self.cur as usize];
-        self.cur = slot.next;
+        self.cur = self.map.links[self.cur as usize].next;
         self.remaining -= 1;
         Some((&slot.key, &slot.value))
     }

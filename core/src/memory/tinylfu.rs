@@ -747,7 +747,11 @@ impl TinyLfu {
         let slot = &mut self.slots[i as usize];
         let segment = slot.segment;
         if segment == PROTECTED {
-            slot.referenced = true;
+            // Written only when it changes: a read of a marked entry writes nothing, so
+            // threads reading the same entries do not take its cache line from each other.
+            if !slot.referenced {
+                slot.referenced = true;
+            }
         } else if segment == PROBATION {
             self.promote(i);
         } else if self.lists[segment as usize].head != i {

@@ -81,7 +81,7 @@ async fn main() -> Result<(), Error> {
     };
 
     println!("== timings ({KEYS} keys of 1 KB, {READS} reads) ==");
-    workload("memory (LRU + TTL)", &memory()).await?;
+    workload("memory (W-TinyLFU + TTL)", &memory()).await?;
     let Some(url) = url else { return Ok(()) };
     let redis = RedisCache::builder(RedisTransport::connect(&url).await?)
         .prefix("cmp-redis")

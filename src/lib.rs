@@ -2,7 +2,7 @@
 //!
 //! A cache for LLM and agent responses that runs the same logic natively and on Cloudflare
 //! Workers. This facade re-exports [`larder_core`] (every decision: keys, envelope, memory
-//! LRU+TTL, get-or-compute, the response cache, the [`Cache`] trait, the Redis cache over a
+//! W-TinyLFU+TTL, get-or-compute, the response cache, the [`Cache`] trait, the Redis cache over a
 //! [`Transport`]); the `native` feature adds `larder_native` (the redis-rs transport), the
 //! `edge` feature `larder_edge` (Redis over HTTP), the `rig` feature [`rig`] (rig models and
 //! tools cached).

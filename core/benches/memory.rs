@@ -1,4 +1,4 @@
-//! Memory-tier benchmark: larder's `MemoryCache` (and its single-shard `Lru`) side by side with
+//! Memory-tier benchmark: larder's `MemoryCache` (and its single-shard `TinyLfu`) side by side with
 //! the `lru` crate, moka (sync) and quick_cache, in one run.
 //!
 //! Run: `cargo bench -p larder-core --bench memory` (or `scripts/bench.sh`). Prints Markdown
@@ -9,6 +9,10 @@
 //!
 //! Every cache holds `String` keys and `Bytes` values of 64 bytes. The `lru` crate is not
 //! thread-safe, so it is measured as `Mutex<LruCache>` (what a user would write).
+//!
+//! `LARDER_BENCH_ONLY` runs one part: `throughput`, `hit-ratio` or `overhead` (the hit-ratio
+//! part is deterministic and quick, for trying policy changes), or `get-hit`, `insert` or
+//! `mixed`: one throughput column.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use larder_core::{ManualClock, MemoryCache, memory::Lru};
+use larder_core::{ManualClock, MemoryCache, memory::TinyLfu};
 use parking_lot::Mutex;
 
 // ---------------------------------------------------------------------------------------
@@ -87,10 +91,10 @@ impl Contender for Larder {
     }
 }
 
-struct LarderLru(Mutex<Lru>);
-impl Contender for LarderLru {
+struct LarderShard(Mutex<TinyLfu>);
+impl Contender for LarderShard {
     fn name(&self) -> &'static str {
-        "larder Lru (1 shard, Mutex)"
+        "larder TinyLfu (1 shard, Mutex)"
     }
     fn get(&self, key: &str) -> Option<Bytes> {
         self.0.lock().get(key, 0).cloned()
@@ -150,7 +154,10 @@ fn contenders(capacity: usize) -> Vec<Box<dyn Contender>> {
                 .build()
                 .unwrap(),
         )),
-        Box::new(LarderLru(Mutex::new(Lru::new(capacity, u64::MAX / 2)))),
+        Box::new(LarderShard(Mutex::new(TinyLfu::new(
+            capacity,
+            u64::MAX / 2,
+        )))),
         Box::new(LruCrate(Mutex::new(lru::LruCache::new(
             NonZeroUsize::new(capacity).expect("capacity > 0"),
         )))),
@@ -457,8 +464,32 @@ fn overhead_per_entry(make: &dyn Fn(usize) -> Box<dyn Contender>, n: usize) -> f
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
-    let all_keys = keys(CAPACITY * 10);
+    let only = std::env::var("LARDER_BENCH_ONLY").ok();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     println!("## Memory tier\n");
+    if run("throughput") {
+        throughput(&[Workload::GetHit, Workload::Insert, Workload::Mixed9010]);
+    }
+    for (part, w) in [
+        ("get-hit", Workload::GetHit),
+        ("insert", Workload::Insert),
+        ("mixed", Workload::Mixed9010),
+    ] {
+        if only.as_deref() == Some(part) {
+            throughput(&[w]);
+        }
+    }
+    if run("hit-ratio") {
+        hit_ratios();
+    }
+    if run("overhead") {
+        overheads();
+    }
+}
+
+/// The throughput tables: every workload at 1 and 2 threads, contenders interleaved.
+fn throughput(workloads: &[Workload]) {
+    let all_keys = keys(CAPACITY * 10);
     println!(
         "{} threads available; {OPS_PER_THREAD} ops per thread per round; median of {ROUNDS} rounds; \
          capacity {CAPACITY}; keys `String`, values `Bytes` (64 B).\n",
@@ -472,16 +503,16 @@ fn main() {
          [lowest – highest].\n",
         if pinned { "" } else { "not " }
     );
-    let workloads = [Workload::GetHit, Workload::Insert, Workload::Mixed9010];
     for threads in [1usize, 2] {
         println!("### {threads} thread(s): million ops/s, median [lowest – highest]\n");
-        println!("| contender | get (hit) | insert | mixed 90% get / 10% insert |");
-        println!("|---|---|---|---|");
+        let columns: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+        println!("| contender | {} |", columns.join(" | "));
+        println!("|---|{}", "---|".repeat(columns.len()));
         let mut cells: Vec<Vec<String>> = Vec::new();
         let mut ratio_row = Vec::new();
         let all = contenders(CAPACITY);
         let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
-        for &w in &workloads {
+        for &w in workloads {
             let cs = contenders(CAPACITY);
             for c in &cs {
                 warm(c.as_ref(), &all_keys);
@@ -535,9 +566,10 @@ fn main() {
         }
         println!("| **larder ÷ quick_cache** | {} |\n", ratio_row.join(" | "));
     }
+}
 
-    hit_ratios();
-
+/// The heap bytes per entry of every contender.
+fn overheads() {
     println!("\n### Heap overhead per entry (100k entries; excludes key and value bytes)\n");
     println!("| contender | bytes/entry |\n|---|---|");
     let n = 100_000;

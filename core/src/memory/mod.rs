@@ -1,14 +1,15 @@
-//! The memory tier: [`MemoryCache`], a sharded LRU cache with per-entry TTLs.
+//! The memory tier: [`MemoryCache`], a sharded W-TinyLFU cache with per-entry TTLs.
 //!
-//! Each shard is an [`Lru`] behind a [`parking_lot::Mutex`]; a key's hash (computed once per
+//! Each shard is a [`TinyLfu`] behind a [`parking_lot::Mutex`]; a key's hash (computed once per
 //! call) picks the shard and finds the entry in it. Expiry is lazy (there are no timers,
 //! which `wasm32` lacks): an expired entry is dropped when a call finds it, when it reaches
-//! the least recently used end, or by [`MemoryCache::purge_expired`]. Time comes from the
+//! the point of eviction, or by [`MemoryCache::purge_expired`]. Time comes from the
 //! injected [`Clock`], read only when an entry has an expiry.
 
-mod lru;
+mod sketch;
 #[cfg(test)]
 mod tests;
+mod tinylfu;
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -24,8 +25,8 @@ use crate::cache::{Cache, CacheStats, KeyTtl, check_ttl, glob_match};
 use crate::clock::{Clock, SharedClock, duration_ms};
 use crate::error::{Error, Result};
 
-pub use self::lru::{Iter, Lru};
-use self::lru::{NEVER, Now};
+pub use self::tinylfu::{Iter, TinyLfu};
+use self::tinylfu::{NEVER, Now};
 
 /// Default [`MemoryCacheBuilder::max_entries`].
 const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -61,7 +62,7 @@ impl Now for LazyNow<'_> {
 
 /// One shard, on its own cache lines so that neighbouring locks do not contend.
 #[repr(align(128))]
-struct Shard(Mutex<Lru>);
+struct Shard(Mutex<TinyLfu>);
 
 struct Inner {
     shards: Box<[Shard]>,
@@ -77,27 +78,35 @@ struct Inner {
     closed: AtomicBool,
 }
 
-/// An in-process LRU cache of byte values with per-entry TTLs, bounded by entry count and by
+/// An in-process cache of byte values with per-entry TTLs, bounded by entry count and by
 /// bytes: the memory tier of larder.
 ///
 /// Cloning is cheap and clones share the same entries.
 ///
 /// # Sharding
 ///
-/// Entries are spread over a power-of-two number of shards by key hash, each an [`Lru`]
-/// behind its own lock, and the bounds are split evenly among them. Eviction order is exact
-/// LRU *within a shard*, approximate across the cache, and the largest storable entry is
-/// `max_bytes / shards` bytes (key plus value). By default there are 16 shards natively and
-/// 1 on `wasm32` (single-threaded), halved until each shard holds at least 32 entries and
-/// 1 MiB, so small caches are a single exact LRU. [`MemoryCacheBuilder::shards`] overrides
-/// the count.
+/// Entries are spread over a power-of-two number of shards by key hash, each a [`TinyLfu`]
+/// behind its own lock, and the bounds are split evenly among them. Each shard chooses what
+/// to evict on its own, and the largest storable entry is `max_bytes / shards` bytes (key
+/// plus value). By default there are 16 shards natively and 1 on `wasm32`
+/// (single-threaded), halved until each shard holds at least 32 entries and 1 MiB, so small
+/// caches are a single shard. [`MemoryCacheBuilder::shards`] overrides the count.
+///
+/// # Eviction policy
+///
+/// A shard keeps the entries most likely to be asked for again, judged by how recently
+/// *and* how often they were used: new entries pass through a small window, and leaving it
+/// they displace an older entry only if they were used more often lately (W-TinyLFU, as in
+/// Caffeine; see [`TinyLfu`]). A scan of one-off keys does not flush popular entries, and a
+/// loop over slightly more keys than fit keeps hitting. A write never evicts the entry it
+/// writes, so a value stored by [`MemoryCache::insert`] can be read back right away.
 ///
 /// # Sizes, eviction and rejection
 ///
-/// An entry's size is `key.len() + value.len()`. Writing evicts least recently used entries
-/// of the shard until both bounds hold; each counts in [`CacheStats::evictions`] (or in
-/// [`CacheStats::expirations`] if its TTL had passed). A value too large for a shard is not
-/// stored and removes any older value under its key: the write counts as a write and an
+/// An entry's size is `key.len() + value.len()`. Writing evicts entries of the shard, as
+/// the policy chooses, until both bounds hold; each counts in [`CacheStats::evictions`] (or
+/// in [`CacheStats::expirations`] if its TTL had passed). A value too large for a shard is
+/// not stored and removes any older value under its key: the write counts as a write and an
 /// eviction; [`MemoryCache::insert`] returns `false` and [`Cache::set`] still succeeds.
 ///
 /// # Expiry
@@ -247,7 +256,7 @@ impl MemoryCacheBuilder {
         let hasher = DefaultHashBuilder::default();
         let shards = (0..n)
             .map(|i| {
-                Shard(Mutex::new(Lru::with_hasher(
+                Shard(Mutex::new(TinyLfu::with_hasher(
                     split(self.max_entries as u64, n, i) as usize,
                     split(self.max_bytes, n, i),
                     hasher.clone(),
@@ -360,8 +369,8 @@ impl MemoryCache {
         shard.insert_hashed(hash, key, value, expires_at, &mut now)
     }
 
-    /// Reads a live value, making it the most recently used of its shard. Counts a hit or a
-    /// miss.
+    /// Reads a live value, counting a use of the key for the eviction policy. Counts a hit or
+    /// a miss.
     ///
     /// # Examples
     ///
@@ -436,7 +445,7 @@ impl MemoryCache {
         removed.is_some()
     }
 
-    /// Whether `key` holds a live value (not counted as a read; recency unchanged).
+    /// Whether `key` holds a live value (not counted as a read or a use).
     ///
     /// # Examples
     ///
@@ -456,7 +465,7 @@ impl MemoryCache {
         self.shard(hash).lock().contains_hashed(hash, key, &mut now)
     }
 
-    /// The remaining lifetime of `key` (not counted as a read; recency unchanged).
+    /// The remaining lifetime of `key` (not counted as a read or a use).
     ///
     /// # Examples
     ///
@@ -608,7 +617,7 @@ impl MemoryCache {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<Lru> {
+    fn shard(&self, hash: u64) -> &Mutex<TinyLfu> {
         // Bits 32.. pick the shard: hashbrown uses the low bits for the bucket and the top 7
         // bits (of the low 32 on 32-bit targets) for its tag, so they stay independent.
         let inner = &*self.inner;
@@ -623,7 +632,14 @@ impl MemoryCache {
         }
     }
 
-    /// Keys of one shard, most recently used first (tests).
+    /// The estimated uses of `key` lately, as the eviction policy sees them (tests).
+    #[cfg(test)]
+    fn frequency(&self, key: &str) -> u8 {
+        let hash = self.inner.hasher.hash_one(key);
+        self.shard(hash).lock().frequency_hashed(hash)
+    }
+
+    /// Keys of one shard, in [`TinyLfu::iter`] order (tests).
     #[cfg(test)]
     fn shard_keys(&self, shard: usize) -> Vec<String> {
         let lru = self.inner.shards[shard].0.lock();
@@ -687,7 +703,7 @@ impl Cache for MemoryCache {
         Ok(self.key_ttl(key))
     }
 
-    /// Sets a new TTL on a live key (recency unchanged); a zero TTL is rejected like in
+    /// Sets a new TTL on a live key (not counted as a use); a zero TTL is rejected like in
     /// writes.
     async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         self.ensure_open()?;

@@ -7,14 +7,14 @@ use bytes::Bytes;
 use futures_executor::block_on;
 use proptest::prelude::*;
 
-use super::{Lru, MemoryCache};
+use super::{MemoryCache, TinyLfu};
 use crate::cache::{Cache, CacheStats, KeyTtl};
 use crate::clock::{Clock, ManualClock};
 use crate::error::Error;
 
 const START: u64 = 1_700_000_000_000;
 
-/// A single-shard cache (exact LRU) on a manual clock.
+/// A single-shard cache on a manual clock.
 fn cache(max_entries: usize, max_bytes: u64) -> (ManualClock, MemoryCache) {
     let clock = ManualClock::new(START);
     let cache = MemoryCache::builder()
@@ -40,52 +40,111 @@ fn stats(cache: &MemoryCache) -> CacheStats {
 }
 
 #[test]
-fn evicts_least_recently_used_first() {
+fn a_full_shard_evicts_one_entry_per_new_key_and_keeps_the_new_one() {
     let (_, c) = cache(3, 1 << 20);
     for k in ["a", "b", "c", "d"] {
         assert!(c.insert(k, val(k), None));
+        assert_eq!(
+            c.lookup(k),
+            Some(val(k)),
+            "a just-written entry is readable"
+        );
     }
-    assert_eq!(c.shard_keys(0), ["d", "c", "b"]);
-    assert!(!c.contains("a"));
+    assert_eq!(c.len(), 3);
     assert_eq!(stats(&c).evictions, 1);
+    assert_eq!(c.shard_keys(0).len(), 3);
 }
 
 #[test]
-fn lookup_refreshes_recency() {
-    let (_, c) = cache(3, 1 << 20);
-    for k in ["a", "b", "c"] {
-        c.insert(k, val(k), None);
+fn a_frequently_used_entry_survives_a_scan_of_one_off_keys() {
+    let (_, c) = cache(100, 1 << 20);
+    c.insert("hot", val("h"), None);
+    for _ in 0..5 {
+        assert_eq!(c.lookup("hot"), Some(val("h")));
     }
-    assert_eq!(c.lookup("a"), Some(val("a")));
-    c.insert("d", val("d"), None);
-    assert_eq!(c.shard_keys(0), ["d", "a", "c"]);
-    assert!(
-        !c.contains("b"),
-        "b was the least recently used after a was read"
+    for i in 0..1_000 {
+        let key = format!("once-{i}");
+        assert!(c.lookup(&key).is_none());
+        assert!(c.insert(&key, val("x"), None));
+    }
+    assert_eq!(
+        c.lookup("hot"),
+        Some(val("h")),
+        "the scan flushed the hot entry"
     );
+    assert_eq!(c.len(), 100);
 }
 
 #[test]
-fn contains_and_ttl_do_not_refresh_recency() {
-    let (_, c) = cache(2, 1 << 20);
+fn a_loop_slightly_larger_than_the_cache_keeps_hitting() {
+    // A strict LRU (and FIFO) misses every request of this loop.
+    let (_, c) = cache(1_000, 1 << 20);
+    let keys: Vec<String> = (0..1_100).map(|i| format!("loop-{i}")).collect();
+    let mut hits = 0;
+    for pass in 0..20 {
+        for k in &keys {
+            if c.lookup(k).is_some() {
+                hits += usize::from(pass >= 10);
+            } else {
+                c.insert(k, val("v"), None);
+            }
+        }
+    }
+    let ratio = hits as f64 / (10 * keys.len()) as f64;
+    assert!(ratio > 0.7, "hit ratio {ratio}");
+}
+
+#[test]
+fn a_protected_entry_read_lately_gets_a_second_chance_when_protected_overflows() {
+    // 100 entries: the protected segment holds 80 of them.
+    let mut map = TinyLfu::new(100, 1 << 20);
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert!(map.insert(k, val("v"), None, 0));
+    }
+    // Promoted in order: k0 is the oldest of the protected segment, then k1.
+    for k in &keys[..80] {
+        assert!(map.get(k, 0).is_some());
+        assert!(map.is_protected(k));
+    }
+    assert!(map.get("k0", 0).is_some(), "marks k0");
+    // Promoting k80 overflows the protected segment: k0 is marked and stays, k1 goes.
+    assert!(map.get("k80", 0).is_some());
+    assert!(map.is_protected("k80"));
+    assert!(map.is_protected("k0"), "the marked entry was demoted");
+    assert!(
+        !map.is_protected("k1"),
+        "the unmarked oldest entry was kept"
+    );
+    assert!(map.contains("k1", 0), "a demoted entry stays in the map");
+    map.check_invariants();
+}
+
+#[test]
+fn contains_ttl_and_expire_do_not_count_as_a_use() {
+    let (_, c) = cache(10, 1 << 20);
     c.insert("a", val("a"), None);
-    c.insert("b", val("b"), None);
-    assert!(c.contains("a"));
-    assert_eq!(c.key_ttl("a"), KeyTtl::NoExpiry);
-    c.insert("c", val("c"), None);
-    assert!(!c.contains("a"));
-    assert_eq!(c.shard_keys(0), ["c", "b"]);
+    let before = c.frequency("a");
+    for _ in 0..5 {
+        assert!(c.contains("a"));
+        assert_ne!(c.key_ttl("a"), KeyTtl::Missing);
+        assert!(block_on(c.expire("a", ms(1_000))).unwrap());
+    }
+    assert_eq!(c.frequency("a"), before);
+    assert_eq!(c.lookup("a"), Some(val("a")));
+    assert_eq!(c.frequency("a"), before + 1, "a read is a use");
 }
 
 #[test]
-fn overwrite_refreshes_recency_and_keeps_one_entry() {
+fn overwrite_keeps_one_entry_and_counts_a_use() {
     let (_, c) = cache(3, 1 << 20);
     for k in ["a", "b", "c"] {
         c.insert(k, val(k), None);
     }
+    let before = c.frequency("a");
     c.insert("a", val("A2"), None);
     assert_eq!(c.len(), 3);
-    assert_eq!(c.shard_keys(0), ["a", "c", "b"]);
+    assert_eq!(c.frequency("a"), before + 1);
     assert_eq!(c.lookup("a"), Some(val("A2")));
     assert_eq!(c.size_bytes(), 2 + 2 + 2 + 1);
 }
@@ -98,9 +157,10 @@ fn byte_bound_evicts_until_it_fits() {
         c.insert(k, Bytes::from(vec![0; 10]), None);
     }
     assert_eq!(c.size_bytes(), 36);
-    // 2 + 20 = 22 bytes: k1 and k2 must go (36 - 24 + 22 = 34 <= 40).
+    // 2 + 20 = 22 bytes: two of the others must go (36 - 24 + 22 = 34 <= 40).
     assert!(c.insert("k4", Bytes::from(vec![0; 20]), None));
-    assert_eq!(c.shard_keys(0), ["k4", "k3"]);
+    assert!(c.contains("k4"));
+    assert_eq!(c.len(), 2);
     assert_eq!(c.size_bytes(), 34);
     assert_eq!(stats(&c).evictions, 2);
 }
@@ -112,8 +172,38 @@ fn growing_a_value_in_place_evicts_others() {
     c.insert("b", Bytes::from(vec![0; 9]), None);
     c.insert("c", Bytes::from(vec![0; 9]), None);
     assert!(c.insert("b", Bytes::from(vec![0; 19]), None));
-    assert_eq!(c.shard_keys(0), ["b", "c"]);
+    assert_eq!(
+        c.lookup("b").map(|v| v.len()),
+        Some(19),
+        "the grown entry stays"
+    );
+    assert_eq!(c.len(), 2);
     assert_eq!(c.size_bytes(), 30);
+    assert_eq!(stats(&c).evictions, 1);
+}
+
+#[test]
+fn an_entry_as_large_as_the_shard_evicts_everything_else_and_stays() {
+    let (_, c) = cache(100, 64);
+    for i in 0..10 {
+        let key = format!("k{i}");
+        c.insert(&key, val("v"), None);
+        c.lookup(&key);
+    }
+    assert!(c.insert("big", Bytes::from(vec![0; 61]), None));
+    assert_eq!(c.lookup("big").map(|v| v.len()), Some(61));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.size_bytes(), 64);
+}
+
+#[test]
+fn the_frequency_sketch_takes_one_word_per_entry() {
+    let mut map = TinyLfu::new(1_000, 1 << 30);
+    for i in 0..1_000 {
+        map.insert(&format!("k{i}"), val("v"), None, 0);
+    }
+    assert_eq!(map.sketch_bytes(), 1_024 * 8);
+    map.check_invariants();
 }
 
 #[test]
@@ -193,11 +283,12 @@ fn expired_entries_evicted_count_as_expirations_not_evictions() {
     c.insert("short", val("1"), Some(ms(10)));
     c.insert("long", val("2"), None);
     clock.advance(ms(10));
-    c.insert("new", val("3"), None); // "short" is the tail and already expired
-    c.insert("newer", val("4"), None); // "long" is the tail and live
+    c.insert("new", val("3"), None); // evicts "short", already expired
+    c.insert("newer", val("4"), None); // evicts a live entry
     let s = stats(&c);
     assert_eq!((s.expirations, s.evictions), (1, 1));
-    assert_eq!(c.shard_keys(0), ["newer", "new"]);
+    assert!(!c.shard_keys(0).contains(&"short".to_owned()));
+    assert!(c.contains("newer"));
 }
 
 #[test]
@@ -420,7 +511,7 @@ fn closed_cache_returns_closed_for_every_call() {
 
 #[test]
 fn removed_slots_are_reused() {
-    let mut lru = Lru::new(4, 1 << 20);
+    let mut lru = TinyLfu::new(4, 1 << 20);
     for round in 0..100u64 {
         for k in ["a", "b", "c", "d"] {
             lru.insert(k, val(k), None, round);
@@ -441,7 +532,7 @@ fn removed_slots_are_reused() {
 
 #[test]
 fn slots_never_exceed_max_entries_under_churn() {
-    let mut lru = Lru::new(8, 1 << 20);
+    let mut lru = TinyLfu::new(8, 1 << 20);
     for i in 0..10_000 {
         lru.insert(&format!("key{i}"), val("v"), None, 0);
     }
@@ -604,10 +695,12 @@ fn entries_without_ttl_never_read_the_clock() {
     }
     assert_eq!(c.lookup("a"), Some(val("a")));
     assert_eq!(c.lookup_with_ttl("a"), Some((val("a"), None)));
-    assert_eq!(c.lookup("b"), None);
-    assert!(c.contains("c"));
-    assert_eq!(c.key_ttl("c"), KeyTtl::NoExpiry);
-    assert!(c.remove("c"));
+    assert_eq!(c.lookup("missing"), None);
+    assert_eq!(c.len(), 2);
+    let kept = if c.contains("b") { "b" } else { "c" };
+    assert!(c.contains(kept));
+    assert_eq!(c.key_ttl(kept), KeyTtl::NoExpiry);
+    assert!(c.remove(kept));
     assert_eq!(c.clear_all(), 1);
 }
 
@@ -713,114 +806,32 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The obvious LRU: a vector, most recently used first, with the documented rules.
+/// What was last written under each key, with the documented TTL rules and no eviction: the
+/// cache may hold less than this (it evicts), never anything else.
 #[derive(Debug, Default)]
 struct Model {
-    /// (key, value, absolute expiry)
-    entries: Vec<(String, Vec<u8>, Option<u64>)>,
-    max_entries: usize,
-    max_bytes: u64,
+    /// key → (value, absolute expiry)
+    entries: std::collections::HashMap<String, (Vec<u8>, Option<u64>)>,
     default_ttl: Option<u64>,
     now: u64,
-    stats: CacheStats,
 }
 
 impl Model {
-    fn expired(&self, i: usize) -> bool {
-        self.entries[i].2.is_some_and(|t| self.now >= t)
-    }
-
-    fn bytes(&self) -> u64 {
-        self.entries
-            .iter()
-            .map(|(k, v, _)| (k.len() + v.len()) as u64)
-            .sum()
-    }
-
-    fn live(&mut self, key: &str) -> Option<usize> {
-        let i = self.entries.iter().position(|e| e.0 == key)?;
-        if self.expired(i) {
-            self.entries.remove(i);
-            self.stats.expirations += 1;
-            return None;
-        }
-        Some(i)
-    }
-
-    fn get(&mut self, key: &str) -> Option<(Vec<u8>, Option<Duration>)> {
-        match self.live(key) {
-            Some(i) => {
-                self.stats.hits += 1;
-                let e = self.entries.remove(i);
-                let ttl = e.2.map(|t| Duration::from_millis(t - self.now));
-                let v = e.1.clone();
-                self.entries.insert(0, e);
-                Some((v, ttl))
-            }
-            None => {
-                self.stats.misses += 1;
-                None
-            }
+    /// The live value of `key` and its remaining TTL.
+    fn live(&self, key: &str) -> Option<(Vec<u8>, Option<Duration>)> {
+        let (v, expires) = self.entries.get(key)?;
+        match *expires {
+            Some(t) if self.now >= t => None,
+            _ => Some((
+                v.clone(),
+                expires.map(|t| Duration::from_millis(t - self.now)),
+            )),
         }
     }
 
-    fn insert(&mut self, key: &str, value: Vec<u8>, ttl: Option<u64>) -> bool {
-        if ttl == Some(0) {
-            return false; // a zero TTL is refused: nothing written, nothing replaced
-        }
-        self.stats.writes += 1;
+    fn insert(&mut self, key: &str, value: Vec<u8>, ttl: Option<u64>) {
         let expires = ttl.or(self.default_ttl).map(|t| self.now + t);
-        if let Some(i) = self.entries.iter().position(|e| e.0 == key) {
-            if self.expired(i) {
-                self.stats.expirations += 1;
-            }
-            self.entries.remove(i);
-        }
-        if (key.len() + value.len()) as u64 > self.max_bytes || self.max_entries == 0 {
-            self.stats.evictions += 1;
-            return false;
-        }
-        self.entries.insert(0, (key.to_owned(), value, expires));
-        while self.entries.len() > self.max_entries || self.bytes() > self.max_bytes {
-            let last = self.entries.len() - 1;
-            if self.expired(last) {
-                self.stats.expirations += 1;
-            } else {
-                self.stats.evictions += 1;
-            }
-            self.entries.pop();
-        }
-        true
-    }
-
-    fn remove(&mut self, key: &str) -> bool {
-        match self.live(key) {
-            Some(i) => {
-                self.entries.remove(i);
-                self.stats.deletes += 1;
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn ttl(&mut self, key: &str) -> KeyTtl {
-        match self.live(key) {
-            None => KeyTtl::Missing,
-            Some(i) => match self.entries[i].2 {
-                None => KeyTtl::NoExpiry,
-                Some(t) => KeyTtl::ExpiresIn(Duration::from_millis(t - self.now)),
-            },
-        }
-    }
-
-    fn purge(&mut self) -> usize {
-        let before = self.entries.len();
-        let now = self.now;
-        self.entries.retain(|e| e.2.is_none_or(|t| now < t));
-        let n = before - self.entries.len();
-        self.stats.expirations += n as u64;
-        n
+        self.entries.insert(key.to_owned(), (value, expires));
     }
 }
 
@@ -828,12 +839,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn single_shard_matches_the_reference_model(
+    fn single_shard_keeps_its_promises(
         max_entries in 0..6usize,
         max_bytes in 0..120u64,
         default_ttl in prop::option::of(1..300u64),
         ops in prop::collection::vec(op(), 1..150),
     ) {
+        // Whatever the policy evicts: a read returns the last value written and never an
+        // expired one; an admissible write is readable right away; the bounds always hold;
+        // the counters add up.
         let clock = ManualClock::new(START);
         let mut b = MemoryCache::builder().clock(clock.clone())
             .shards(1)
@@ -843,51 +857,141 @@ proptest! {
             b = b.default_ttl(Duration::from_millis(ms));
         }
         let c = b.build().unwrap();
-        let mut m = Model { max_entries, max_bytes, default_ttl, now: START, ..Model::default() };
+        let mut m = Model { default_ttl, now: START, ..Model::default() };
+        let (mut reads, mut hits, mut writes) = (0u64, 0u64, 0u64);
         for op in ops {
             match op {
                 Op::Get(k) => {
+                    reads += 1;
                     let got = c.lookup(KEYS[k]).map(|b| b.to_vec());
-                    prop_assert_eq!(got, m.get(KEYS[k]).map(|(v, _)| v), "{:?}", op);
+                    hits += u64::from(got.is_some());
+                    if got.is_some() {
+                        prop_assert_eq!(got, m.live(KEYS[k]).map(|(v, _)| v), "{:?}", op);
+                    }
                 }
                 Op::GetWithTtl(k) => {
+                    reads += 1;
                     let got = c.lookup_with_ttl(KEYS[k]).map(|(b, t)| (b.to_vec(), t));
-                    prop_assert_eq!(got, m.get(KEYS[k]), "{:?}", op);
+                    hits += u64::from(got.is_some());
+                    if got.is_some() {
+                        prop_assert_eq!(got, m.live(KEYS[k]), "{:?}", op);
+                    }
                 }
                 Op::Insert(k, len, ttl) => {
                     let value = vec![len as u8; len];
                     let stored = c.insert(KEYS[k], Bytes::from(value.clone()), ttl.map(Duration::from_millis));
-                    prop_assert_eq!(stored, m.insert(KEYS[k], value, ttl), "{:?}", op);
+                    if ttl == Some(0) {
+                        prop_assert!(!stored, "a zero TTL is refused");
+                        continue;
+                    }
+                    writes += 1;
+                    let admissible = max_entries > 0 && (KEYS[k].len() + len) as u64 <= max_bytes;
+                    prop_assert_eq!(stored, admissible, "{:?}", op);
+                    if stored {
+                        m.insert(KEYS[k], value.clone(), ttl);
+                        reads += 1;
+                        hits += 1;
+                        prop_assert_eq!(c.lookup(KEYS[k]), Some(Bytes::from(value)), "get after {:?}", op);
+                    } else {
+                        m.entries.remove(KEYS[k]);
+                        prop_assert!(!c.contains(KEYS[k]), "a refused write leaves no value");
+                    }
                 }
-                Op::Remove(k) => prop_assert_eq!(c.remove(KEYS[k]), m.remove(KEYS[k]), "{:?}", op),
+                Op::Remove(k) => {
+                    if c.remove(KEYS[k]) {
+                        prop_assert!(m.live(KEYS[k]).is_some(), "{:?}", op);
+                    }
+                    m.entries.remove(KEYS[k]);
+                }
                 Op::Contains(k) => {
-                    prop_assert_eq!(c.contains(KEYS[k]), m.live(KEYS[k]).is_some(), "{:?}", op)
+                    if c.contains(KEYS[k]) {
+                        prop_assert!(m.live(KEYS[k]).is_some(), "{:?}", op);
+                    }
                 }
-                Op::Ttl(k) => prop_assert_eq!(c.key_ttl(KEYS[k]), m.ttl(KEYS[k]), "{:?}", op),
+                Op::Ttl(k) => {
+                    let ttl = c.key_ttl(KEYS[k]);
+                    let expected = match m.live(KEYS[k]) {
+                        None => KeyTtl::Missing,
+                        Some((_, None)) => KeyTtl::NoExpiry,
+                        Some((_, Some(d))) => KeyTtl::ExpiresIn(d),
+                    };
+                    if ttl != KeyTtl::Missing {
+                        prop_assert_eq!(ttl, expected, "{:?}", op);
+                    }
+                }
                 Op::Advance(d) => {
                     clock.advance(Duration::from_millis(d));
                     m.now += d;
                 }
-                Op::Purge => prop_assert_eq!(c.purge_expired(), m.purge(), "{:?}", op),
+                Op::Purge => {
+                    c.purge_expired();
+                    for key in c.shard_keys(0) {
+                        prop_assert!(m.live(&key).is_some(), "{} survived the purge", key);
+                    }
+                }
             }
-            let order: Vec<&str> = m.entries.iter().map(|e| e.0.as_str()).collect();
-            prop_assert_eq!(c.shard_keys(0), order, "after {:?}", op);
-            prop_assert_eq!(c.len(), m.entries.len());
-            prop_assert_eq!(c.size_bytes(), m.bytes());
-            let mut expected = m.stats.clone();
-            expected.entries = Some(m.entries.len() as u64);
-            expected.bytes = Some(m.bytes());
-            prop_assert_eq!(c.current_stats(), expected, "after {:?}", op);
+            let keys = c.shard_keys(0); // checks the shard's invariants
+            prop_assert!(c.len() <= max_entries, "entry bound after {:?}", op);
+            prop_assert!(c.size_bytes() <= max_bytes, "byte bound after {:?}", op);
+            prop_assert_eq!(keys.len(), c.len());
+            let s = c.current_stats();
+            prop_assert_eq!((s.hits, s.misses, s.writes), (hits, reads - hits, writes));
+            prop_assert_eq!(s.entries, Some(c.len() as u64));
+            prop_assert_eq!(s.bytes, Some(c.size_bytes()));
         }
     }
 
     #[test]
-    fn lru_invariants_hold_after_random_operations(
+    fn sharded_cache_bounds_hold_after_any_operations(
+        shards in 1..5usize,
+        max_entries in 0..40usize,
+        max_bytes in 0..600u64,
+        ops in prop::collection::vec(op(), 1..300),
+    ) {
+        let clock = ManualClock::new(START);
+        let c = MemoryCache::builder().clock(clock.clone())
+            .shards(shards)
+            .max_entries(max_entries)
+            .max_bytes(max_bytes)
+            .build()
+            .unwrap();
+        for op in ops {
+            match op {
+                Op::Get(k) | Op::GetWithTtl(k) => {
+                    c.lookup(KEYS[k]);
+                }
+                Op::Insert(k, len, ttl) => {
+                    let stored = c.insert(KEYS[k], Bytes::from(vec![1; len]), ttl.map(Duration::from_millis));
+                    if stored {
+                        prop_assert_eq!(c.lookup(KEYS[k]).map(|v| v.len()), Some(len), "get after {:?}", op);
+                    }
+                }
+                Op::Remove(k) => {
+                    c.remove(KEYS[k]);
+                }
+                Op::Contains(k) | Op::Ttl(k) => {
+                    c.contains(KEYS[k]);
+                }
+                Op::Advance(d) => clock.advance(Duration::from_millis(d)),
+                Op::Purge => {
+                    c.purge_expired();
+                }
+            }
+            prop_assert!(c.len() <= max_entries, "entry bound after {:?}", op);
+            prop_assert!(c.size_bytes() <= max_bytes, "byte bound after {:?}", op);
+            for shard in 0..c.shard_count() {
+                c.shard_keys(shard); // checks each shard's own bounds and invariants
+            }
+        }
+    }
+
+    #[test]
+    fn shard_invariants_hold_after_random_operations(
         max_entries in 0..10usize,
         max_bytes in 0..200u64,
         ops in prop::collection::vec((0..9u8, 0..12usize, 0..50usize, 0..100u64), 1..300),
     ) {
-        let mut lru = Lru::new(max_entries, max_bytes);
+        let mut lru = TinyLfu::new(max_entries, max_bytes);
         let mut now = START;
         for (kind, k, len, d) in ops {
             let key = format!("key{k}");

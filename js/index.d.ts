@@ -97,7 +97,7 @@ export interface Usage {
 }
 
 /** What a computation returns. */
-export type Response = string | { text: string; model?: string; usage?: Usage; metadata?: Record<string, Json> };
+export type LlmResponse = string | { text: string; model?: string; usage?: Usage; metadata?: Record<string, Json> };
 
 export interface Answer {
   status: Status;
@@ -110,7 +110,7 @@ export interface Answer {
 }
 
 /** A request: the provider's request body (a JSON object with a string `model`). */
-export type Request = { model: string; [field: string]: Json | undefined };
+export type LlmRequest = { model: string; [field: string]: Json | undefined };
 
 export interface StreamEvent {
   event?: string;
@@ -121,7 +121,7 @@ export interface StreamEvent {
 }
 
 type Chunk = Uint8Array | string;
-export type StreamSource = globalThis.Response | ReadableStream<Chunk> | AsyncIterable<Chunk> | Iterable<Chunk>;
+export type StreamSource = Response | ReadableStream<Chunk> | AsyncIterable<Chunk> | Iterable<Chunk>;
 
 export declare class CachedStream implements AsyncIterable<StreamEvent> {
   readonly status: Status;
@@ -138,12 +138,12 @@ export declare class Larder {
   static fromEnv(env?: Record<string, unknown>, options?: LarderOptions): Larder;
   readonly backend: "redis" | "memory";
   readonly redisRequests: number;
-  key(request: Request, options?: CallOptions): string;
-  get(request: Request, options?: CallOptions): Promise<Answer | undefined>;
-  put(request: Request, response: Response, options?: CallOptions): Promise<string>;
-  delete(request: Request, options?: CallOptions): Promise<boolean>;
-  getOrCompute(request: Request, compute: () => Response | Promise<Response>, options?: CallOptions): Promise<Answer>;
-  stream(request: Request, open: () => StreamSource | Promise<StreamSource>, options?: CallOptions): Promise<CachedStream>;
+  key(request: LlmRequest, options?: CallOptions): string;
+  get(request: LlmRequest, options?: CallOptions): Promise<Answer | undefined>;
+  put(request: LlmRequest, response: LlmResponse, options?: CallOptions): Promise<string>;
+  delete(request: LlmRequest, options?: CallOptions): Promise<boolean>;
+  getOrCompute(request: LlmRequest, compute: () => LlmResponse | Promise<LlmResponse>, options?: CallOptions): Promise<Answer>;
+  stream(request: LlmRequest, open: () => StreamSource | Promise<StreamSource>, options?: CallOptions): Promise<CachedStream>;
   invalidateNamespace(namespace: string): Promise<number>;
   invalidateTag(tag: string): Promise<void>;
   stats(): Promise<Stats>;

@@ -49,8 +49,8 @@ fn error(name: &str, message: impl fmt::Display) -> JsValue {
     e.into()
 }
 
-fn core_error(e: &larder_core::Error) -> JsValue {
-    match e {
+fn core_error(e: larder_core::Error) -> JsValue {
+    match &e {
         larder_core::Error::InvalidInput(_) | larder_core::Error::Serialize(_) => {
             error("InvalidInputError", e)
         }
@@ -92,7 +92,7 @@ impl std::error::Error for Thrown {}
 fn compute_error(e: ComputeError<Thrown>) -> JsValue {
     match e {
         ComputeError::Compute(t) => t.0.clone(),
-        ComputeError::Cache(c) => core_error(&c),
+        ComputeError::Cache(c) => core_error(c),
         other => error("CacheError", other),
     }
 }
@@ -108,7 +108,7 @@ fn parse_json(text: &str, what: &str) -> Result<Json, JsValue> {
 #[wasm_bindgen(js_name = canonicalJson)]
 pub fn canonical_json(json: &str) -> Result<String, JsValue> {
     let value = parse_json(json, "the value")?;
-    larder_core::canonical_json(&value).map_err(|e| core_error(&e))
+    larder_core::canonical_json(&value).map_err(core_error)
 }
 
 /// The request hash of a JSON text: SHA-256 of its canonical JSON, or HMAC-SHA-256 with
@@ -117,11 +117,11 @@ pub fn canonical_json(json: &str) -> Result<String, JsValue> {
 pub fn request_hash(json: &str, secret: Option<String>) -> Result<String, JsValue> {
     let value = parse_json(json, "the request")?;
     match secret {
-        None => larder_core::request_hash(&value).map_err(|e| core_error(&e)),
+        None => larder_core::request_hash(&value).map_err(core_error),
         Some(s) => {
             let key = HashKey::parse(&s)
                 .map_err(|e| error("ConfigError", format!("the hash secret: {e}")))?;
-            let canonical = larder_core::canonical_json(&value).map_err(|e| core_error(&e))?;
+            let canonical = larder_core::canonical_json(&value).map_err(core_error)?;
             Ok(key.hash_hex(canonical.as_bytes()))
         }
     }
@@ -173,7 +173,7 @@ impl Keyring {
     pub fn seal(&self, redis_key: &str, plaintext: &[u8]) -> Result<Vec<u8>, JsValue> {
         self.0
             .seal(redis_key.as_bytes(), plaintext)
-            .map_err(|e| core_error(&e))
+            .map_err(core_error)
     }
 
     /// Opens a sealed value stored under `redisKey`; `undefined` when it does not open
@@ -314,7 +314,7 @@ fn control_of(json: &str) -> Result<CacheControl, JsValue> {
 }
 
 fn request_of(json: &str) -> Result<LlmRequest, JsValue> {
-    LlmRequest::from_json_str(json).map_err(|e| core_error(&e))
+    LlmRequest::from_json_str(json).map_err(core_error)
 }
 
 thread_local! {
@@ -526,7 +526,7 @@ impl Cache {
     pub fn key(&self, request: &str, control: &str) -> Result<String, JsValue> {
         self.responses
             .key(&request_of(request)?, &control_of(control)?)
-            .map_err(|e| core_error(&e))
+            .map_err(core_error)
     }
 
     /// A fresh answer (JSON) or `undefined`.
@@ -542,7 +542,7 @@ impl Cache {
                     a.stored_at_ms,
                 ))),
                 Ok(None) => Ok(JsValue::UNDEFINED),
-                Err(e) => Err(core_error(&e)),
+                Err(e) => Err(core_error(e)),
             }
         })
     }
@@ -561,7 +561,7 @@ impl Cache {
                 .put(&request, &control, &response)
                 .await
                 .map(|k| JsValue::from_str(&k))
-                .map_err(|e| core_error(&e))
+                .map_err(core_error)
         })
     }
 
@@ -575,7 +575,7 @@ impl Cache {
                 .delete(&request, &control)
                 .await
                 .map(JsValue::from_bool)
-                .map_err(|e| core_error(&e))
+                .map_err(core_error)
         })
     }
 
@@ -668,7 +668,7 @@ impl Cache {
                 .invalidate_namespace(&namespace)
                 .await
                 .map(|g| JsValue::from_f64(g as f64))
-                .map_err(|e| core_error(&e))
+                .map_err(core_error)
         })
     }
 
@@ -681,7 +681,7 @@ impl Cache {
                 .invalidate_tag(&tag)
                 .await
                 .map(|()| JsValue::UNDEFINED)
-                .map_err(|e| core_error(&e))
+                .map_err(core_error)
         })
     }
 
@@ -690,7 +690,7 @@ impl Cache {
     pub fn stats(&self) -> Promise {
         let cache = self.responses.clone();
         future_to_promise(async move {
-            let report = cache.analytics().await.map_err(|e| core_error(&e))?;
+            let report = cache.analytics().await.map_err(core_error)?;
             let mut json = serde_json::to_value(&report).unwrap_or_default();
             json["total"] = serde_json::to_value(report.total()).unwrap_or_default();
             Ok(JsValue::from_str(&json.to_string()))
@@ -702,9 +702,9 @@ impl Cache {
         let cache = self.responses.clone();
         let raw = self.raw.clone();
         future_to_promise(async move {
-            cache.flush().await.map_err(|e| core_error(&e))?;
+            cache.flush().await.map_err(core_error)?;
             if let Raw::Redis(r) = raw {
-                r.flush_stats().await.map_err(|e| core_error(&e))?;
+                r.flush_stats().await.map_err(core_error)?;
             }
             Ok(JsValue::UNDEFINED)
         })
@@ -719,7 +719,7 @@ impl Cache {
                 Raw::Redis(r) => r.get_envelope(&key).await,
                 Raw::Memory(m) => m.get_envelope(&key).await,
             }
-            .map_err(|e| core_error(&e))?;
+            .map_err(core_error)?;
             Ok(match got {
                 Some(e) => JsValue::from_str(&serde_json::to_string(&e).unwrap_or_default()),
                 None => JsValue::UNDEFINED,
@@ -742,7 +742,7 @@ impl Cache {
                 Raw::Memory(m) => m.set_envelope(&key, &envelope, ttl).await,
             }
             .map(|()| JsValue::UNDEFINED)
-            .map_err(|e| core_error(&e))
+            .map_err(core_error)
         })
     }
 }

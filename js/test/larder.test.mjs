@@ -102,6 +102,9 @@ describe("errors", () => {
     assert.throws(() => new Larder({ encryptionKeys: "k1:c2hvcnQ=" }), ConfigError);
     assert.throws(() => new Larder({ prefix: "a{b}" }), ConfigError);
     assert.throws(() => new Larder({ colour: "blue" }), ConfigError);
+    // A misspelt control is refused, never ignored.
+    assert.throws(() => c.key({ model: "m" }, { ttl: 5 }), InvalidInputError);
+    await assert.rejects(c.get({ model: "m" }, { nameSpace: "t" }), /unknown field/);
     assert.throws(() => new Keyring("nope"), ConfigError);
     for (const E of [ConfigError, InvalidInputError, CacheError, StreamError]) {
       assert.ok(new E("x") instanceof LarderError);

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::sse::Event;
 
 /// The event name of every part of a [`Format::AiSdk`] stream.
-pub const AI_SDK_EVENT: &str = "ai-sdk";
+pub(crate) const AI_SDK_EVENT: &str = "ai-sdk";
 
 /// `Value::Null`, for events whose data is not JSON.
 static NULL: Value = Value::Null;

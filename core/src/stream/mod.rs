@@ -26,7 +26,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
-pub use format::{AI_SDK_EVENT, Format, Recorder, StreamUsage, Summary, ToolCall};
+pub use format::{Format, Recorder, StreamUsage, Summary, ToolCall};
 pub use sse::{Event, SseError, SseParser};
 
 use crate::clock::SharedClock;

@@ -2,7 +2,7 @@
 // for native/tests/gateway/js.rs: the cache through larder gateway to a real Redis, shared
 // with the Rust crates and the Rust Worker; the golden vectors checked inside workerd; the
 // Vercel AI SDK (ai 7, which needs Node ≥ 22 but runs here) with larder's middleware.
-import { Keyring, Larder, canonicalJson, requestHash, requestHashOfJson, type Request as LlmRequest } from "larder";
+import { Keyring, Larder, canonicalJson, requestHash, requestHashOfJson, type LlmRequest } from "larder";
 import { larderMiddleware } from "larder/ai-sdk";
 import { generateText, streamText, wrapLanguageModel } from "ai";
 import { MockLanguageModelV4, convertArrayToReadableStream } from "ai/test";

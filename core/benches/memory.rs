@@ -11,8 +11,9 @@
 //! thread-safe, so it is measured as `Mutex<LruCache>` (what a user would write).
 //!
 //! `LARDER_BENCH_ONLY` runs one part: `throughput`, `hit-ratio` or `overhead` (the hit-ratio
-//! part is deterministic and quick, for trying policy changes), or `get-hit`, `insert` or
-//! `mixed`: one throughput column.
+//! part is quick, for trying policy changes), or `get-hit`, `insert` or
+//! `mixed`: one throughput column. `LARDER_BENCH_CONTENDERS` (comma-separated name prefixes,
+//! such as `larder,quick`) runs only those contenders.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -143,7 +144,17 @@ impl Contender for Quick {
     }
 }
 
+/// The contenders, or those whose names start with one of `LARDER_BENCH_CONTENDERS`'s
+/// comma-separated prefixes.
 fn contenders(capacity: usize) -> Vec<Box<dyn Contender>> {
+    let mut all = every_contender(capacity);
+    if let Ok(only) = std::env::var("LARDER_BENCH_CONTENDERS") {
+        all.retain(|c| only.split(',').any(|p| c.name().starts_with(p.trim())));
+    }
+    all
+}
+
+fn every_contender(capacity: usize) -> Vec<Box<dyn Contender>> {
     let clock = Arc::new(ManualClock::new(0));
     vec![
         Box::new(Larder(
@@ -340,6 +351,10 @@ fn hit_ratio(c: &dyn Contender, trace: &[usize], keys: &[String]) -> f64 {
 const SPACE: usize = 100_000;
 /// Requests per hit-ratio trace.
 const REQUESTS: usize = 500_000;
+/// Runs per contender and trace, each on a fresh instance (hasher seeds are random per
+/// instance, and with them which keys share a sketch counter or a shard): the table shows
+/// their mean.
+const HIT_RATIO_RUNS: usize = 5;
 
 /// A trace of REQUESTS indices. Indices ≥ SPACE are one-off keys (never requested again).
 fn trace(name: &str, capacity: usize) -> Vec<usize> {
@@ -415,7 +430,7 @@ fn hit_ratios() {
     let names: Vec<&str> = contenders(1).iter().map(|c| c.name()).collect();
     println!(
         "### Hit ratio: {REQUESTS} requests per trace over {SPACE} keys (plus one-off keys), \
-         cache-aside fills\n"
+         cache-aside fills; mean of {HIT_RATIO_RUNS} fresh instances\n"
     );
     println!("| trace | capacity | {} |", names.join(" | "));
     println!("|---|---|{}", "---|".repeat(names.len()));
@@ -423,16 +438,26 @@ fn hit_ratios() {
         for pct in [1usize, 10, 50] {
             let capacity = SPACE * pct / 100;
             let trace = trace(t, capacity);
-            let ratios: Vec<f64> = contenders(capacity)
+            // Fresh instances per run: each has its own random hasher seed.
+            let mut runs: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+            for _ in 0..HIT_RATIO_RUNS {
+                for (i, c) in contenders(capacity).iter().enumerate() {
+                    runs[i].push(hit_ratio(c.as_ref(), &trace, &keys));
+                }
+            }
+            let cells: Vec<String> = runs
                 .iter()
-                .map(|c| hit_ratio(c.as_ref(), &trace, &keys))
+                .map(|r| format!("{:.3}", r.iter().sum::<f64>() / r.len() as f64))
                 .collect();
-            let cells: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
             println!("| {t} | {pct} % | {} |", cells.join(" | "));
-            for (name, ratio) in names.iter().zip(&ratios) {
+            for (name, r) in names.iter().zip(&runs) {
+                let mean = r.iter().sum::<f64>() / r.len() as f64;
+                let low = r.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 emit(serde_json::json!({
                     "suite": "memory", "kind": "hit_ratio", "contender": name,
-                    "hit_ratio": ratio, "trace": t, "capacity_pct": pct,
+                    "hit_ratio": mean, "low": low, "high": high, "runs": r.len(),
+                    "trace": t, "capacity_pct": pct,
                     "capacity": capacity, "requests": REQUESTS, "keys": SPACE,
                 }));
             }

@@ -210,15 +210,19 @@ def render_memory(R):
     R.p("## Memory tier (larder `MemoryCache` vs `lru`, moka, quick_cache)")
     R.p()
     r0 = thr[0]
+    rat = R.of("memory", kind="ratio")
     R.p(
         f"Million operations per second: the contenders run interleaved, round by round (the "
         f"order rotating each round), {r0.get('rounds')} rounds of {r0.get('ops_per_thread'):,} "
         f"ops per thread, threads {'pinned to CPUs' if r0.get('pinned') else 'not pinned'}; "
         "each cell is the median round [lowest – highest]. Capacity 10 000 entries; `String` "
         "keys, `Bytes` values (64 B). `lru` is not thread-safe and is measured as "
-        "`Mutex<LruCache>`. The last row is larder `MemoryCache` ÷ quick_cache, computed per "
-        "round: its median [lowest – highest]; a target whose spread crosses it is *not "
-        "decided*."
+        "`Mutex<LruCache>`. The last row is larder `MemoryCache` ÷ quick_cache, measured once "
+        "per round"
+        + (f" in {rat[0]['paired_chunks']} alternating chunks of a quarter round each (A B B A A B B A, "
+           "so that a slow stretch of the shared machine falls on both alike)"
+           if rat and rat[0].get("paired_chunks") else "")
+        + ": its median [lowest – highest]; a target whose spread crosses it is *not decided*."
     )
     R.p()
     workloads = list(OrderedDict.fromkeys(r["workload"] for r in thr))

@@ -270,32 +270,84 @@ fn round(
                     pin_to(t % cpus);
                 }
                 let mut rng = Rng((seed * 31 + t) as u64 + 1);
-                for _ in 0..OPS_PER_THREAD {
-                    match w {
-                        Workload::GetHit => {
-                            // Hot keys stay within capacity: a hit for every contender
-                            // (moka admits lazily, so its rate may be slightly lower).
-                            let k = &keys[rng.below(CAPACITY / 2)];
-                            black_box(c.get(k));
-                        }
-                        Workload::Insert => {
-                            let k = &keys[rng.below(keys.len())];
-                            c.insert(k, value.clone());
-                        }
-                        Workload::Mixed9010 => {
-                            let k = &keys[rng.below(CAPACITY * 2)];
-                            if rng.below(10) == 0 {
-                                c.insert(k, value.clone());
-                            } else {
-                                black_box(c.get(k));
-                            }
-                        }
+                ops(c, w, OPS_PER_THREAD, &mut rng, keys, &value);
+            });
+        }
+    });
+    (threads * OPS_PER_THREAD) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// `n` operations of workload `w` on `c`.
+#[inline(always)]
+fn ops(c: &dyn Contender, w: Workload, n: usize, rng: &mut Rng, keys: &[String], value: &Bytes) {
+    for _ in 0..n {
+        match w {
+            Workload::GetHit => {
+                // Hot keys stay within capacity: a hit for every contender (moka admits
+                // lazily, so its rate may be slightly lower).
+                let k = &keys[rng.below(CAPACITY / 2)];
+                black_box(c.get(k));
+            }
+            Workload::Insert => {
+                let k = &keys[rng.below(keys.len())];
+                c.insert(k, value.clone());
+            }
+            Workload::Mixed9010 => {
+                let k = &keys[rng.below(CAPACITY * 2)];
+                if rng.below(10) == 0 {
+                    c.insert(k, value.clone());
+                } else {
+                    black_box(c.get(k));
+                }
+            }
+        }
+    }
+}
+
+/// Chunks of a paired measurement, in the order A B B A A B B A.
+const PAIR_CHUNKS: usize = 8;
+
+/// `a`'s throughput ÷ `b`'s in one round, measured in alternating chunks of a quarter
+/// round each (A B B A A B B A, every thread running the same contender at once), so that
+/// a slow stretch of the machine falls on both alike.
+fn paired_ratio(
+    a: &dyn Contender,
+    b: &dyn Contender,
+    w: Workload,
+    threads: usize,
+    keys: &[String],
+    seed: usize,
+    cpus: usize,
+) -> f64 {
+    let value = Bytes::from(vec![7u8; 64]);
+    let barrier = std::sync::Barrier::new(threads);
+    let elapsed = Mutex::new([0f64; 2]);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (value, barrier, elapsed) = (value.clone(), &barrier, &elapsed);
+            s.spawn(move || {
+                if cpus > 1 {
+                    pin_to(t % cpus);
+                }
+                // Both contenders see the same key sequence.
+                let seed = (seed * 31 + t) as u64 + 1;
+                let mut rngs = [Rng(seed), Rng(seed)];
+                for chunk in 0..PAIR_CHUNKS {
+                    let which = [0, 1, 1, 0][chunk % 4];
+                    let c = [a, b][which];
+                    barrier.wait();
+                    let start = Instant::now();
+                    ops(c, w, OPS_PER_THREAD / 4, &mut rngs[which], keys, &value);
+                    barrier.wait();
+                    if t == 0 {
+                        elapsed.lock()[which] += start.elapsed().as_secs_f64();
                     }
                 }
             });
         }
     });
-    (threads * OPS_PER_THREAD) as f64 / start.elapsed().as_secs_f64() / 1e6
+    let [ta, tb] = *elapsed.lock();
+    tb / ta
 }
 
 /// The median of `v` and the spread around it (the lowest and highest value).
@@ -524,8 +576,8 @@ fn throughput(workloads: &[Workload]) {
     let pinned = cpus > 1 && pin_to(0);
     println!(
         "Contenders interleaved round by round (the order rotating), {ROUNDS} rounds; threads \
-         {}pinned to CPUs; a ratio is larder MemoryCache ÷ quick_cache per round, median \
-         [lowest – highest].\n",
+         {}pinned to CPUs; a ratio is larder MemoryCache ÷ quick_cache per round, measured \
+         in {PAIR_CHUNKS} alternating chunks (A B B A …), median [lowest – highest].\n",
         if pinned { "" } else { "not " }
     );
     for threads in [1usize, 2] {
@@ -542,8 +594,21 @@ fn throughput(workloads: &[Workload]) {
             for c in &cs {
                 warm(c.as_ref(), &all_keys);
             }
+            let quick = names.iter().position(|n| *n == "quick_cache sync");
             let mut per: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
+            let mut ratios = Vec::new();
             for r in 0..ROUNDS {
+                if let Some(q) = quick.filter(|&q| q != 0) {
+                    ratios.push(paired_ratio(
+                        cs[0].as_ref(),
+                        cs[q].as_ref(),
+                        w,
+                        threads,
+                        &all_keys,
+                        r,
+                        if pinned { cpus } else { 1 },
+                    ));
+                }
                 for k in 0..cs.len() {
                     let i = (r + k) % cs.len();
                     per[i].push(round(
@@ -556,22 +621,24 @@ fn throughput(workloads: &[Workload]) {
                     ));
                 }
             }
-            let quick = names.iter().position(|n| *n == "quick_cache sync").unwrap();
-            let ratios: Vec<f64> = per[0].iter().zip(&per[quick]).map(|(a, b)| a / b).collect();
-            let (rm, rlo, rhi) = median_spread(ratios);
-            let decided = if rlo >= 1.0 {
-                "met"
-            } else if rhi < 1.0 {
-                "not met"
+            if ratios.is_empty() {
+                ratio_row.push("–".to_owned());
             } else {
-                "not decided"
-            };
-            ratio_row.push(format!("{rm:.2}× [{rlo:.2} – {rhi:.2}] {decided}"));
-            emit(serde_json::json!({
-                "suite": "memory", "kind": "ratio", "workload": w.name(), "threads": threads,
-                "vs": "quick_cache sync", "median": rm, "low": rlo, "high": rhi,
-                "rounds": ROUNDS, "pinned": pinned,
-            }));
+                let (rm, rlo, rhi) = median_spread(ratios);
+                let decided = if rlo >= 1.0 {
+                    "met"
+                } else if rhi < 1.0 {
+                    "not met"
+                } else {
+                    "not decided"
+                };
+                ratio_row.push(format!("{rm:.2}× [{rlo:.2} – {rhi:.2}] {decided}"));
+                emit(serde_json::json!({
+                    "suite": "memory", "kind": "ratio", "workload": w.name(), "threads": threads,
+                    "vs": "quick_cache sync", "median": rm, "low": rlo, "high": rhi,
+                    "rounds": ROUNDS, "pinned": pinned, "paired_chunks": PAIR_CHUNKS,
+                }));
+            }
             for (i, rounds) in per.into_iter().enumerate() {
                 let (m, lo, hi) = median_spread(rounds);
                 if cells.len() <= i {

@@ -543,8 +543,7 @@ impl TinyLfu {
             return None;
         };
         self.counters.hits += 1;
-        self.count_use(i, hash);
-        self.on_use(i);
+        self.use_entry(i, hash);
         let slot = &self.slots[i as usize];
         Some((&slot.value, slot.expires_at))
     }
@@ -614,7 +613,6 @@ impl TinyLfu {
             return false;
         }
         if let Some(i) = existing {
-            self.count_use(i, hash);
             let slot = &mut self.slots[i as usize];
             let old_size = slot.size();
             let old = mem::replace(&mut slot.value, value);
@@ -622,7 +620,7 @@ impl TinyLfu {
             let list = &mut self.lists[slot.segment as usize];
             list.bytes = list.bytes - old_size + size;
             self.bytes = self.bytes - old_size + size;
-            self.on_use(i);
+            self.use_entry(i, hash);
             // The entry fits alone, so eviction stops before it has to consider it.
             self.make_room(0, 0, i, now);
             drop(old);
@@ -740,28 +738,23 @@ impl TinyLfu {
 
     // ---- the policy ----
 
-    /// Counts a use of live entry `i` (whose key has this hash) in the sketch, unless it is
-    /// in the window or its counters were found saturated since they last could decrease.
+    /// A use of live entry `i` (a hit or an overwrite), whose key has this hash.
+    ///
+    /// It is counted in the sketch unless the entry is in the window (uses there are
+    /// correlated with the one that brought it in: see Policy) or its counters were found
+    /// saturated since they last could decrease. Then a window entry becomes the window's
+    /// most recently used, a probation entry is promoted to protected, and a protected
+    /// entry is marked (see [`TinyLfu::promote`]).
     #[inline]
-    fn count_use(&mut self, i: u32, hash: u64) {
-        // Uses within the window are correlated with the one that brought the entry in (see
-        // Policy): only its arrival counts.
-        if self.slots[i as usize].segment == WINDOW {
-            return;
-        }
-        if self.slots[i as usize].saturated_at != self.sketch.epoch() && self.sketch.increment(hash)
-        {
-            self.slots[i as usize].saturated_at = self.sketch.epoch();
-        }
-    }
-
-    /// A use of live entry `i` (a hit or an overwrite): a window entry becomes the window's
-    /// most recently used, a probation entry is promoted to protected, a protected entry is
-    /// marked (see [`TinyLfu::promote`]).
-    #[inline]
-    fn on_use(&mut self, i: u32) {
+    fn use_entry(&mut self, i: u32, hash: u64) {
         let slot = &mut self.slots[i as usize];
         let segment = slot.segment;
+        if segment != WINDOW
+            && slot.saturated_at != self.sketch.epoch()
+            && self.sketch.increment(hash)
+        {
+            slot.saturated_at = self.sketch.epoch();
+        }
         if segment == PROTECTED {
             // Written only when it changes: a read of a marked entry writes nothing, so
             // threads reading the same entries do not take its cache line from each other.
@@ -770,9 +763,9 @@ impl TinyLfu {
             }
         } else if segment == PROBATION {
             self.promote(i);
-        } else if self.lists[segment as usize].head != i {
+        } else if self.lists[WINDOW as usize].head != i {
             self.unlink(i);
-            self.push_front(i, segment);
+            self.push_front(i, WINDOW);
         }
     }
 

@@ -93,15 +93,18 @@ struct Inner {
 /// to evict on its own, and the largest storable entry is `max_bytes / shards` bytes (key
 /// plus value). By default there are 16 shards natively and 1 on `wasm32`
 /// (single-threaded), halved until each shard holds at least 256 entries and 1 MiB, so small
-/// caches are a single shard (a shard's policy judges better over more entries). [`MemoryCacheBuilder::shards`] overrides the count.
+/// caches are a single shard (a shard's policy judges better over more entries).
+/// [`MemoryCacheBuilder::shards`] overrides the count.
 ///
 /// # Eviction policy
 ///
 /// A shard keeps the entries most likely to be asked for again, judged by how recently
 /// *and* how often they were used: new entries pass through a small window, and leaving it
 /// they displace an older entry only if they were used more often lately (W-TinyLFU, as in
-/// Caffeine; see [`TinyLfu`]). A scan of one-off keys does not flush popular entries, and a
-/// loop over slightly more keys than fit keeps hitting. A write never evicts the entry it
+/// Caffeine; see [`TinyLfu`]). A scan of one-off keys does not flush popular entries, a
+/// loop over slightly more keys than fit keeps hitting, and a burst of identical requests
+/// (retries, parallel identical calls) counts as one use, so it does not make a one-off
+/// prompt look popular. A write never evicts the entry it
 /// writes, so a value stored by [`MemoryCache::insert`] can be read back right away.
 ///
 /// # Sizes, eviction and rejection

@@ -219,8 +219,9 @@ def render_memory(R):
         "keys, `Bytes` values (64 B). `lru` is not thread-safe and is measured as "
         "`Mutex<LruCache>`. The last row is larder `MemoryCache` ÷ quick_cache, measured once "
         "per round"
-        + (f" in {rat[0]['paired_chunks']} alternating chunks of a quarter round each (A B B A A B B A, "
-           "so that a slow stretch of the shared machine falls on both alike)"
+        + (f" in {rat[0]['paired_chunks']} alternating chunks of a quarter round each (A B B A B A A B, "
+           "each after an untimed warm-up, so that a slow stretch of the shared machine falls on both "
+           "alike and neither pays for refilling the CPU caches after the other)"
            if rat and rat[0].get("paired_chunks") else "")
         + ": its median [lowest – highest]; a target whose spread crosses it is *not decided*."
     )

@@ -304,12 +304,17 @@ fn ops(c: &dyn Contender, w: Workload, n: usize, rng: &mut Rng, keys: &[String],
     }
 }
 
-/// Chunks of a paired measurement, in the order A B B A A B B A.
-const PAIR_CHUNKS: usize = 8;
+/// The order of a paired measurement's chunks (0: A, 1: B). Counterbalanced: each
+/// contender follows itself once and the other three times, and runs first and last once.
+const PAIR_ORDER: [usize; 8] = [0, 1, 1, 0, 1, 0, 0, 1];
+/// Chunks of a paired measurement.
+const PAIR_CHUNKS: usize = PAIR_ORDER.len();
 
 /// `a`'s throughput ÷ `b`'s in one round, measured in alternating chunks of a quarter
-/// round each (A B B A A B B A, every thread running the same contender at once), so that
-/// a slow stretch of the machine falls on both alike.
+/// round each (A B B A B A A B, every thread running the same contender at once), so that
+/// a slow stretch of the machine falls on both alike. Each chunk is preceded by an untimed
+/// warm-up of a sixteenth of its length, so that neither pays for refilling the CPU caches
+/// after the other ran.
 fn paired_ratio(
     a: &dyn Contender,
     b: &dyn Contender,
@@ -322,6 +327,7 @@ fn paired_ratio(
     let value = Bytes::from(vec![7u8; 64]);
     let barrier = std::sync::Barrier::new(threads);
     let elapsed = Mutex::new([0f64; 2]);
+    let chunk = OPS_PER_THREAD / 4;
     std::thread::scope(|s| {
         for t in 0..threads {
             let (value, barrier, elapsed) = (value.clone(), &barrier, &elapsed);
@@ -332,12 +338,13 @@ fn paired_ratio(
                 // Both contenders see the same key sequence.
                 let seed = (seed * 31 + t) as u64 + 1;
                 let mut rngs = [Rng(seed), Rng(seed)];
-                for chunk in 0..PAIR_CHUNKS {
-                    let which = [0, 1, 1, 0][chunk % 4];
+                for which in PAIR_ORDER {
                     let c = [a, b][which];
                     barrier.wait();
+                    ops(c, w, chunk / 16, &mut rngs[which], keys, &value);
+                    barrier.wait();
                     let start = Instant::now();
-                    ops(c, w, OPS_PER_THREAD / 4, &mut rngs[which], keys, &value);
+                    ops(c, w, chunk, &mut rngs[which], keys, &value);
                     barrier.wait();
                     if t == 0 {
                         elapsed.lock()[which] += start.elapsed().as_secs_f64();
@@ -406,7 +413,7 @@ const REQUESTS: usize = 500_000;
 /// Runs per contender and trace, each on a fresh instance (hasher seeds are random per
 /// instance, and with them which keys share a sketch counter or a shard): the table shows
 /// their mean.
-const HIT_RATIO_RUNS: usize = 5;
+const HIT_RATIO_RUNS: usize = 10;
 
 /// A trace of REQUESTS indices. Indices ≥ SPACE are one-off keys (never requested again).
 fn trace(name: &str, capacity: usize) -> Vec<usize> {
@@ -577,7 +584,8 @@ fn throughput(workloads: &[Workload]) {
     println!(
         "Contenders interleaved round by round (the order rotating), {ROUNDS} rounds; threads \
          {}pinned to CPUs; a ratio is larder MemoryCache ÷ quick_cache per round, measured \
-         in {PAIR_CHUNKS} alternating chunks (A B B A …), median [lowest – highest].\n",
+         in {PAIR_CHUNKS} alternating chunks (A B B A B A A B, each after an untimed warm-up), \
+         median [lowest – highest].\n",
         if pinned { "" } else { "not " }
     );
     for threads in [1usize, 2] {

@@ -83,7 +83,7 @@ impl ScanCursor {
 ///
 /// Implementations translate: redis-rs for standalone, Cluster and Sentinel
 /// (`larder-native`), the Upstash REST dialect over HTTP (`larder-edge`), and an in-memory
-/// emulation for tests ([`testing::MemTransport`](crate::testing::MemTransport)).
+/// emulation for tests (`testing::MemTransport`, with the `test-util` feature).
 ///
 /// # Contract
 ///

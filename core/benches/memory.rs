@@ -1,9 +1,10 @@
-//! Memory-tier benchmark: larder's `MemoryCache` (and its single-shard `TinyLfu`) side by side with
-//! the `lru` crate, moka (sync) and quick_cache, in one run.
+//! Memory-tier benchmark: larder's `MemoryCache` (and its single-shard `TinyLfu`) side by
+//! side with the `lru` crate, moka (sync) and quick_cache, in one run.
 //!
 //! Run: `cargo bench -p larder-core --bench memory` (or `scripts/bench.sh`). Prints Markdown
-//! tables: throughput (median of several rounds) and ratios, Zipf(0.9) hit ratio, and heap
-//! bytes of overhead per entry measured with a counting allocator. With `LARDER_BENCH_JSON`
+//! tables: throughput (median of several rounds) and the ratio to quick_cache, hit ratios on
+//! seven traces at three capacities, and heap bytes of overhead per entry measured with a
+//! counting allocator. With `LARDER_BENCH_JSON`
 //! set to a file path, every figure is also appended to it as one JSON line (`suite:
 //! "memory"`), which `scripts/bench-report.py` turns into BENCHMARKS.md.
 //!
@@ -304,8 +305,8 @@ fn ops(c: &dyn Contender, w: Workload, n: usize, rng: &mut Rng, keys: &[String],
     }
 }
 
-/// The order of a paired measurement's chunks (0: A, 1: B). Counterbalanced: each
-/// contender follows itself once and the other three times, and runs first and last once.
+/// The order of a paired measurement's chunks (0: A, 1: B). Counterbalanced: each contender
+/// runs four chunks and follows itself once; A opens the round and B closes it.
 const PAIR_ORDER: [usize; 8] = [0, 1, 1, 0, 1, 0, 0, 1];
 /// Chunks of a paired measurement.
 const PAIR_CHUNKS: usize = PAIR_ORDER.len();
@@ -602,13 +603,15 @@ fn throughput(workloads: &[Workload]) {
             for c in &cs {
                 warm(c.as_ref(), &all_keys);
             }
+            let larder = names.iter().position(|n| *n == "larder MemoryCache");
             let quick = names.iter().position(|n| *n == "quick_cache sync");
+            let pair = larder.zip(quick);
             let mut per: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
             let mut ratios = Vec::new();
             for r in 0..ROUNDS {
-                if let Some(q) = quick.filter(|&q| q != 0) {
+                if let Some((l, q)) = pair {
                     ratios.push(paired_ratio(
-                        cs[0].as_ref(),
+                        cs[l].as_ref(),
                         cs[q].as_ref(),
                         w,
                         threads,

@@ -1,9 +1,9 @@
 //! larder-core: the runtime-agnostic heart of larder.
 //!
 //! Everything that decides lives here and compiles to `wasm32-unknown-unknown`: the key
-//! scheme, the value envelope, the memory tier (W-TinyLFU + TTL), the [`Cache`] trait and the Redis
-//! cache written over a [`Transport`]. There is no I/O, no async runtime and no system clock
-//! in this crate: adapters (`larder-native`, `larder-edge`) bring a [`Transport`] and a
+//! scheme, the value envelope, the memory tier (W-TinyLFU + TTL), the [`Cache`] trait and
+//! the Redis cache written over a [`Transport`]. There is no I/O, no async runtime and no
+//! system clock in this crate: adapters (`larder-native`, `larder-edge`) bring a [`Transport`] and a
 //! [`Clock`].
 
 #![deny(missing_docs)]

@@ -1,7 +1,7 @@
 //! The memory tier: [`MemoryCache`], a sharded W-TinyLFU cache with per-entry TTLs.
 //!
-//! Each shard is a [`TinyLfu`] behind a [`parking_lot::Mutex`]; a key's hash (computed once per
-//! call) picks the shard and finds the entry in it. Expiry is lazy (there are no timers,
+//! Each shard is a [`TinyLfu`] behind a [`parking_lot::Mutex`]; a key's hash (computed once
+//! per call) picks the shard and finds the entry in it. Expiry is lazy (there are no timers,
 //! which `wasm32` lacks): an expired entry is dropped when a call finds it, when it reaches
 //! the point of eviction, or by [`MemoryCache::purge_expired`]. Time comes from the
 //! injected [`Clock`], read only when an entry has an expiry.
@@ -91,9 +91,9 @@ struct Inner {
 /// Entries are spread over a power-of-two number of shards by key hash, each a [`TinyLfu`]
 /// behind its own lock, and the bounds are split evenly among them. Each shard chooses what
 /// to evict on its own, and the largest storable entry is `max_bytes / shards` bytes (key
-/// plus value). By default there are 16 shards natively and 1 on `wasm32`
-/// (single-threaded), halved until each shard holds at least 256 entries and 1 MiB, so small
-/// caches are a single shard (a shard's policy judges better over more entries).
+/// plus value). By default there are 16 shards natively and 1 on `wasm32` (single-threaded),
+/// halved until each shard holds at least 256 entries and 1 MiB, so small caches are a
+/// single shard (a shard's policy judges better over more entries).
 /// [`MemoryCacheBuilder::shards`] overrides the count.
 ///
 /// # Eviction policy
@@ -104,8 +104,8 @@ struct Inner {
 /// Caffeine; see [`TinyLfu`]). A scan of one-off keys does not flush popular entries, a
 /// loop over slightly more keys than fit keeps hitting, and a burst of identical requests
 /// (retries, parallel identical calls) counts as one use, so it does not make a one-off
-/// prompt look popular. A write never evicts the entry it
-/// writes, so a value stored by [`MemoryCache::insert`] can be read back right away.
+/// prompt look popular. A write never evicts the entry it writes, so a value stored by
+/// [`MemoryCache::insert`] can be read back right away.
 ///
 /// # Sizes, eviction and rejection
 ///

@@ -183,9 +183,9 @@ struct Counters {
 /// and halves its counts periodically, so that it follows recent popularity. Uses of an
 /// entry while it is in the window are not counted: they are correlated references (a
 /// retry, a burst of identical calls), and counting them would make a prompt sent five
-/// times in a row and never again look more popular than one asked for every minute. A read of a
-/// probation entry promotes it to the *protected* segment, whose overflow is demoted back
-/// to probation. A read of a protected entry only marks it: when the protected segment
+/// times in a row and never again look more popular than one asked for every minute. A
+/// read of a probation entry promotes it to the *protected* segment, whose overflow is
+/// demoted back to probation. A read of a protected entry only marks it: when the protected segment
 /// overflows, its oldest entry is demoted unless it is marked, in which case it is unmarked
 /// and stays for another round (a second chance, as in the CLOCK algorithm). So an entry
 /// used once cannot push out entries used often (scans and one-off keys pass through the
@@ -222,7 +222,8 @@ struct Counters {
 /// # Use
 ///
 /// [`TinyLfu::get`], [`TinyLfu::get_with_expiry`] and [`TinyLfu::insert`] count as a use of
-/// the key (for the frequency estimate and the entry's recency); [`TinyLfu::peek`],
+/// the key (for the entry's recency and, except while the entry is in the window, for the
+/// frequency estimate: see [Policy](TinyLfu#policy)); [`TinyLfu::peek`],
 /// [`TinyLfu::contains`], [`TinyLfu::expiry`] and [`TinyLfu::set_expiry`] do not.
 ///
 /// # Counters

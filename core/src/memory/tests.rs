@@ -98,21 +98,21 @@ fn a_loop_slightly_larger_than_the_cache_keeps_hitting() {
 
 #[test]
 fn a_protected_entry_read_lately_gets_a_second_chance_when_protected_overflows() {
-    // 100 entries: the protected segment holds 82 of them.
+    // 100 entries: the protected segment holds 83 of them.
     let mut map = TinyLfu::new(100, 1 << 20);
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
     for k in &keys {
         assert!(map.insert(k, val("v"), None, 0));
     }
     // Promoted in order: k0 is the oldest of the protected segment, then k1.
-    for k in &keys[..82] {
+    for k in &keys[..83] {
         assert!(map.get(k, 0).is_some());
         assert!(map.is_protected(k));
     }
     assert!(map.get("k0", 0).is_some(), "marks k0");
-    // Promoting k82 overflows the protected segment: k0 is marked and stays, k1 goes.
-    assert!(map.get("k82", 0).is_some());
-    assert!(map.is_protected("k82"));
+    // Promoting k83 overflows the protected segment: k0 is marked and stays, k1 goes.
+    assert!(map.get("k83", 0).is_some());
+    assert!(map.is_protected("k83"));
     assert!(map.is_protected("k0"), "the marked entry was demoted");
     assert!(
         !map.is_protected("k1"),
@@ -587,6 +587,65 @@ fn slots_never_exceed_max_entries_under_churn() {
         "evicting before inserting reuses the evicted slot"
     );
     lru.check_invariants();
+}
+
+#[test]
+fn keys_of_64_kib_and_more_are_sized_found_and_listed_exactly() {
+    // A slot keeps a key's length in 16 bits; longer keys take their length from the index.
+    let mut map = TinyLfu::new(8, u64::MAX);
+    let keys: Vec<String> = [65_534usize, 65_535, 65_536, 70_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| format!("{i}{}", "k".repeat(n - 1)))
+        .collect();
+    let total =
+        |map: &TinyLfu| -> u64 { map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum() };
+    for k in &keys {
+        assert!(map.insert(k, Bytes::from_static(b"vv"), None, START));
+        map.check_invariants();
+    }
+    assert_eq!(
+        map.size_bytes(),
+        keys.iter().map(|k| k.len() as u64 + 2).sum::<u64>()
+    );
+    // Reads move entries through the window and probation into protected.
+    for (i, k) in keys.iter().enumerate() {
+        map.insert(&format!("other{i}"), Bytes::new(), None, START);
+        for _ in 0..3 {
+            assert_eq!(
+                map.get(k, START),
+                Some(&Bytes::from_static(b"vv")),
+                "{}",
+                k.len()
+            );
+        }
+        map.check_invariants();
+    }
+    let mut listed: Vec<&str> = map.iter().map(|(k, _)| k).collect();
+    listed.sort_unstable();
+    assert_eq!(listed.len(), 8);
+    assert!(
+        keys.iter().all(|k| listed.contains(&k.as_str())),
+        "every key is listed"
+    );
+    // More keys than fit: evictions and demotions account the long keys' sizes.
+    for i in 0..20 {
+        map.insert(&format!("more{i}"), Bytes::from_static(b"x"), None, START);
+        map.check_invariants();
+        assert_eq!(map.size_bytes(), total(&map));
+    }
+    let long_held = keys.iter().filter(|k| map.peek(k, START).is_some()).count();
+    assert!(long_held > 0, "the keys read often stay");
+    let long_over_u16 = keys
+        .iter()
+        .filter(|k| k.len() >= 65_535 && map.peek(k, START).is_some())
+        .count();
+    assert_eq!(
+        map.remove_matching(|k| k.len() >= 65_535, START),
+        long_over_u16
+    );
+    map.check_invariants();
+    assert_eq!(map.size_bytes(), total(&map));
 }
 
 #[test]

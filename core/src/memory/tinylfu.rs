@@ -3,10 +3,11 @@
 //!
 //! Entries live in a slab (`Vec` of slots with a free list) and are doubly linked by `u32`
 //! slot indices into three lists (the window, probation and protected segments), most
-//! recently placed first; a [`hashbrown::HashTable`] of slot indices, keyed by the key's
-//! hash, finds them. A slot keeps what a read needs (key, value, expiry, marks) on one cache
-//! line, and its list links and hash apart. A [`Sketch`] estimates how often keys were used
-//! lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a read of
+//! recently placed first; a [`hashbrown::HashTable`] of (key, slot index) pairs, keyed by
+//! the key's hash, finds them. The key lives in the index, not in the slot: a lookup reads
+//! the key and the slot (value, expiry, marks, links: one cache line) at once, rather than
+//! the slot first and then the key it points to. A [`Sketch`] estimates how often keys were
+//! used lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a read of
 //! a protected entry writes nothing but a mark in its slot. There are no pointers and no
 //! `unsafe`.
 //!
@@ -49,11 +50,11 @@ const FRAC_ONE: u64 = 1 << FRAC_BITS;
 /// is a miss; half a percent keeps the burst-absorbing window and hits the loop more often
 /// (the memory benchmark).
 const WINDOW_SHARE: u64 = FRAC_ONE / 200;
-/// The protected segment's share of the capacity: 82 % of the rest (Caffeine's is 80 %). A
+/// The protected segment's share of the capacity: 83 % of the rest (Caffeine's is 80 %). A
 /// larger protected segment favours frequency (Zipf and scans at small capacities), a
-/// smaller one recency (a moving hot set); 82 % is where the memory benchmark's traces meet
+/// smaller one recency (a moving hot set); 83 % is where the memory benchmark's traces meet
 /// in the middle.
-const PROTECTED_SHARE: u64 = (FRAC_ONE - WINDOW_SHARE) * 41 / 50;
+const PROTECTED_SHARE: u64 = (FRAC_ONE - WINDOW_SHARE) * 83 / 100;
 
 /// The current time, read only when an entry with an expiry needs it.
 ///
@@ -71,36 +72,53 @@ impl Now for u64 {
     }
 }
 
-/// What a read needs of an entry, on one cache line: the key, the value, the expiry and
-/// the policy's marks. The list links and the hash are in the entry's [`Link`].
+/// An entry but its key, on one cache line: the value, the expiry, the policy's marks,
+/// the key's hash and length, and the entry's place in its segment's list. The key is in
+/// the index ([`Entry`]).
 #[repr(align(64))]
 struct Slot {
-    key: Box<str>,
     value: Bytes,
     /// Absolute unix ms; [`NEVER`] when the entry never expires. Expired when `now >= this`.
     expires_at: u64,
+    hash: u64,
+    /// Towards the head of the list; in a free slot, unused.
+    prev: u32,
+    /// Towards the tail of the list; in a free slot, the next free slot.
+    next: u32,
     /// The sketch's epoch when the key's counters were found saturated (0: not found so).
     saturated_at: u32,
+    /// The key's length, or [`LONG_KEY`] when it does not fit (then the index has it).
+    key_len: u16,
     /// The segment holding the entry.
     segment: u8,
     /// In the protected segment: read since it last reached the segment's end.
     referenced: bool,
 }
 
-/// An entry's place in its segment's list, and its key's hash.
-struct Link {
-    hash: u64,
-    /// Towards the head of the list; in a free slot, unused.
-    prev: u32,
-    /// Towards the tail of the list; in a free slot, the next free slot.
-    next: u32,
+// A slot is one cache line (the layout above leaves no padding on 64-bit targets).
+const _: () = assert!(mem::size_of::<Slot>() == 64);
+
+/// [`Slot::key_len`] of a key of `u16::MAX` bytes or more.
+const LONG_KEY: u16 = u16::MAX;
+
+/// An entry of the index: the key and the slot holding the rest of the entry.
+struct Entry {
+    key: Box<str>,
+    slot: u32,
 }
 
 impl Slot {
-    #[inline]
-    fn size(&self) -> u64 {
-        entry_size(&self.key, &self.value)
-    }
+    const FREE: Slot = Slot {
+        value: Bytes::new(),
+        expires_at: NEVER,
+        hash: 0,
+        prev: NIL,
+        next: NIL,
+        saturated_at: 0,
+        key_len: 0,
+        segment: WINDOW,
+        referenced: false,
+    };
 
     #[inline]
     fn is_expired(&self, now: &mut impl Now) -> bool {
@@ -256,9 +274,7 @@ struct Counters {
 /// ```
 pub struct TinyLfu {
     slots: Vec<Slot>,
-    /// `links[i]` belongs to `slots[i]`.
-    links: Vec<Link>,
-    table: HashTable<u32>,
+    table: HashTable<Entry>,
     /// The window, probation and protected segments (indexed by `WINDOW`, …).
     lists: [List; 3],
     /// First free slot.
@@ -320,7 +336,6 @@ impl TinyLfu {
         };
         let mut map = TinyLfu {
             slots: Vec::new(),
-            links: Vec::new(),
             table: HashTable::new(),
             lists: [List::EMPTY; 3],
             free: NIL,
@@ -492,7 +507,7 @@ impl TinyLfu {
         for segment in [WINDOW, PROBATION, PROTECTED] {
             let mut i = self.lists[segment as usize].head;
             while i != NIL {
-                let next = self.links[i as usize].next;
+                let next = self.slots[i as usize].next;
                 if self.slots[i as usize].is_expired(&mut now) {
                     self.remove_at(i);
                     self.counters.expirations += 1;
@@ -614,8 +629,8 @@ impl TinyLfu {
             return false;
         }
         if let Some(i) = existing {
+            let old_size = self.size(i);
             let slot = &mut self.slots[i as usize];
-            let old_size = slot.size();
             let old = mem::replace(&mut slot.value, value);
             slot.expires_at = expires_at;
             let list = &mut self.lists[slot.segment as usize];
@@ -630,23 +645,16 @@ impl TinyLfu {
         self.sketch.increment(hash);
         self.make_room(1, size, NIL, now);
         let slot = Slot {
-            key: key.into(),
             value,
             expires_at,
-            saturated_at: 0,
-            segment: WINDOW,
-            referenced: false,
-        };
-        let link = Link {
             hash,
-            prev: NIL,
-            next: NIL,
+            key_len: u16::try_from(key.len()).unwrap_or(LONG_KEY),
+            ..Slot::FREE
         };
         let i = if self.free != NIL {
             let i = self.free;
-            self.free = self.links[i as usize].next;
+            self.free = self.slots[i as usize].next;
             self.slots[i as usize] = slot;
-            self.links[i as usize] = link;
             i
         } else {
             if self.slots.len() == self.slots.capacity() {
@@ -655,15 +663,19 @@ impl TinyLfu {
                 let room = self.max.entries - self.slots.len();
                 let more = self.slots.len().max(4).min(room).max(1);
                 self.slots.reserve_exact(more);
-                self.links.reserve_exact(more);
             }
             self.slots.push(slot);
-            self.links.push(link);
             (self.slots.len() - 1) as u32
         };
-        let links = &self.links;
-        self.table
-            .insert_unique(hash, i, |&j| links[j as usize].hash);
+        let slots = &self.slots;
+        self.table.insert_unique(
+            hash,
+            Entry {
+                key: key.into(),
+                slot: i,
+            },
+            |e| slots[e.slot as usize].hash,
+        );
         self.push_front(i, WINDOW);
         self.len += 1;
         self.bytes += size;
@@ -683,9 +695,9 @@ impl TinyLfu {
             let mut i = self.lists[segment as usize].head;
             while i != NIL {
                 let slot = &self.slots[i as usize];
-                let next = self.links[i as usize].next;
-                if pred(&slot.key) {
-                    if slot.is_expired(now) {
+                let next = slot.next;
+                if pred(self.key(i)) {
+                    if self.slots[i as usize].is_expired(now) {
                         self.counters.expirations += 1;
                     } else {
                         self.counters.deletes += 1;
@@ -703,7 +715,6 @@ impl TinyLfu {
     /// cache).
     pub(crate) fn reset(&mut self) {
         self.slots = Vec::new();
-        self.links = Vec::new();
         self.table = HashTable::new();
         self.lists = [List::EMPTY; 3];
         self.free = NIL;
@@ -722,12 +733,11 @@ impl TinyLfu {
                 } else {
                     live += 1;
                 }
-                i = self.links[i as usize].next;
+                i = self.slots[i as usize].next;
             }
         }
         self.counters.deletes += live as u64;
         self.slots.clear();
-        self.links.clear();
         self.table.clear();
         self.lists = [List::EMPTY; 3];
         self.free = NIL;
@@ -776,7 +786,7 @@ impl TinyLfu {
     /// whether marked or not).
     fn promote(&mut self, i: u32) {
         self.unlink(i);
-        let size = self.slots[i as usize].size();
+        let size = self.size(i);
         let mut chances = SECOND_CHANCES;
         loop {
             let p = self.lists[PROTECTED as usize];
@@ -842,7 +852,7 @@ impl TinyLfu {
                 self.evict(victim, now);
                 continue;
             }
-            let next = self.links[candidate as usize].next;
+            let next = self.slots[candidate as usize].next;
             candidates -= 1;
             let rejected =
                 self.slots[candidate as usize].is_expired(now) || !self.admit(candidate, victim);
@@ -869,7 +879,7 @@ impl TinyLfu {
             if tail != keep {
                 return tail;
             }
-            let prev = self.links[tail as usize].prev;
+            let prev = self.slots[tail as usize].prev;
             if prev != NIL {
                 return prev;
             }
@@ -879,8 +889,8 @@ impl TinyLfu {
 
     /// Whether `candidate` should displace `victim`: it was used more often lately.
     fn admit(&self, candidate: u32, victim: u32) -> bool {
-        let c = self.sketch.frequency(self.links[candidate as usize].hash);
-        let v = self.sketch.frequency(self.links[victim as usize].hash);
+        let c = self.sketch.frequency(self.slots[candidate as usize].hash);
+        let v = self.sketch.frequency(self.slots[victim as usize].hash);
         c > v
     }
 
@@ -915,11 +925,12 @@ impl TinyLfu {
         for list in self.lists {
             let mut i = list.head;
             while i != NIL {
-                let link = &self.links[i as usize];
-                for _ in 0..old.frequency(link.hash) {
-                    self.sketch.increment(link.hash);
+                let slot = &self.slots[i as usize];
+                let (hash, next) = (slot.hash, slot.next);
+                for _ in 0..old.frequency(hash) {
+                    self.sketch.increment(hash);
                 }
-                i = link.next;
+                i = next;
             }
         }
         self.sketch_grow_at = if entries >= self.max.entries {
@@ -933,10 +944,33 @@ impl TinyLfu {
 
     #[inline]
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
-        let slots = &self.slots;
-        self.table
-            .find(hash, |&i| *slots[i as usize].key == *key)
-            .copied()
+        self.table.find(hash, |e| *e.key == *key).map(|e| e.slot)
+    }
+
+    /// The key of live slot `i` (a lookup in the index).
+    fn key(&self, i: u32) -> &str {
+        match self
+            .table
+            .find(self.slots[i as usize].hash, |e| e.slot == i)
+        {
+            Some(e) => &e.key,
+            None => {
+                debug_assert!(false, "slot {i} missing from the index");
+                ""
+            }
+        }
+    }
+
+    /// The size of live slot `i`: its key's length and its value's.
+    #[inline]
+    fn size(&self, i: u32) -> u64 {
+        let slot = &self.slots[i as usize];
+        let key_len = if slot.key_len == LONG_KEY {
+            self.key(i).len() as u64
+        } else {
+            u64::from(slot.key_len)
+        };
+        key_len + slot.value.len() as u64
     }
 
     /// The slot of `key` if it holds a live value; an expired entry is removed and counted.
@@ -953,68 +987,68 @@ impl TinyLfu {
 
     /// Unlinks and frees slot `i`, returning its value.
     fn remove_at(&mut self, i: u32) -> Bytes {
-        let hash = self.links[i as usize].hash;
-        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
+        let size = self.size(i);
+        self.unlink(i);
+        let hash = self.slots[i as usize].hash;
+        if let Ok(entry) = self.table.find_entry(hash, |e| e.slot == i) {
             entry.remove();
         } else {
             debug_assert!(false, "slot {i} missing from the index");
         }
-        self.unlink(i);
-        let free = self.free;
-        let slot = &mut self.slots[i as usize];
-        self.bytes -= slot.size();
+        self.bytes -= size;
         self.len -= 1;
-        // Empty `Box<str>` and `Bytes` do not allocate.
-        slot.key = Box::default();
-        let value = mem::take(&mut slot.value);
-        let link = &mut self.links[i as usize];
-        link.prev = NIL;
-        link.next = free;
+        let free = self.free;
+        let slot = mem::replace(
+            &mut self.slots[i as usize],
+            Slot {
+                next: free,
+                ..Slot::FREE
+            },
+        );
         self.free = i;
-        value
+        slot.value
     }
 
     /// Takes slot `i` out of its segment's list.
     #[inline]
     fn unlink(&mut self, i: u32) {
-        let (prev, next, segment, size) = {
-            let (slot, link) = (&self.slots[i as usize], &self.links[i as usize]);
-            (link.prev, link.next, slot.segment, slot.size())
-        };
+        let size = self.size(i);
+        let slot = &self.slots[i as usize];
+        let (prev, next, segment) = (slot.prev, slot.next, slot.segment);
         let list = &mut self.lists[segment as usize];
         list.len -= 1;
         list.bytes -= size;
         if prev == NIL {
             list.head = next;
         } else {
-            self.links[prev as usize].next = next;
+            self.slots[prev as usize].next = next;
         }
         let list = &mut self.lists[segment as usize];
         if next == NIL {
             list.tail = prev;
         } else {
-            self.links[next as usize].prev = prev;
+            self.slots[next as usize].prev = prev;
         }
     }
 
     /// Makes slot `i` the most recently used of `segment`.
     #[inline]
     fn push_front(&mut self, i: u32, segment: u8) {
+        let size = self.size(i);
         let list = &mut self.lists[segment as usize];
         let old_head = list.head;
         list.head = i;
         list.len += 1;
+        list.bytes += size;
         if old_head == NIL {
             list.tail = i;
         }
-        let link = &mut self.links[i as usize];
-        link.prev = NIL;
-        link.next = old_head;
         let slot = &mut self.slots[i as usize];
+        slot.prev = NIL;
+        slot.next = old_head;
         slot.segment = segment;
-        list.bytes += slot.size();
         if old_head != NIL {
-            self.links[old_head as usize].prev = i;
+            self.slots[old_head as usize].prev = i;
         }
     }
 
@@ -1056,24 +1090,26 @@ impl TinyLfu {
             let mut prev = NIL;
             let mut i = list.head;
             while i != NIL {
-                let (slot, link) = (&self.slots[i as usize], &self.links[i as usize]);
-                assert_eq!(link.prev, prev, "broken back link at slot {i}");
+                let slot = &self.slots[i as usize];
+                let key = self.key(i);
+                assert_eq!(slot.prev, prev, "broken back link at slot {i}");
                 assert_eq!(slot.segment, segment, "slot {i} in the wrong list");
                 assert!(
                     !slot.referenced || segment == PROTECTED,
                     "slot {i} marked outside the protected segment"
                 );
-                assert_eq!(link.hash, self.hash(&slot.key), "stale hash at slot {i}");
+                assert_eq!(slot.hash, self.hash(key), "stale hash at slot {i}");
+                assert_eq!(self.find(slot.hash, key), Some(i), "index misses slot {i}");
                 assert_eq!(
-                    self.find(link.hash, &slot.key),
-                    Some(i),
-                    "index misses slot {i}"
+                    slot.key_len,
+                    u16::try_from(key.len()).unwrap_or(LONG_KEY),
+                    "stale key length at slot {i}"
                 );
                 list_count += 1;
-                list_bytes += slot.size();
+                list_bytes += self.size(i);
                 assert!(list_count <= self.len, "cycle in the list");
                 prev = i;
-                i = link.next;
+                i = slot.next;
             }
             assert_eq!(list.tail, prev, "tail is not the last entry");
             assert_eq!(list_count, list.len, "list length drifted");
@@ -1088,15 +1124,14 @@ impl TinyLfu {
         while i != NIL {
             let slot = &self.slots[i as usize];
             assert!(
-                slot.key.is_empty() && slot.value.is_empty(),
+                slot.key_len == 0 && slot.value.is_empty(),
                 "free slot holds data"
             );
             free += 1;
             assert!(free <= self.slots.len(), "cycle in the free list");
-            i = self.links[i as usize].next;
+            i = slot.next;
         }
         assert_eq!(free + self.len, self.slots.len(), "slots leaked");
-        assert_eq!(self.links.len(), self.slots.len(), "links != slots");
         assert!(self.slots.len() <= self.max.entries.max(1), "spare slots");
         assert!(self.len <= self.max.entries, "entry bound exceeded");
         assert!(self.bytes <= self.max.bytes, "byte bound exceeded");
@@ -1123,10 +1158,10 @@ impl<'a> Iterator for Iter<'a> {
             self.segment += 1;
             self.cur = self.map.lists[self.segment as usize].head;
         }
-        let slot = &self.map.slots[self.cur as usize];
-        self.cur = self.map.links[self.cur as usize].next;
+        let (i, slot) = (self.cur, &self.map.slots[self.cur as usize]);
+        self.cur = slot.next;
         self.remaining -= 1;
-        Some((&slot.key, &slot.value))
+        Some((self.map.key(i), &slot.value))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -216,14 +216,19 @@ def render_memory(R):
         f"order rotating each round), {r0.get('rounds')} rounds of {r0.get('ops_per_thread'):,} "
         f"ops per thread, threads {'pinned to CPUs' if r0.get('pinned') else 'not pinned'}; "
         "each cell is the median round [lowest – highest]. Capacity 10 000 entries; `String` "
-        "keys, `Bytes` values (64 B). `lru` is not thread-safe and is measured as "
-        "`Mutex<LruCache>`. The last row is larder `MemoryCache` ÷ quick_cache, measured once "
-        "per round"
-        + (f" in {rat[0]['paired_chunks']} alternating chunks of a quarter round each (A B B A B A A B, "
+        "keys of the shape the response cache stores (`larder:cache:` and 64 hex digits, 77 B), "
+        "`Bytes` values (64 B). `lru` is not thread-safe and is measured as "
+        "`Mutex<LruCache>`. The last row is larder `MemoryCache` ÷ quick_cache, measured "
+        + (f"in {rat[0]['rounds']} rounds of its own" if rat else "once per round")
+        + (f", each in {rat[0]['paired_chunks']} alternating chunks of a quarter round (A B B A B A A B, "
            "each after an untimed warm-up, so that a slow stretch of the shared machine falls on both "
            "alike and neither pays for refilling the CPU caches after the other)"
            if rat and rat[0].get("paired_chunks") else "")
-        + ": its median [lowest – highest]; a target whose spread crosses it is *not decided*."
+        + (": the median round [its 95 % confidence interval], and the range of the rounds. "
+           "The interval lies between order statistics of the rounds (the sign-test interval, "
+           "which assumes nothing about their distribution); a target it crosses is *not decided*."
+           if rat and "ci_low" in rat[0] else
+           ": its median [lowest – highest]; a target whose spread crosses it is *not decided*.")
     )
     R.p()
     workloads = list(OrderedDict.fromkeys(r["workload"] for r in thr))
@@ -247,16 +252,16 @@ def render_memory(R):
             if r is None:
                 rrow.append("–")
                 continue
-            verdict = "met" if r["low"] >= 1.0 else ("not met" if r["high"] < 1.0 else "not decided")
-            rrow.append(f"{r['median']:.2f}× [{r['low']:.2f} – {r['high']:.2f}] {verdict}")
-            if verdict != "not decided":
-                R.targets.append(("memory tier ≥ 1.0× quick_cache (ops/s, spread)", f"{w}, {threads} thr",
-                                  f"{r['median']:.2f}× [{r['low']:.2f} – {r['high']:.2f}]",
-                                  verdict == "met", r["median"] - 1.0))
-            else:
-                R.targets.append(("memory tier ≥ 1.0× quick_cache (ops/s, spread)", f"{w}, {threads} thr",
-                                  f"not decided: {r['median']:.2f}× [{r['low']:.2f} – {r['high']:.2f}]",
-                                  False, r["median"] - 1.0))
+            lo, hi = r.get("ci_low", r["low"]), r.get("ci_high", r["high"])
+            verdict = "met" if lo >= 1.0 else ("not met" if hi < 1.0 else "not decided")
+            shown = f"{r['median']:.2f}× [{lo:.2f} – {hi:.2f}]"
+            rounds = f" (rounds {r['low']:.2f} – {r['high']:.2f})" if "ci_low" in r else ""
+            rrow.append(f"{shown} {verdict}{rounds}")
+            what = ("memory tier ≥ 1.0× quick_cache (ops/s, 95 % CI)" if "ci_low" in r
+                    else "memory tier ≥ 1.0× quick_cache (ops/s, spread)")
+            R.targets.append((what, f"{w}, {threads} thr",
+                              shown if verdict != "not decided" else f"not decided: {shown}",
+                              verdict == "met", r["median"] - 1.0))
         if ratios:
             rows.append(rrow)
         R.table(["contender"] + workloads, rows)

@@ -2,13 +2,14 @@
 //! side with the `lru` crate, moka (sync) and quick_cache, in one run.
 //!
 //! Run: `cargo bench -p larder-core --bench memory` (or `scripts/bench.sh`). Prints Markdown
-//! tables: throughput (median of several rounds) and the ratio to quick_cache, hit ratios on
-//! seven traces at three capacities, and heap bytes of overhead per entry measured with a
-//! counting allocator. With `LARDER_BENCH_JSON`
-//! set to a file path, every figure is also appended to it as one JSON line (`suite:
-//! "memory"`), which `scripts/bench-report.py` turns into BENCHMARKS.md.
+//! tables: throughput (median of several rounds) and the ratio to quick_cache (its median
+//! and 95 % confidence interval over paired rounds), hit ratios on seven traces at three
+//! capacities, and heap bytes of overhead per entry measured with a counting allocator.
+//! With `LARDER_BENCH_JSON` set to a file path, every figure is also appended to it as one
+//! JSON line (`suite: "memory"`), which `scripts/bench-report.py` turns into BENCHMARKS.md.
 //!
-//! Every cache holds `String` keys and `Bytes` values of 64 bytes. The `lru` crate is not
+//! Every cache holds `String` keys of the shape the response cache stores (`larder:cache:`
+//! and 64 hex digits, 77 bytes) and `Bytes` values of 64 bytes. The `lru` crate is not
 //! thread-safe, so it is measured as `Mutex<LruCache>` (what a user would write).
 //!
 //! `LARDER_BENCH_ONLY` runs one part: `throughput`, `hit-ratio` or `overhead` (the hit-ratio
@@ -183,10 +184,23 @@ fn every_contender(capacity: usize) -> Vec<Box<dyn Contender>> {
 
 const CAPACITY: usize = 10_000;
 const OPS_PER_THREAD: usize = 400_000;
+/// Rounds of every contender's throughput (the table's cells).
 const ROUNDS: usize = 9;
+/// Rounds of the paired larder ÷ quick_cache ratio, which decides the speed targets: enough
+/// for a 95 % confidence interval of the median well inside the range of the rounds.
+const RATIO_ROUNDS: usize = 25;
 
+/// `n` distinct keys of the shape the response cache stores: `larder:cache:` and 64 hex
+/// digits (a request's SHA-256), 77 bytes.
 fn keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("larder:cache:{i:016x}")).collect()
+    let mut rng = Rng(0x1a4de7);
+    (0..n)
+        .map(|i| {
+            // The index makes the keys distinct; the rest is random.
+            let (a, b, c) = (rng.next(), rng.next(), rng.next());
+            format!("larder:cache:{i:016x}{a:016x}{b:016x}{c:016x}")
+        })
+        .collect()
 }
 
 /// A fast deterministic PRNG (splitmix64) so every contender sees the same sequence.
@@ -358,6 +372,40 @@ fn paired_ratio(
     tb / ta
 }
 
+/// A median with a distribution-free confidence interval.
+struct MedianCi {
+    median: f64,
+    low: f64,
+    high: f64,
+    /// The interval's coverage (at least 0.95 when there are 6 values or more).
+    level: f64,
+}
+
+/// The median of `v` and the narrowest interval between order statistics, the `k`-th lowest
+/// and the `k`-th highest value, that holds the true median with probability ≥ 95 %: that
+/// probability is 1 − 2 P(B ≤ k − 1) for B ~ Binomial(n, ½), whatever the distribution of
+/// the values (the sign-test interval). With 25 values, k = 8 (95.7 %).
+fn median_ci(v: &[f64]) -> MedianCi {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let mut k = 1;
+    // P(B ≤ k − 1) and P(B = k).
+    let (mut below, mut term) = (0.5f64.powi(n as i32), n as f64 * 0.5f64.powi(n as i32));
+    while k < n / 2 && 1.0 - 2.0 * (below + term) >= 0.95 {
+        below += term;
+        k += 1;
+        term *= (n - k + 1) as f64 / k as f64;
+    }
+    let (median, _, _) = median_spread(v.clone());
+    MedianCi {
+        median,
+        low: v[k - 1],
+        high: v[n - k],
+        level: 1.0 - 2.0 * below,
+    }
+}
+
 /// The median of `v` and the spread around it (the lowest and highest value).
 fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -414,7 +462,7 @@ const REQUESTS: usize = 500_000;
 /// Runs per contender and trace, each on a fresh instance (hasher seeds are random per
 /// instance, and with them which keys share a sketch counter or a shard): the table shows
 /// their mean.
-const HIT_RATIO_RUNS: usize = 10;
+const HIT_RATIO_RUNS: usize = 20;
 
 /// A trace of REQUESTS indices. Indices ≥ SPACE are one-off keys (never requested again).
 fn trace(name: &str, capacity: usize) -> Vec<usize> {
@@ -577,16 +625,17 @@ fn throughput(workloads: &[Workload]) {
     let all_keys = keys(CAPACITY * 10);
     println!(
         "{} threads available; {OPS_PER_THREAD} ops per thread per round; median of {ROUNDS} rounds; \
-         capacity {CAPACITY}; keys `String`, values `Bytes` (64 B).\n",
+         capacity {CAPACITY}; keys `String` (77 B), values `Bytes` (64 B).\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus > 1 && pin_to(0);
     println!(
         "Contenders interleaved round by round (the order rotating), {ROUNDS} rounds; threads \
-         {}pinned to CPUs; a ratio is larder MemoryCache ÷ quick_cache per round, measured \
-         in {PAIR_CHUNKS} alternating chunks (A B B A B A A B, each after an untimed warm-up), \
-         median [lowest – highest].\n",
+         {}pinned to CPUs; the ratio is larder MemoryCache ÷ quick_cache in each of \
+         {RATIO_ROUNDS} rounds, measured in {PAIR_CHUNKS} alternating chunks (A B B A B A A \
+         B, each after an untimed warm-up): median [95 % confidence interval], and the range \
+         of the rounds.\n",
         if pinned { "" } else { "not " }
     );
     for threads in [1usize, 2] {
@@ -608,8 +657,8 @@ fn throughput(workloads: &[Workload]) {
             let pair = larder.zip(quick);
             let mut per: Vec<Vec<f64>> = vec![Vec::new(); cs.len()];
             let mut ratios = Vec::new();
-            for r in 0..ROUNDS {
-                if let Some((l, q)) = pair {
+            if let Some((l, q)) = pair {
+                for r in 0..RATIO_ROUNDS {
                     ratios.push(paired_ratio(
                         cs[l].as_ref(),
                         cs[q].as_ref(),
@@ -620,6 +669,8 @@ fn throughput(workloads: &[Workload]) {
                         if pinned { cpus } else { 1 },
                     ));
                 }
+            }
+            for r in 0..ROUNDS {
                 for k in 0..cs.len() {
                     let i = (r + k) % cs.len();
                     per[i].push(round(
@@ -635,19 +686,24 @@ fn throughput(workloads: &[Workload]) {
             if ratios.is_empty() {
                 ratio_row.push("–".to_owned());
             } else {
-                let (rm, rlo, rhi) = median_spread(ratios);
-                let decided = if rlo >= 1.0 {
+                let ci = median_ci(&ratios);
+                let (_, rlo, rhi) = median_spread(ratios);
+                let decided = if ci.low >= 1.0 {
                     "met"
-                } else if rhi < 1.0 {
+                } else if ci.high < 1.0 {
                     "not met"
                 } else {
                     "not decided"
                 };
-                ratio_row.push(format!("{rm:.2}× [{rlo:.2} – {rhi:.2}] {decided}"));
+                ratio_row.push(format!(
+                    "{:.2}× [{:.2} – {:.2}] {decided} (rounds {rlo:.2} – {rhi:.2})",
+                    ci.median, ci.low, ci.high
+                ));
                 emit(serde_json::json!({
                     "suite": "memory", "kind": "ratio", "workload": w.name(), "threads": threads,
-                    "vs": "quick_cache sync", "median": rm, "low": rlo, "high": rhi,
-                    "rounds": ROUNDS, "pinned": pinned, "paired_chunks": PAIR_CHUNKS,
+                    "vs": "quick_cache sync", "median": ci.median, "ci_low": ci.low,
+                    "ci_high": ci.high, "ci_level": ci.level, "low": rlo, "high": rhi,
+                    "rounds": RATIO_ROUNDS, "pinned": pinned, "paired_chunks": PAIR_CHUNKS,
                 }));
             }
             for (i, rounds) in per.into_iter().enumerate() {

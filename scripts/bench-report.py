@@ -13,6 +13,7 @@ BENCHMARKS.md and docs/bench.svg from it.
 """
 
 import json
+import math
 import os
 import re
 import statistics
@@ -211,23 +212,27 @@ def render_memory(R):
     R.p()
     r0 = thr[0]
     rat = R.of("memory", kind="ratio")
+    paired_alone = bool(rat) and "ci_low" in rat[0]
+    key = (f"`String` keys of the shape the response cache stores (`larder:cache:` and 64 hex digits, "
+           f"{r0['key_bytes']} B)" if "key_bytes" in r0 else "`String` keys")
     R.p(
         f"Million operations per second: the contenders run interleaved, round by round (the "
         f"order rotating each round), {r0.get('rounds')} rounds of {r0.get('ops_per_thread'):,} "
         f"ops per thread, threads {'pinned to CPUs' if r0.get('pinned') else 'not pinned'}; "
-        "each cell is the median round [lowest – highest]. Capacity 10 000 entries; `String` "
-        "keys of the shape the response cache stores (`larder:cache:` and 64 hex digits, 77 B), "
+        f"each cell is the median round [lowest – highest]. Capacity 10 000 entries; {key}, "
         "`Bytes` values (64 B). `lru` is not thread-safe and is measured as "
         "`Mutex<LruCache>`. The last row is larder `MemoryCache` ÷ quick_cache, measured "
-        + (f"in {rat[0]['rounds']} rounds of its own" if rat else "once per round")
+        + (f"in {rat[0].get('rounds')} rounds of its own, before the contenders' rounds"
+           if paired_alone else "once per round")
         + (f", each in {rat[0]['paired_chunks']} alternating chunks of a quarter round (A B B A B A A B, "
            "each after an untimed warm-up, so that a slow stretch of the shared machine falls on both "
            "alike and neither pays for refilling the CPU caches after the other)"
            if rat and rat[0].get("paired_chunks") else "")
-        + (": the median round [its 95 % confidence interval], and the range of the rounds. "
-           "The interval lies between order statistics of the rounds (the sign-test interval, "
-           "which assumes nothing about their distribution); a target it crosses is *not decided*."
-           if rat and "ci_low" in rat[0] else
+        + (f": the median round [its {rat[0].get('ci_level', 0.95) * 100:.1f} % confidence interval], and the "
+           "range of the rounds. The interval lies between order statistics of the rounds (the "
+           "sign-test interval, which assumes nothing about their distribution), its ends rounded "
+           "outwards; a target it crosses is *not decided*."
+           if paired_alone else
            ": its median [lowest – highest]; a target whose spread crosses it is *not decided*.")
     )
     R.p()
@@ -254,7 +259,8 @@ def render_memory(R):
                 continue
             lo, hi = r.get("ci_low", r["low"]), r.get("ci_high", r["high"])
             verdict = "met" if lo >= 1.0 else ("not met" if hi < 1.0 else "not decided")
-            shown = f"{r['median']:.2f}× [{lo:.2f} – {hi:.2f}]"
+            # The interval's ends rounded outwards, so that a shown bound never claims more.
+            shown = f"{r['median']:.2f}× [{math.floor(lo * 100) / 100:.2f} – {math.ceil(hi * 100) / 100:.2f}]"
             rounds = f" (rounds {r['low']:.2f} – {r['high']:.2f})" if "ci_low" in r else ""
             rrow.append(f"{shown} {verdict}{rounds}")
             what = ("memory tier ≥ 1.0× quick_cache (ops/s, 95 % CI)" if "ci_low" in r

@@ -634,8 +634,8 @@ fn throughput(workloads: &[Workload]) {
         "Contenders interleaved round by round (the order rotating), {ROUNDS} rounds; threads \
          {}pinned to CPUs; the ratio is larder MemoryCache ÷ quick_cache in each of \
          {RATIO_ROUNDS} rounds, measured in {PAIR_CHUNKS} alternating chunks (A B B A B A A \
-         B, each after an untimed warm-up): median [95 % confidence interval], and the range \
-         of the rounds.\n",
+         B, each after an untimed warm-up): median [95 % confidence interval, its ends rounded \
+         outwards], and the range of the rounds.\n",
         if pinned { "" } else { "not " }
     );
     for threads in [1usize, 2] {
@@ -695,9 +695,13 @@ fn throughput(workloads: &[Workload]) {
                 } else {
                     "not decided"
                 };
+                // The interval's ends rounded outwards, so that a shown bound never claims more.
                 ratio_row.push(format!(
-                    "{:.2}× [{:.2} – {:.2}] {decided} (rounds {rlo:.2} – {rhi:.2})",
-                    ci.median, ci.low, ci.high
+                    "{:.2}× [{:.2} – {:.2}] {decided} ({:.1} % CI; rounds {rlo:.2} – {rhi:.2})",
+                    ci.median,
+                    (ci.low * 100.0).floor() / 100.0,
+                    (ci.high * 100.0).ceil() / 100.0,
+                    ci.level * 100.0,
                 ));
                 emit(serde_json::json!({
                     "suite": "memory", "kind": "ratio", "workload": w.name(), "threads": threads,
@@ -716,6 +720,7 @@ fn throughput(workloads: &[Workload]) {
                     "suite": "memory", "kind": "throughput", "contender": names[i],
                     "workload": w.name(), "threads": threads, "mops": m, "low": lo,
                     "high": hi, "rounds": ROUNDS, "ops_per_thread": OPS_PER_THREAD,
+                    "key_bytes": all_keys[0].len(),
                     "pinned": pinned,
                 }));
             }

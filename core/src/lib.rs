@@ -3,8 +3,8 @@
 //! Everything that decides lives here and compiles to `wasm32-unknown-unknown`: the key
 //! scheme, the value envelope, the memory tier (W-TinyLFU + TTL), the [`Cache`] trait and
 //! the Redis cache written over a [`Transport`]. There is no I/O, no async runtime and no
-//! system clock in this crate: adapters (`larder-native`, `larder-edge`) bring a [`Transport`] and a
-//! [`Clock`].
+//! system clock in this crate: adapters (`larder-native`, `larder-edge`) bring a
+//! [`Transport`] and a [`Clock`].
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

@@ -7,9 +7,9 @@
 //! the key's hash, finds them. The key lives in the index, not in the slot: a lookup reads
 //! the key and the slot (value, expiry, marks, links: one cache line) at once, rather than
 //! the slot first and then the key it points to. A [`Sketch`] estimates how often keys were
-//! used lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a read of
-//! a protected entry writes nothing but a mark in its slot. There are no pointers and no
-//! `unsafe`.
+//! used lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a
+//! read of a protected entry writes nothing but a mark in its slot. There are no pointers
+//! and no `unsafe`.
 //!
 //! The map has no clock: every call that needs the time takes `now_ms` (unix milliseconds),
 //! so it runs the same natively, on `wasm32` and under a manual clock in tests.
@@ -203,11 +203,11 @@ struct Counters {
 /// retry, a burst of identical calls), and counting them would make a prompt sent five
 /// times in a row and never again look more popular than one asked for every minute. A
 /// read of a probation entry promotes it to the *protected* segment, whose overflow is
-/// demoted back to probation. A read of a protected entry only marks it: when the protected segment
-/// overflows, its oldest entry is demoted unless it is marked, in which case it is unmarked
-/// and stays for another round (a second chance, as in the CLOCK algorithm). So an entry
-/// used once cannot push out entries used often (scans and one-off keys pass through the
-/// window), and a loop over slightly more keys than fit keeps most of them.
+/// demoted back to probation. A read of a protected entry only marks it: when the protected
+/// segment overflows, its oldest entry is demoted unless it is marked, in which case it is
+/// unmarked and stays for another round (a second chance, as in the CLOCK algorithm). So
+/// an entry used once cannot push out entries used often (scans and one-off keys pass
+/// through the window), and a loop over slightly more keys than fit keeps most of them.
 ///
 /// The window holds a small fixed share of the capacity and the protected segment most of
 /// the rest. (Caffeine also adapts the window's share by hill climbing on the sampled hit
@@ -785,8 +785,7 @@ impl TinyLfu {
     /// and moved to the front instead (at most `SECOND_CHANCES` times, then the oldest goes
     /// whether marked or not).
     fn promote(&mut self, i: u32) {
-        self.unlink(i);
-        let size = self.size(i);
+        let size = self.unlink(i);
         let mut chances = SECOND_CHANCES;
         loop {
             let p = self.lists[PROTECTED as usize];
@@ -987,8 +986,8 @@ impl TinyLfu {
 
     /// Unlinks and frees slot `i`, returning its value.
     fn remove_at(&mut self, i: u32) -> Bytes {
-        let size = self.size(i);
-        self.unlink(i);
+        // Unlinked while still in the index: a long key's size is read from there.
+        let size = self.unlink(i);
         let hash = self.slots[i as usize].hash;
         if let Ok(entry) = self.table.find_entry(hash, |e| e.slot == i) {
             entry.remove();
@@ -1009,9 +1008,9 @@ impl TinyLfu {
         slot.value
     }
 
-    /// Takes slot `i` out of its segment's list.
+    /// Takes slot `i` out of its segment's list; returns the entry's size.
     #[inline]
-    fn unlink(&mut self, i: u32) {
+    fn unlink(&mut self, i: u32) -> u64 {
         let size = self.size(i);
         let slot = &self.slots[i as usize];
         let (prev, next, segment) = (slot.prev, slot.next, slot.segment);
@@ -1029,6 +1028,7 @@ impl TinyLfu {
         } else {
             self.slots[next as usize].prev = prev;
         }
+        size
     }
 
     /// Makes slot `i` the most recently used of `segment`.

@@ -372,13 +372,15 @@ fn paired_ratio(
     tb / ta
 }
 
-/// A median with a distribution-free confidence interval.
+/// A median with a distribution-free confidence interval, and the range of the values.
 struct MedianCi {
     median: f64,
     low: f64,
     high: f64,
     /// The interval's coverage (at least 0.95 when there are 6 values or more).
     level: f64,
+    lowest: f64,
+    highest: f64,
 }
 
 /// The median of `v` and the narrowest interval between order statistics, the `k`-th lowest
@@ -397,12 +399,15 @@ fn median_ci(v: &[f64]) -> MedianCi {
         k += 1;
         term *= (n - k + 1) as f64 / k as f64;
     }
-    let (median, _, _) = median_spread(v.clone());
+    let (low, high) = (v[k - 1], v[n - k]);
+    let (median, lowest, highest) = median_spread(v);
     MedianCi {
         median,
-        low: v[k - 1],
-        high: v[n - k],
+        low,
+        high,
         level: 1.0 - 2.0 * below,
+        lowest,
+        highest,
     }
 }
 
@@ -625,8 +630,9 @@ fn throughput(workloads: &[Workload]) {
     let all_keys = keys(CAPACITY * 10);
     println!(
         "{} threads available; {OPS_PER_THREAD} ops per thread per round; median of {ROUNDS} rounds; \
-         capacity {CAPACITY}; keys `String` (77 B), values `Bytes` (64 B).\n",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+         capacity {CAPACITY}; keys `String` ({} B), values `Bytes` (64 B).\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        all_keys[0].len(),
     );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus > 1 && pin_to(0);
@@ -687,7 +693,7 @@ fn throughput(workloads: &[Workload]) {
                 ratio_row.push("–".to_owned());
             } else {
                 let ci = median_ci(&ratios);
-                let (_, rlo, rhi) = median_spread(ratios);
+                let (rlo, rhi) = (ci.lowest, ci.highest);
                 let decided = if ci.low >= 1.0 {
                     "met"
                 } else if ci.high < 1.0 {

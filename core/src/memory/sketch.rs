@@ -18,6 +18,9 @@ const ONE_MASK: u64 = 0x1111_1111_1111_1111;
 /// on the memory benchmark's Zipf, scan and loop traces at small capacities the longer
 /// memory hits more often.
 const SAMPLE_PER_ENTRY: usize = 20;
+/// The step between epochs: their low four bits are free to hold an estimate (0 to 15)
+/// beside the epoch it was read in.
+pub(super) const EPOCH_STEP: u32 = 16;
 
 pub(super) struct Sketch {
     /// The blocks; their count is a power of two.
@@ -28,7 +31,8 @@ pub(super) struct Sketch {
     size: usize,
     /// Halve when `size` reaches this.
     sample_size: usize,
-    /// Changes whenever counters may have decreased (halving, clearing, resizing); never 0.
+    /// Changes whenever counters may have decreased (halving, clearing, resizing): a
+    /// multiple of [`EPOCH_STEP`], never 0.
     epoch: u32,
 }
 
@@ -66,7 +70,7 @@ impl Sketch {
             block_mask: 0,
             size: 0,
             sample_size: usize::MAX,
-            epoch: 1,
+            epoch: EPOCH_STEP,
         }
     }
 
@@ -78,15 +82,15 @@ impl Sketch {
         next
     }
 
-    /// The epoch: while it stays the same, no counter decreases, so a key found saturated
-    /// (see [`Sketch::increment`]) stays saturated.
+    /// The epoch: while it stays the same, no counter decreases, so a key's estimate stays
+    /// at least what it was read as (and a saturated key stays saturated).
     #[inline]
     pub(super) fn epoch(&self) -> u32 {
         self.epoch
     }
 
     fn next_epoch(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1).max(1);
+        self.epoch = self.epoch.wrapping_add(EPOCH_STEP).max(EPOCH_STEP);
     }
 
     /// Replaces the counters with zeroed ones sized for `entries` (one word per entry,
@@ -108,12 +112,13 @@ impl Sketch {
         self.next_epoch();
     }
 
-    /// Counts one use of the key with this hash. Returns whether all of the key's counters
-    /// are now saturated: then further increments change nothing until the epoch changes.
+    /// Counts one use of the key with this hash; returns its estimate after counting (as
+    /// [`Sketch::frequency`] would). At 15 the key's counters are saturated: further
+    /// increments change nothing until the epoch changes.
     #[inline]
-    pub(super) fn increment(&mut self, hash: u64) -> bool {
+    pub(super) fn increment(&mut self, hash: u64) -> u8 {
         if self.table.is_empty() {
-            return false;
+            return 0;
         }
         let h = mix(hash);
         let block = &mut self.table[h as usize & self.block_mask].0;
@@ -125,7 +130,7 @@ impl Sketch {
         let (n2, n3) = ((block[w2] >> s2) & 15, (block[w3] >> s3) & 15);
         let min = n0.min(n1).min(n2.min(n3));
         if min == 15 {
-            return true;
+            return 15;
         }
         // Conservative update: only the counters at the minimum grow, the others already
         // overstate this key.
@@ -136,10 +141,10 @@ impl Sketch {
         self.size += 1;
         if self.size >= self.sample_size {
             self.halve();
-            return false;
+            return self.frequency(hash);
         }
         // The counters at the minimum grew by one, the others were already above it.
-        min == 14
+        min as u8 + 1
     }
 
     /// The estimated uses of the key with this hash (at most 15).
@@ -205,14 +210,15 @@ mod tests {
     }
 
     #[test]
-    fn reports_saturation_and_a_new_epoch_when_counts_may_drop() {
+    fn reports_the_estimate_and_a_new_epoch_when_counts_may_drop() {
         let mut s = Sketch::empty();
         s.resize(64);
-        for _ in 1..15 {
-            assert!(!s.increment(42));
+        for n in 1..15 {
+            assert_eq!(s.increment(42), n, "the estimate after counting");
         }
-        assert!(s.increment(42), "the fifteenth use saturates");
-        assert!(s.increment(42), "and it stays saturated");
+        assert_eq!(s.increment(42), 15, "the fifteenth use saturates");
+        assert_eq!(s.increment(42), 15, "and it stays saturated");
+        assert_eq!(s.epoch() % EPOCH_STEP, 0, "an epoch leaves room for an estimate");
         let epoch = s.epoch();
         let mut key = 1_000u64;
         while s.epoch() == epoch {

@@ -236,6 +236,18 @@ fn an_entry_as_large_as_the_shard_evicts_everything_else_and_stays() {
 }
 
 #[test]
+fn a_shards_hit_counter_shares_the_cache_line_of_its_lock() {
+    let shard = super::Shard(parking_lot::Mutex::new(TinyLfu::new(10, 1024)));
+    assert_eq!(std::mem::align_of_val(&shard) % 64, 0, "a shard starts a cache line");
+    let start = &shard as *const super::Shard as usize;
+    let data = shard.0.data_ptr() as usize;
+    assert!(
+        data - start + TinyLfu::counters_end() <= 64,
+        "the lock and the counters lie in the shard's first 64 bytes"
+    );
+}
+
+#[test]
 fn the_frequency_sketch_takes_one_word_per_entry() {
     let mut map = TinyLfu::new(1_000, 1 << 30);
     for i in 0..1_000 {

@@ -218,7 +218,11 @@ mod tests {
         }
         assert_eq!(s.increment(42), 15, "the fifteenth use saturates");
         assert_eq!(s.increment(42), 15, "and it stays saturated");
-        assert_eq!(s.epoch() % EPOCH_STEP, 0, "an epoch leaves room for an estimate");
+        assert_eq!(
+            s.epoch() % EPOCH_STEP,
+            0,
+            "an epoch leaves room for an estimate"
+        );
         let epoch = s.epoch();
         let mut key = 1_000u64;
         while s.epoch() == epoch {

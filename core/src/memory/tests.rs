@@ -238,7 +238,11 @@ fn an_entry_as_large_as_the_shard_evicts_everything_else_and_stays() {
 #[test]
 fn a_shards_hit_counter_shares_the_cache_line_of_its_lock() {
     let shard = super::Shard(parking_lot::Mutex::new(TinyLfu::new(10, 1024)));
-    assert_eq!(std::mem::align_of_val(&shard) % 64, 0, "a shard starts a cache line");
+    assert_eq!(
+        std::mem::align_of_val(&shard) % 64,
+        0,
+        "a shard starts a cache line"
+    );
     let start = &shard as *const super::Shard as usize;
     let data = shard.0.data_ptr() as usize;
     assert!(

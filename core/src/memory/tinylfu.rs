@@ -686,7 +686,7 @@ impl TinyLfu {
             },
             |e| slots[e.slot as usize].hash,
         );
-        self.push_front(i, WINDOW);
+        self.push_front(i, WINDOW, size);
         self.len += 1;
         self.bytes += size;
         if self.len >= self.sketch_grow_at {
@@ -783,8 +783,7 @@ impl TinyLfu {
         } else if segment == PROBATION {
             self.promote(i);
         } else if self.lists[WINDOW as usize].head != i {
-            self.unlink(i);
-            self.push_front(i, WINDOW);
+            self.move_front(i, WINDOW);
         }
     }
 
@@ -801,16 +800,15 @@ impl TinyLfu {
                 break;
             }
             let j = p.tail;
-            self.unlink(j);
             let again = mem::take(&mut self.slots[j as usize].referenced) && chances > 0;
             if again {
                 chances -= 1;
-                self.push_front(j, PROTECTED);
+                self.move_front(j, PROTECTED);
             } else {
-                self.push_front(j, PROBATION);
+                self.move_front(j, PROBATION);
             }
         }
-        self.push_front(i, PROTECTED);
+        self.push_front(i, PROTECTED, size);
     }
 
     /// Makes room for `extra_entries` more entries of `extra_bytes` bytes in total (to be
@@ -833,9 +831,7 @@ impl TinyLfu {
             {
                 break;
             }
-            let j = w.tail;
-            self.unlink(j);
-            self.push_front(j, PROBATION);
+            self.move_front(w.tail, PROBATION);
             candidates += 1;
         }
         let mut candidate = if candidates > 0 {
@@ -1052,10 +1048,16 @@ impl TinyLfu {
         size
     }
 
-    /// Makes slot `i` the most recently used of `segment`.
+    /// Moves slot `i` from its segment to the front of `segment` (the same or another).
     #[inline]
-    fn push_front(&mut self, i: u32, segment: u8) {
-        let size = self.size(i);
+    fn move_front(&mut self, i: u32, segment: u8) {
+        let size = self.unlink(i);
+        self.push_front(i, segment, size);
+    }
+
+    /// Makes unlinked slot `i`, of `size` bytes, the most recently used of `segment`.
+    #[inline]
+    fn push_front(&mut self, i: u32, segment: u8, size: u64) {
         let list = &mut self.lists[segment as usize];
         let old_head = list.head;
         list.head = i;

@@ -26,7 +26,7 @@ use crate::clock::{Clock, SharedClock, duration_ms};
 use crate::error::{Error, Result};
 
 pub use self::tinylfu::{Iter, TinyLfu};
-use self::tinylfu::{NEVER, Now};
+use self::tinylfu::{NEVER, Now, Removed};
 
 /// Default [`MemoryCacheBuilder::max_entries`].
 const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -367,12 +367,17 @@ impl MemoryCache {
         let mut now = LazyNow::new(&*inner.clock);
         let expires_at = ttl_ms.map_or(NEVER, |ms| now.now_ms().saturating_add(ms));
         let hash = inner.hasher.hash_one(key);
+        let mut removed = Removed::default();
         let mut shard = self.shard(hash).lock();
         // Checked under the shard lock: `close` sets the flag before clearing each shard.
         if inner.closed.load(Ordering::Relaxed) {
             return false;
         }
-        shard.insert_hashed(hash, key, value, expires_at, &mut now)
+        let stored = shard.insert_hashed(hash, key, value, expires_at, &mut now, &mut removed);
+        drop(shard);
+        // What the insertion evicted or replaced is dropped here, outside the lock.
+        drop(removed);
+        stored
     }
 
     /// Reads a live value, counting a use of the key for the eviction policy. Counts a hit or
@@ -447,6 +452,7 @@ impl MemoryCache {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
         let mut now = LazyNow::new(&*inner.clock);
+        // The lock is released at the end of this statement; the entry is dropped after it.
         let removed = self.shard(hash).lock().remove_hashed(hash, key, &mut now);
         removed.is_some()
     }
@@ -684,6 +690,7 @@ impl Cache for MemoryCache {
         let mut now = LazyNow::new(&*inner.clock);
         let expires_at = ttl_ms.map_or(NEVER, |ms| now.now_ms().saturating_add(ms));
         let hash = inner.hasher.hash_one(key);
+        let mut removed = Removed::default();
         let mut shard = self.shard(hash).lock();
         if inner.closed.load(Ordering::Relaxed) {
             return Err(Error::Closed);
@@ -691,7 +698,10 @@ impl Cache for MemoryCache {
         if shard.contains_hashed(hash, key, &mut now) {
             return Ok(false);
         }
-        Ok(shard.insert_hashed(hash, key, value, expires_at, &mut now))
+        let stored = shard.insert_hashed(hash, key, value, expires_at, &mut now, &mut removed);
+        drop(shard);
+        drop(removed);
+        Ok(stored)
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {

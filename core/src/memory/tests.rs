@@ -235,6 +235,56 @@ fn an_entry_as_large_as_the_shard_evicts_everything_else_and_stays() {
     assert_eq!(c.size_bytes(), 64);
 }
 
+/// A value that records, when its last copy is dropped, whether its shard's lock was held.
+struct LockProbe {
+    cache: MemoryCache,
+    dropped_under_lock: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl AsRef<[u8]> for LockProbe {
+    fn as_ref(&self) -> &[u8] {
+        b"probe"
+    }
+}
+
+impl Drop for LockProbe {
+    fn drop(&mut self) {
+        let locked = self.cache.inner.shards[0].0.is_locked();
+        self.dropped_under_lock.lock().unwrap().push(locked);
+    }
+}
+
+#[test]
+fn evicted_replaced_and_removed_values_are_dropped_after_the_lock_is_released() {
+    let cache = MemoryCache::builder()
+        .clock(ManualClock::new(0))
+        .max_entries(1)
+        .shards(1)
+        .build()
+        .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = || {
+        Bytes::from_owner(LockProbe {
+            cache: cache.clone(),
+            dropped_under_lock: log.clone(),
+        })
+    };
+    let drops = || log.lock().unwrap().clone();
+    assert!(cache.insert("a", probe(), None));
+    assert!(cache.insert("a", probe(), None), "replaces the first value");
+    assert_eq!(drops(), [false], "the replaced value");
+    assert!(cache.insert("b", probe(), None), "evicts a");
+    assert_eq!(drops(), [false, false], "the evicted value");
+    assert!(cache.remove("b") || cache.remove("a"));
+    assert_eq!(drops(), [false, false, false], "the removed value");
+    block_on(cache.set_nx("c", probe(), None)).unwrap();
+    block_on(cache.set_nx("d", probe(), None)).unwrap();
+    assert_eq!(drops(), [false, false, false, false], "evicted by set_nx");
+    // The last value still holds the cache; closing drops it (under the lock, which
+    // `close` holds while it clears each shard).
+    block_on(cache.close()).unwrap();
+}
+
 #[test]
 fn a_shards_hit_counter_shares_the_cache_line_of_its_lock() {
     let shard = super::Shard(parking_lot::Mutex::new(TinyLfu::new(10, 1024)));

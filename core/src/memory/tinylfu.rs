@@ -108,6 +108,23 @@ struct Entry {
     slot: u32,
 }
 
+/// A key and value an insertion took out of the map, for the caller to drop once it has
+/// released the shard's lock: dropping a value may free a large buffer, and other threads
+/// wait for the lock meanwhile (quick_cache and moka also drop outside their locks). Holds
+/// the first one (an insertion usually evicts one entry or replaces one value); any more
+/// are dropped at once.
+#[derive(Default)]
+pub(crate) struct Removed(Option<(Box<str>, Bytes)>);
+
+impl Removed {
+    #[inline]
+    fn push(&mut self, key: Box<str>, value: Bytes) {
+        if self.0.is_none() {
+            self.0 = Some((key, value));
+        }
+    }
+}
+
 impl Slot {
     const FREE: Slot = Slot {
         value: Bytes::new(),
@@ -477,9 +494,15 @@ impl TinyLfu {
         now_ms: u64,
     ) -> bool {
         let hash = self.hash(key);
-        self.insert_hashed(hash, key, value, expires_at_ms.unwrap_or(NEVER), &mut {
-            now_ms
-        })
+        let expires_at = expires_at_ms.unwrap_or(NEVER);
+        self.insert_hashed(
+            hash,
+            key,
+            value,
+            expires_at,
+            &mut { now_ms },
+            &mut Removed::default(),
+        )
     }
 
     /// Removes `key`, returning its value if it was live (counted as a delete). An expired
@@ -487,6 +510,7 @@ impl TinyLfu {
     pub fn remove(&mut self, key: &str, now_ms: u64) -> Option<Bytes> {
         let hash = self.hash(key);
         self.remove_hashed(hash, key, &mut { now_ms })
+            .map(|(_, value)| value)
     }
 
     /// Removes every entry whose key satisfies `pred`; returns how many live entries were
@@ -602,17 +626,20 @@ impl TinyLfu {
         }
     }
 
+    /// Removes a live entry, returning its key and value (see [`Removed`]).
     pub(crate) fn remove_hashed(
         &mut self,
         hash: u64,
         key: &str,
         now: &mut impl Now,
-    ) -> Option<Bytes> {
+    ) -> Option<(Box<str>, Bytes)> {
         let i = self.live(hash, key, now)?;
         self.counters.deletes += 1;
         Some(self.remove_at(i))
     }
 
+    /// Stores an entry (see [`TinyLfu::insert`]); the entries it evicts and the value it
+    /// replaces go to `removed`.
     pub(crate) fn insert_hashed(
         &mut self,
         hash: u64,
@@ -620,6 +647,7 @@ impl TinyLfu {
         value: Bytes,
         expires_at: u64,
         now: &mut impl Now,
+        removed: &mut Removed,
     ) -> bool {
         self.counters.writes += 1;
         let size = entry_size(key, &value);
@@ -631,7 +659,8 @@ impl TinyLfu {
         }
         if size > self.max.bytes || self.max.entries == 0 {
             if let Some(i) = existing {
-                self.remove_at(i);
+                let (key, value) = self.remove_at(i);
+                removed.push(key, value);
             }
             self.counters.evictions += 1;
             return false;
@@ -645,14 +674,14 @@ impl TinyLfu {
             list.bytes = list.bytes - old_size + size;
             self.bytes = self.bytes - old_size + size;
             self.use_entry(i, hash);
+            removed.push(Box::default(), old);
             // The entry fits alone, so eviction stops before it has to consider it.
-            self.make_room(0, 0, i, now);
-            drop(old);
+            self.make_room(0, 0, i, now, removed);
             return true;
         }
         let estimate = self.sketch.increment(hash);
         let counted = self.sketch.epoch() | u32::from(estimate);
-        self.make_room(1, size, NIL, now);
+        self.make_room(1, size, NIL, now, removed);
         let slot = Slot {
             value,
             expires_at,
@@ -819,7 +848,14 @@ impl TinyLfu {
     /// victim) and the less frequently used of the two is evicted. Without candidates the
     /// victim is evicted; when probation is empty the victim comes from protected, then from
     /// the window. Expired entries met on the way are evicted first.
-    fn make_room(&mut self, extra_entries: usize, extra_bytes: u64, keep: u32, now: &mut impl Now) {
+    fn make_room(
+        &mut self,
+        extra_entries: usize,
+        extra_bytes: u64,
+        keep: u32,
+        now: &mut impl Now,
+        removed: &mut Removed,
+    ) {
         let mut candidates = 0usize;
         loop {
             let w = self.lists[WINDOW as usize];
@@ -848,11 +884,11 @@ impl TinyLfu {
                 if victim == candidate {
                     candidate = NIL;
                 }
-                self.evict(victim, now);
+                self.evict(victim, now, removed);
                 continue;
             }
             if self.slots[victim as usize].is_expired(now) {
-                self.evict(victim, now);
+                self.evict(victim, now, removed);
                 continue;
             }
             let next = self.slots[candidate as usize].next;
@@ -860,7 +896,7 @@ impl TinyLfu {
             let rejected =
                 self.slots[candidate as usize].is_expired(now) || !self.admit(candidate, victim);
             let evicted = if rejected { candidate } else { victim };
-            self.evict(evicted, now);
+            self.evict(evicted, now, removed);
             // The next candidate, if any, is the next entry towards probation's tail.
             candidate = if candidates == 0 || next == evicted {
                 NIL
@@ -910,14 +946,16 @@ impl TinyLfu {
         }
     }
 
-    /// Evicts slot `i`, counting an expiration or an eviction.
-    fn evict(&mut self, i: u32, now: &mut impl Now) {
+    /// Evicts slot `i` into `removed`, counting an expiration or an eviction.
+    #[inline]
+    fn evict(&mut self, i: u32, now: &mut impl Now, removed: &mut Removed) {
         if self.slots[i as usize].is_expired(now) {
             self.counters.expirations += 1;
         } else {
             self.counters.evictions += 1;
         }
-        self.remove_at(i);
+        let (key, value) = self.remove_at(i);
+        removed.push(key, value);
     }
 
     /// Empties the sketch; it gets counters again as entries arrive.
@@ -1001,16 +1039,18 @@ impl TinyLfu {
         Some(i)
     }
 
-    /// Unlinks and frees slot `i`, returning its value.
-    fn remove_at(&mut self, i: u32) -> Bytes {
+    /// Unlinks and frees slot `i`, returning its key and value.
+    fn remove_at(&mut self, i: u32) -> (Box<str>, Bytes) {
         // Unlinked while still in the index: a long key's size is read from there.
         let size = self.unlink(i);
         let hash = self.slots[i as usize].hash;
-        if let Ok(entry) = self.table.find_entry(hash, |e| e.slot == i) {
-            entry.remove();
-        } else {
-            debug_assert!(false, "slot {i} missing from the index");
-        }
+        let key = match self.table.find_entry(hash, |e| e.slot == i) {
+            Ok(entry) => entry.remove().0.key,
+            Err(_) => {
+                debug_assert!(false, "slot {i} missing from the index");
+                Box::default()
+            }
+        };
         self.bytes -= size;
         self.len -= 1;
         let free = self.free;
@@ -1022,7 +1062,7 @@ impl TinyLfu {
             },
         );
         self.free = i;
-        slot.value
+        (key, slot.value)
     }
 
     /// Takes slot `i` out of its segment's list; returns the entry's size.

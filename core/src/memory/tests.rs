@@ -235,6 +235,34 @@ fn an_entry_as_large_as_the_shard_evicts_everything_else_and_stays() {
     assert_eq!(c.size_bytes(), 64);
 }
 
+#[test]
+fn keys_written_over_evicted_keys_of_the_same_length_are_stored_exactly() {
+    // Each insertion evicts one entry; a new key as long as the evicted one is copied into
+    // its allocation.
+    let mut map = TinyLfu::new(3, 1 << 20);
+    let mut written = Vec::new();
+    for i in 0..200 {
+        let key = if i % 7 == 0 {
+            format!("long-key-{i:05}")
+        } else {
+            format!("key-{i:04}")
+        };
+        assert!(map.insert(&key, Bytes::from(key.clone()), None, 0));
+        assert_eq!(map.get(&key, 0), Some(&Bytes::from(key.clone())), "{key}");
+        written.push(key);
+    }
+    assert_eq!(map.len(), 3);
+    for (key, value) in map.iter() {
+        assert_eq!(key.as_bytes(), &value[..], "every key keeps its own value");
+        assert!(written.iter().any(|k| k == key));
+    }
+    let held: Vec<String> = map.iter().map(|(k, _)| k.to_owned()).collect();
+    for key in &written {
+        assert_eq!(map.peek(key, 0).is_some(), held.contains(key), "{key}");
+    }
+    map.check_invariants();
+}
+
 /// A value that records, when its last copy is dropped, whether its shard's lock was held.
 struct LockProbe {
     cache: MemoryCache,

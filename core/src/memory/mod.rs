@@ -784,7 +784,10 @@ impl Cache for MemoryCache {
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
         for shard in self.inner.shards.iter() {
-            shard.0.lock().reset();
+            // The lock is released at the end of this statement; the entries are dropped
+            // after it.
+            let entries = shard.0.lock().reset();
+            drop(entries);
         }
         Ok(())
     }

@@ -283,7 +283,7 @@ impl Drop for LockProbe {
 }
 
 #[test]
-fn evicted_replaced_and_removed_values_are_dropped_after_the_lock_is_released() {
+fn evicted_replaced_removed_and_closed_values_are_dropped_after_the_lock_is_released() {
     let cache = MemoryCache::builder()
         .clock(ManualClock::new(0))
         .max_entries(1)
@@ -308,9 +308,8 @@ fn evicted_replaced_and_removed_values_are_dropped_after_the_lock_is_released() 
     block_on(cache.set_nx("c", probe(), None)).unwrap();
     block_on(cache.set_nx("d", probe(), None)).unwrap();
     assert_eq!(drops(), [false, false, false, false], "evicted by set_nx");
-    // The last value still holds the cache; closing drops it (under the lock, which
-    // `close` holds while it clears each shard).
     block_on(cache.close()).unwrap();
+    assert_eq!(drops(), [false; 5], "the value closing dropped");
 }
 
 #[test]

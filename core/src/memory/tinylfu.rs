@@ -108,6 +108,12 @@ struct Entry {
     slot: u32,
 }
 
+/// The entries [`TinyLfu::reset`] took out of the map, dropped where this is.
+pub(crate) struct ResetEntries {
+    _slots: Vec<Slot>,
+    _table: HashTable<Entry>,
+}
+
 /// A key and value an insertion took out of the map, for the caller to drop once it has
 /// released the shard's lock: dropping a value may free a large buffer, and other threads
 /// wait for the lock meanwhile (quick_cache and moka also drop outside their locks). Holds
@@ -763,16 +769,21 @@ impl TinyLfu {
         removed
     }
 
-    /// Drops every entry and the usage history without counting anything (closing the
-    /// cache).
-    pub(crate) fn reset(&mut self) {
-        self.slots = Vec::new();
-        self.table = HashTable::new();
+    /// Takes out every entry and drops the usage history, without counting anything
+    /// (closing the cache). The entries are returned for the caller to drop after it has
+    /// released the shard's lock (see [`Removed`]).
+    #[must_use = "the entries are dropped where the result is"]
+    pub(crate) fn reset(&mut self) -> ResetEntries {
+        let entries = ResetEntries {
+            _slots: mem::take(&mut self.slots),
+            _table: mem::take(&mut self.table),
+        };
         self.lists = [List::EMPTY; 3];
         self.free = NIL;
         self.len = 0;
         self.bytes = 0;
         self.reset_sketch();
+        entries
     }
 
     pub(crate) fn clear_with(&mut self, now: &mut impl Now) -> usize {

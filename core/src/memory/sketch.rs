@@ -19,8 +19,8 @@ const ONE_MASK: u64 = 0x1111_1111_1111_1111;
 /// memory hits more often.
 const SAMPLE_PER_ENTRY: usize = 20;
 /// The step between epochs: their low four bits are free to hold an estimate (0 to 15)
-/// beside the epoch it was read in.
-pub(super) const EPOCH_STEP: u32 = 16;
+/// beside the epoch it was read in (see [`Sketch::count`]).
+const EPOCH_STEP: u32 = 16;
 
 pub(super) struct Sketch {
     /// The blocks; their count is a power of two.
@@ -82,13 +82,6 @@ impl Sketch {
         next
     }
 
-    /// The epoch: while it stays the same, no counter decreases, so a key's estimate stays
-    /// at least what it was read as (and a saturated key stays saturated).
-    #[inline]
-    pub(super) fn epoch(&self) -> u32 {
-        self.epoch
-    }
-
     fn next_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(EPOCH_STEP).max(EPOCH_STEP);
     }
@@ -145,6 +138,35 @@ impl Sketch {
         }
         // The counters at the minimum grew by one, the others were already above it.
         min as u8 + 1
+    }
+
+    /// Counts one use of the key with this hash, like [`Sketch::increment`]; returns its
+    /// estimate after counting together with the current epoch, for [`Sketch::estimate`]
+    /// and [`Sketch::is_saturated`] to read back.
+    #[inline]
+    pub(super) fn count(&mut self, hash: u64) -> u32 {
+        let estimate = self.increment(hash);
+        self.epoch | u32::from(estimate)
+    }
+
+    /// Whether `counted` (from [`Sketch::count`]) says the key's counters are saturated:
+    /// counting it again would change nothing.
+    #[inline]
+    pub(super) fn is_saturated(&self, counted: u32) -> bool {
+        counted == self.epoch | 15
+    }
+
+    /// The estimated uses of the key with this hash: the one in `counted` (from
+    /// [`Sketch::count`]) while the epoch has not changed since (no counter of the key can
+    /// have changed but by other keys' increments, which only overstate it); otherwise the
+    /// current one. Reading the cached one spares a cache miss.
+    #[inline]
+    pub(super) fn estimate(&self, counted: u32, hash: u64) -> u8 {
+        if counted & !(EPOCH_STEP - 1) == self.epoch {
+            (counted & (EPOCH_STEP - 1)) as u8
+        } else {
+            self.frequency(hash)
+        }
     }
 
     /// The estimated uses of the key with this hash (at most 15).
@@ -219,20 +241,28 @@ mod tests {
         assert_eq!(s.increment(42), 15, "the fifteenth use saturates");
         assert_eq!(s.increment(42), 15, "and it stays saturated");
         assert_eq!(
-            s.epoch() % EPOCH_STEP,
+            s.epoch % EPOCH_STEP,
             0,
             "an epoch leaves room for an estimate"
         );
-        let epoch = s.epoch();
+        let counted = s.count(42);
+        assert!(s.is_saturated(counted));
+        assert_eq!(s.estimate(counted, 42), 15);
+        let epoch = s.epoch;
         let mut key = 1_000u64;
-        while s.epoch() == epoch {
+        while s.epoch == epoch {
             s.increment(key);
             key += 1;
         }
         assert_eq!(s.frequency(42), 7, "a new epoch came with the halving");
+        assert!(
+            !s.is_saturated(counted),
+            "saturation is forgotten with the epoch"
+        );
+        assert_eq!(s.estimate(counted, 42), 7, "a stale estimate is read again");
         s.clear();
-        assert_ne!(s.epoch(), epoch);
-        assert_ne!(s.successor().epoch(), s.epoch());
+        assert_ne!(s.epoch, epoch);
+        assert_ne!(s.successor().epoch, s.epoch);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::mem;
 use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::sketch::{EPOCH_STEP, Sketch};
+use super::sketch::Sketch;
 use crate::cache::CacheStats;
 
 /// "No slot": the end of a list.
@@ -85,8 +85,8 @@ struct Slot {
     prev: u32,
     /// Towards the tail of the list; in a free slot, the next free slot.
     next: u32,
-    /// The key's estimate in the sketch (0 to 15) when it was last counted, plus the
-    /// sketch's epoch then (see [`TinyLfu::estimate`]); 0 when not counted.
+    /// The key's estimate in the sketch when it was last counted, with the sketch's epoch
+    /// then ([`Sketch::count`]); 0 when not counted.
     counted: u32,
     /// The key's length, or [`LONG_KEY`] when it does not fit (then the index has it).
     key_len: u16,
@@ -702,8 +702,7 @@ impl TinyLfu {
             self.make_room(0, 0, i, now, removed);
             return true;
         }
-        let estimate = self.sketch.increment(hash);
-        let counted = self.sketch.epoch() | u32::from(estimate);
+        let counted = self.sketch.count(hash);
         self.make_room(1, size, NIL, now, removed);
         let slot = Slot {
             value,
@@ -823,9 +822,8 @@ impl TinyLfu {
     fn use_entry(&mut self, i: u32, hash: u64) {
         let slot = &mut self.slots[i as usize];
         let segment = slot.segment;
-        if segment != WINDOW && slot.counted != self.sketch.epoch() | 15 {
-            let estimate = self.sketch.increment(hash);
-            slot.counted = self.sketch.epoch() | u32::from(estimate);
+        if segment != WINDOW && !self.sketch.is_saturated(slot.counted) {
+            slot.counted = self.sketch.count(hash);
         }
         if segment == PROTECTED {
             // Written only when it changes: a read of a marked entry writes nothing, so
@@ -950,24 +948,15 @@ impl TinyLfu {
         unreachable!("evicting with nothing left to evict but the kept entry")
     }
 
-    /// Whether `candidate` should displace `victim`: it was used more often lately.
+    /// Whether `candidate` should displace `victim`: it was used more often lately. The
+    /// estimates cached in the slots spare reading the victim's counters (a cache miss) on
+    /// every eviction.
     fn admit(&self, candidate: u32, victim: u32) -> bool {
-        self.estimate(candidate) > self.estimate(victim)
-    }
-
-    /// How often the key of slot `i` was used lately: the estimate read when it was last
-    /// counted, while the sketch's epoch has not changed since (no counter of the key can
-    /// have changed but by other keys' increments, which only overstate it); otherwise the
-    /// sketch's current estimate. The cached estimate spares reading the victim's counters
-    /// (a cache miss) on every eviction.
-    #[inline]
-    fn estimate(&self, i: u32) -> u8 {
-        let slot = &self.slots[i as usize];
-        if slot.counted & !(EPOCH_STEP - 1) == self.sketch.epoch() {
-            (slot.counted & (EPOCH_STEP - 1)) as u8
-        } else {
-            self.sketch.frequency(slot.hash)
-        }
+        let estimate = |i: u32| {
+            let slot = &self.slots[i as usize];
+            self.sketch.estimate(slot.counted, slot.hash)
+        };
+        estimate(candidate) > estimate(victim)
     }
 
     /// Evicts slot `i` into `removed`, counting an expiration or an eviction.

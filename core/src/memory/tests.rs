@@ -1027,6 +1027,68 @@ impl Model {
     }
 }
 
+#[test]
+fn making_room_by_the_shortcut_ends_where_the_general_path_does() {
+    // The same operations on two maps with the same hasher, one making room for an insertion
+    // into a full map by the shortcut (`admit_one`) and one by the general path only: after
+    // every operation, the same entries in the same order and the same counters. Seeded
+    // (splitmix64), over entry and byte bounds, expiries and keys of several lengths.
+    use super::tinylfu::{ADMIT_ONE, ADMITTED_ONE};
+    let mut state = 0u64;
+    let mut next = |n: u64| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    };
+    ADMITTED_ONE.set(0);
+    for case in 0..150 {
+        let max_entries = 1 + next(40) as usize;
+        let max_bytes = if next(2) == 0 {
+            u64::MAX
+        } else {
+            40 + next(2_000)
+        };
+        let keys = 2 + next(120);
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut fast = TinyLfu::with_hasher(max_entries, max_bytes, hasher.clone());
+        let mut general = TinyLfu::with_hasher(max_entries, max_bytes, hasher);
+        let mut now = START;
+        for step in 0..1_500 {
+            let key = format!("key-{}{}", next(keys), "-".repeat(next(3) as usize * 9));
+            let at = format!("case {case} step {step} key {key}");
+            match next(20) {
+                0..=9 => {
+                    let len = if next(4) == 0 { next(300) } else { 10 } as usize;
+                    let value = Bytes::from(vec![7; len]);
+                    let expires = (next(5) == 0).then(|| now + next(60));
+                    let stored = fast.insert(&key, value.clone(), expires, now);
+                    ADMIT_ONE.set(false);
+                    let also = general.insert(&key, value, expires, now);
+                    ADMIT_ONE.set(true);
+                    assert_eq!(stored, also, "{at}");
+                }
+                10..=17 => assert_eq!(fast.get(&key, now), general.get(&key, now), "{at}"),
+                18 => assert_eq!(fast.remove(&key, now), general.remove(&key, now), "{at}"),
+                _ => now += next(20),
+            }
+            let entries = |m: &TinyLfu| {
+                m.iter()
+                    .map(|(k, v)| (k.to_owned(), v.len()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(entries(&fast), entries(&general), "{at}");
+            assert_eq!(fast.stats(), general.stats(), "{at}");
+        }
+    }
+    assert!(
+        ADMITTED_ONE.get() > 10_000,
+        "the shortcut ran {} times",
+        ADMITTED_ONE.get()
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 

@@ -25,6 +25,15 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::sketch::Sketch;
 use crate::cache::CacheStats;
 
+#[cfg(test)]
+thread_local! {
+    /// Whether [`TinyLfu::admit_one`] is on (tests turn it off to compare its outcome with
+    /// the general path's).
+    pub(crate) static ADMIT_ONE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+    /// How many times [`TinyLfu::admit_one`] made room (tests).
+    pub(crate) static ADMITTED_ONE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// "No slot": the end of a list.
 const NIL: u32 = u32::MAX;
 /// The expiry of an entry that never expires.
@@ -878,6 +887,7 @@ impl TinyLfu {
         now: &mut impl Now,
         removed: &mut Removed,
     ) {
+        self.admit_one(extra_entries, extra_bytes, keep, now, removed);
         let mut candidates = 0usize;
         loop {
             let w = self.lists[WINDOW as usize];
@@ -925,6 +935,60 @@ impl TinyLfu {
             } else {
                 next
             };
+        }
+    }
+
+    /// The first step of [`TinyLfu::make_room`] in its common case (an insertion into a
+    /// full map): the window is over its share by its oldest entry alone, the map needs an
+    /// eviction, and probation's oldest entry is live. The two are compared where they
+    /// are, so that a rejected candidate is evicted from the window rather than first moved
+    /// to probation and then evicted from there; the outcome is the one `make_room` would
+    /// reach, which goes on from the state this leaves (the window within its share).
+    #[inline]
+    fn admit_one(
+        &mut self,
+        extra_entries: usize,
+        extra_bytes: u64,
+        keep: u32,
+        now: &mut impl Now,
+        removed: &mut Removed,
+    ) {
+        #[cfg(test)]
+        if !ADMIT_ONE.get() {
+            return;
+        }
+        let w = self.lists[WINDOW as usize];
+        let victim = self.lists[PROBATION as usize].tail;
+        let candidate = w.tail;
+        if candidate == NIL
+            || victim == NIL
+            || candidate == keep
+            || victim == keep
+            || !self
+                .max
+                .exceeded_by(self.len + extra_entries, self.bytes + extra_bytes)
+            || !self
+                .window_max
+                .exceeded_by(w.len + extra_entries, w.bytes + extra_bytes)
+        {
+            return;
+        }
+        let size = self.size(candidate);
+        if self
+            .window_max
+            .exceeded_by(w.len - 1 + extra_entries, w.bytes - size + extra_bytes)
+            || self.slots[victim as usize].is_expired(now)
+        {
+            return;
+        }
+        #[cfg(test)]
+        ADMITTED_ONE.set(ADMITTED_ONE.get() + 1);
+        if self.slots[candidate as usize].is_expired(now) || !self.admit(candidate, victim) {
+            self.evict(candidate, now, removed);
+        } else {
+            self.evict(victim, now, removed);
+            self.unlink(candidate);
+            self.push_front(candidate, PROBATION, size);
         }
     }
 

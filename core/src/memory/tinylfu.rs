@@ -1015,12 +1015,17 @@ impl TinyLfu {
     /// Whether `candidate` should displace `victim`: it was used more often lately. The
     /// estimates cached in the slots spare reading the victim's counters (a cache miss) on
     /// every eviction.
+    #[inline]
     fn admit(&self, candidate: u32, victim: u32) -> bool {
-        let estimate = |i: u32| {
-            let slot = &self.slots[i as usize];
-            self.sketch.estimate(slot.counted, slot.hash)
-        };
-        estimate(candidate) > estimate(victim)
+        self.estimate(candidate) > self.estimate(victim)
+    }
+
+    /// The sketch's estimate for slot `i`'s key, from the estimate cached in the slot while
+    /// it is current ([`Sketch::estimate`]).
+    #[inline(always)]
+    fn estimate(&self, i: u32) -> u8 {
+        let slot = &self.slots[i as usize];
+        self.sketch.estimate(slot.counted, slot.hash)
     }
 
     /// Evicts slot `i` into `removed`, counting an expiration or an eviction.

@@ -142,7 +142,7 @@ impl Removed {
 
     /// A copy of `key` to store, in the evicted key's allocation when the two are as long
     /// (the response cache's keys all are): one allocation and one free fewer.
-    #[inline]
+    #[inline(always)]
     fn reuse_for(&mut self, key: &str) -> Box<str> {
         match &mut self.0 {
             Some((old, _)) if old.len() == key.len() => {
@@ -1029,7 +1029,7 @@ impl TinyLfu {
     }
 
     /// Evicts slot `i` into `removed`, counting an expiration or an eviction.
-    #[inline]
+    #[inline(always)]
     fn evict(&mut self, i: u32, now: &mut impl Now, removed: &mut Removed) {
         if self.slots[i as usize].is_expired(now) {
             self.counters.expirations += 1;
@@ -1148,7 +1148,7 @@ impl TinyLfu {
     }
 
     /// Takes slot `i` out of its segment's list; returns the entry's size.
-    #[inline]
+    #[inline(always)]
     fn unlink(&mut self, i: u32) -> u64 {
         let size = self.size(i);
         let slot = &self.slots[i as usize];

@@ -108,7 +108,7 @@ impl Sketch {
     /// Counts one use of the key with this hash; returns its estimate after counting (as
     /// [`Sketch::frequency`] would). At 15 the key's counters are saturated: further
     /// increments change nothing until the epoch changes.
-    #[inline]
+    #[inline(always)]
     pub(super) fn increment(&mut self, hash: u64) -> u8 {
         if self.table.is_empty() {
             return 0;

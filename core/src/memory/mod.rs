@@ -545,14 +545,19 @@ impl MemoryCache {
             .sum()
     }
 
-    /// Removes every entry; returns how many were live (counted as deletes).
+    /// Removes every entry; returns how many were live (counted as deletes). Locks one
+    /// shard at a time, and drops its entries after releasing its lock.
     pub fn clear_all(&self) -> usize {
         let mut now = LazyNow::new(&*self.inner.clock);
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.0.lock().clear_with(&mut now))
-            .sum()
+        let mut live = 0;
+        for shard in self.inner.shards.iter() {
+            // The lock is released at the end of this statement; the entries are dropped
+            // after it.
+            let (cleared, entries) = shard.0.lock().clear_with(&mut now);
+            drop(entries);
+            live += cleared;
+        }
+        live
     }
 
     /// Drops every expired entry now instead of lazily; returns how many. O(n), locking one

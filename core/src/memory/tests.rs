@@ -283,7 +283,7 @@ impl Drop for LockProbe {
 }
 
 #[test]
-fn evicted_replaced_removed_and_closed_values_are_dropped_after_the_lock_is_released() {
+fn evicted_replaced_removed_cleared_and_closed_values_are_dropped_after_the_lock_is_released() {
     let (_clock, cache) = cache(1, 1 << 20);
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let probe = || {
@@ -303,8 +303,14 @@ fn evicted_replaced_removed_and_closed_values_are_dropped_after_the_lock_is_rele
     block_on(cache.set_nx("c", probe(), None)).unwrap();
     block_on(cache.set_nx("d", probe(), None)).unwrap();
     assert_eq!(drops(), [false, false, false, false], "evicted by set_nx");
+    assert_eq!(block_on(cache.clear()).unwrap(), 1);
+    assert_eq!(drops(), [false; 5], "the value clearing dropped");
+    assert!(
+        cache.insert("e", probe(), None),
+        "a cleared cache takes entries"
+    );
     block_on(cache.close()).unwrap();
-    assert_eq!(drops(), [false; 5], "the value closing dropped");
+    assert_eq!(drops(), [false; 6], "the value closing dropped");
 }
 
 #[test]

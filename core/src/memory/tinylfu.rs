@@ -584,9 +584,10 @@ impl TinyLfu {
     }
 
     /// Removes every entry; returns how many were live (counted as deletes; expired ones
-    /// count as expirations). Keeps the allocated capacity; forgets the usage history.
+    /// count as expirations). Keeps room for as many entries as it had room for; forgets
+    /// the usage history.
     pub fn clear(&mut self, now_ms: u64) -> usize {
-        self.clear_with(&mut { now_ms })
+        self.clear_with(&mut { now_ms }).0
     }
 
     /// The entries as `(key, value)`, including expired entries not yet removed: the window,
@@ -794,7 +795,11 @@ impl TinyLfu {
         entries
     }
 
-    pub(crate) fn clear_with(&mut self, now: &mut impl Now) -> usize {
+    /// Removes every entry (see [`TinyLfu::clear`]); returns how many were live, and the
+    /// entries for the caller to drop after it has released the shard's lock. The map gets
+    /// fresh room for as many entries as it had.
+    #[must_use = "the entries are dropped where the result is"]
+    pub(crate) fn clear_with(&mut self, now: &mut impl Now) -> (usize, ResetEntries) {
         let mut live = 0;
         for list in self.lists {
             let mut i = list.head;
@@ -808,14 +813,17 @@ impl TinyLfu {
             }
         }
         self.counters.deletes += live as u64;
-        self.slots.clear();
-        self.table.clear();
+        let (slots, table) = (self.slots.capacity(), self.table.capacity());
+        let entries = ResetEntries {
+            _slots: mem::replace(&mut self.slots, Vec::with_capacity(slots)),
+            _table: mem::replace(&mut self.table, HashTable::with_capacity(table)),
+        };
         self.lists = [List::EMPTY; 3];
         self.free = NIL;
         self.len = 0;
         self.bytes = 0;
         self.sketch.clear();
-        live
+        (live, entries)
     }
 
     // ---- the policy ----

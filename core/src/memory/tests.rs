@@ -1038,16 +1038,12 @@ fn making_room_by_the_shortcut_ends_where_the_general_path_does() {
     // The same operations on two maps with the same hasher, one making room for an insertion
     // into a full map by the shortcut (`admit_one`) and one by the general path only: after
     // every operation, the same entries in the same order and the same counters. Seeded
-    // (splitmix64), over entry and byte bounds, expiries and keys of several lengths.
+    // (proptest's deterministic generator), over entry and byte bounds, expiries and keys
+    // of several lengths.
     use super::tinylfu::{ADMIT_ONE, ADMITTED_ONE};
-    let mut state = 0u64;
-    let mut next = |n: u64| {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    };
+    use proptest::test_runner::{RngAlgorithm, TestRng};
+    let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut next = |n: u64| rng.random_range(0..n);
     ADMITTED_ONE.set(0);
     for case in 0..150 {
         let max_entries = 1 + next(40) as usize;

@@ -117,7 +117,8 @@ struct Entry {
     slot: u32,
 }
 
-/// The entries [`TinyLfu::reset`] took out of the map, dropped where this is.
+/// The entries [`TinyLfu::reset`] or [`TinyLfu::clear_with`] took out of the map, dropped
+/// where this is (after the shard's lock is released).
 pub(crate) struct ResetEntries {
     _slots: Vec<Slot>,
     _table: HashTable<Entry>,

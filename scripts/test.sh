@@ -8,7 +8,7 @@
 # `--all-features` turns on larder-tests' `rig` feature and its `rig` test binary), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
 # wasm32 and served by workerd), the npm package (Node, a TypeScript Worker in workerd, the AI
-# SDK middleware), the fuzz regressions, the core built for
+# SDK middleware), the memory tier under AddressSanitizer, the fuzz regressions, the core built for
 # wasm32-unknown-unknown, every example.
 # A fresh machine spends ~10 minutes once installing worker-build and wasm-bindgen-cli.
 set -euo pipefail
@@ -61,6 +61,15 @@ cargo fetch --locked --quiet
 
 step "cargo test"
 cargo test --workspace --all-features
+
+step "the memory tier's tests under AddressSanitizer (its index entry is larder-core's one unsafe type)"
+# Stable rustc accepts -Zsanitizer only with RUSTC_BOOTSTRAP=1; the ASan runtime ships with
+# stable's rust-std for this target. A separate target directory keeps these flags apart.
+if [ "$(uname -sm)" = "Linux x86_64" ]; then
+  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" \
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/asan" \
+    cargo test -p larder-core --lib --target x86_64-unknown-linux-gnu -- memory::
+fi
 
 step "fuzz regressions (every saved input under fuzz/regressions, replayed by cargo test)"
 cargo test --manifest-path fuzz/Cargo.toml --locked

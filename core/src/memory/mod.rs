@@ -6,6 +6,7 @@
 //! the point of eviction, or by [`MemoryCache::purge_expired`]. Time comes from the
 //! injected [`Clock`], read only when an entry has an expiry.
 
+mod entry;
 mod sketch;
 #[cfg(test)]
 mod tests;

@@ -6,10 +6,11 @@
 //! recently placed first; a [`hashbrown::HashTable`] of (key, slot index) pairs, keyed by
 //! the key's hash, finds them. The key lives in the index, not in the slot: a lookup reads
 //! the key and the slot (value, expiry, marks, links: one cache line) at once, rather than
-//! the slot first and then the key it points to. A [`Sketch`] estimates how often keys were
-//! used lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a
-//! read of a protected entry writes nothing but a mark in its slot. There are no pointers
-//! and no `unsafe`.
+//! the slot first and then the key it points to; an index entry ([`Entry`]) takes 16 bytes
+//! on 64-bit targets, four to a cache line. A [`Sketch`] estimates how often keys were used lately. Lookup,
+//! insertion and removal are O(1) and a lookup allocates nothing; a read of a protected
+//! entry writes nothing but a mark in its slot. Entries refer to each other by slot index,
+//! not by pointer; the only `unsafe` is in [`Entry`].
 //!
 //! The map has no clock: every call that needs the time takes `now_ms` (unix milliseconds),
 //! so it runs the same natively, on `wasm32` and under a manual clock in tests.
@@ -22,6 +23,7 @@ use std::mem;
 use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use super::entry::Entry;
 use super::sketch::Sketch;
 use crate::cache::CacheStats;
 
@@ -110,12 +112,6 @@ const _: () = assert!(mem::size_of::<Slot>() == 64);
 
 /// [`Slot::key_len`] of a key of `u16::MAX` bytes or more.
 const LONG_KEY: u16 = u16::MAX;
-
-/// An entry of the index: the key and the slot holding the rest of the entry.
-struct Entry {
-    key: Box<str>,
-    slot: u32,
-}
 
 /// The entries [`TinyLfu::reset`] or [`TinyLfu::clear_with`] took out of the map, dropped
 /// where this is (after the shard's lock is released).
@@ -278,8 +274,8 @@ struct Counters {
 /// until both hold; expired entries met on the way go first. An entry removed that way
 /// counts as an *eviction*, or as an *expiration* if its expiry had already passed.
 ///
-/// An entry larger than `max_bytes` on its own (and any entry when `max_entries` is 0) is
-/// *rejected*: it is not stored, [`TinyLfu::insert`] returns `false`, any older value under
+/// An entry larger than `max_bytes` on its own or with a key of 4 GiB or more (and any entry
+/// when `max_entries` is 0) is *rejected*: it is not stored, [`TinyLfu::insert`] returns `false`, any older value under
 /// that key is removed, and the rejected write counts as one write and one eviction (as if
 /// it were stored and evicted at once).
 ///
@@ -691,7 +687,7 @@ impl TinyLfu {
         {
             self.counters.expirations += 1;
         }
-        if size > self.max.bytes || self.max.entries == 0 {
+        if size > self.max.bytes || self.max.entries == 0 || u32::try_from(key.len()).is_err() {
             if let Some(i) = existing {
                 let (key, value) = self.remove_at(i);
                 removed.push(key, value);
@@ -741,9 +737,11 @@ impl TinyLfu {
         };
         let key = removed.reuse_for(key);
         let slots = &self.slots;
-        self.table.insert_unique(hash, Entry { key, slot: i }, |e| {
-            slots[e.slot as usize].hash
-        });
+        let Some(entry) = Entry::new(key, i) else {
+            unreachable!("a key longer than u32::MAX bytes is rejected above")
+        };
+        self.table
+            .insert_unique(hash, entry, |e| slots[e.slot as usize].hash);
         self.push_front(i, WINDOW, size);
         self.len += 1;
         self.bytes += size;
@@ -1089,7 +1087,7 @@ impl TinyLfu {
 
     #[inline]
     fn find(&self, hash: u64, key: &str) -> Option<u32> {
-        self.table.find(hash, |e| *e.key == *key).map(|e| e.slot)
+        self.table.find(hash, |e| *e.key() == *key).map(|e| e.slot)
     }
 
     /// The key of live slot `i` (a lookup in the index).
@@ -1098,7 +1096,7 @@ impl TinyLfu {
             .table
             .find(self.slots[i as usize].hash, |e| e.slot == i)
         {
-            Some(e) => &e.key,
+            Some(e) => e.key(),
             None => {
                 debug_assert!(false, "slot {i} missing from the index");
                 ""
@@ -1136,7 +1134,7 @@ impl TinyLfu {
         let size = self.unlink(i);
         let hash = self.slots[i as usize].hash;
         let key = match self.table.find_entry(hash, |e| e.slot == i) {
-            Ok(entry) => entry.remove().0.key,
+            Ok(entry) => entry.remove().0.into_key(),
             Err(_) => {
                 debug_assert!(false, "slot {i} missing from the index");
                 Box::default()

@@ -9,7 +9,8 @@
 # once. No nightly toolchain is needed: without a sanitizer (`-s none`, the default) cargo-fuzz
 # passes only flags stable rustc accepts. FUZZ_SANITIZER=address builds with AddressSanitizer
 # instead (its runtime ships with stable's rust-std; `-Zsanitizer` needs the RUSTC_BOOTSTRAP=1
-# set below); larder has no `unsafe` outside its test harness, so panics, overflows (debug
+# set below). The targets reach no `unsafe` code (larder's one `unsafe` type, the memory tier's
+# index entry, has its tests run under ASan by scripts/test.sh), so panics, overflows (debug
 # assertions are on), hangs and runaway memory are what these targets look for.
 #
 # Targets run one after another, one job each (the machine has 2 cores). A finding stops

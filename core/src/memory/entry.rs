@@ -11,13 +11,17 @@
 //! The entry owns its key exactly as a `Box<str>` does: it is made from one
 //! ([`Entry::new`]), gives it back ([`Entry::into_key`]) or frees it when dropped, and lends
 //! it only as a shared `&str` ([`Entry::key`]).
+//!
+//! `scripts/test.sh` runs the memory tier's tests under AddressSanitizer (double frees, uses
+//! after free, leaks), and `core/tests/memory_allocations.rs` checks that every key is freed
+//! with the size it was allocated with (which the system allocator does not check).
 #![allow(unsafe_code)]
 
 use std::ptr::NonNull;
 
 /// A key (an owned `str` of at most `u32::MAX` bytes) and a slot index.
 pub(super) struct Entry {
-    /// From `Box::into_raw` of a `Box<str>` of `len` bytes, owned by this entry.
+    /// From `Box::leak` of a `Box<str>` of `len` bytes, owned by this entry.
     ptr: NonNull<u8>,
     len: u32,
     /// The slot holding the rest of the entry.
@@ -35,7 +39,13 @@ unsafe impl Send for Entry {}
 unsafe impl Sync for Entry {}
 
 impl Entry {
-    /// An entry owning `key`, or `None` when the key is longer than `u32::MAX` bytes.
+    /// Whether a key of `len` bytes fits an entry (at most `u32::MAX` bytes).
+    #[inline]
+    pub(super) fn fits(len: usize) -> bool {
+        u32::try_from(len).is_ok()
+    }
+
+    /// An entry owning `key`, or `None` when the key does not fit ([`Entry::fits`]).
     #[inline]
     pub(super) fn new(key: Box<str>, slot: u32) -> Option<Entry> {
         let len = u32::try_from(key.len()).ok()?;

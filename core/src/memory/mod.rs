@@ -112,9 +112,10 @@ struct Inner {
 ///
 /// An entry's size is `key.len() + value.len()`. Writing evicts entries of the shard, as
 /// the policy chooses, until both bounds hold; each counts in [`CacheStats::evictions`] (or
-/// in [`CacheStats::expirations`] if its TTL had passed). A value too large for a shard is
-/// not stored and removes any older value under its key: the write counts as a write and an
-/// eviction; [`MemoryCache::insert`] returns `false` and [`Cache::set`] still succeeds.
+/// in [`CacheStats::expirations`] if its TTL had passed). An entry too large for a shard (or
+/// with a key of 4 GiB or more) is not stored and removes any older value under its key:
+/// the write counts as a write and an eviction; [`MemoryCache::insert`] returns `false` and
+/// [`Cache::set`] still succeeds.
 ///
 /// # Expiry
 ///
@@ -345,8 +346,9 @@ impl MemoryCache {
     }
 
     /// Stores `value` under `key` with `ttl` (`None`: the default TTL), evicting as needed.
-    /// Returns `false` if the value was not stored: too large for a shard, or the cache is
-    /// closed, or `ttl` is zero (which [`Cache::set`] rejects as an error).
+    /// Returns `false` if the value was not stored: too large for a shard (or its key 4 GiB
+    /// or more), or the cache is closed, or `ttl` is zero (which [`Cache::set`] rejects as an
+    /// error).
     ///
     /// # Examples
     ///

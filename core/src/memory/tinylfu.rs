@@ -6,11 +6,11 @@
 //! recently placed first; a [`hashbrown::HashTable`] of (key, slot index) pairs, keyed by
 //! the key's hash, finds them. The key lives in the index, not in the slot: a lookup reads
 //! the key and the slot (value, expiry, marks, links: one cache line) at once, rather than
-//! the slot first and then the key it points to; an index entry ([`Entry`]) takes 16 bytes
-//! on 64-bit targets, four to a cache line. A [`Sketch`] estimates how often keys were used lately. Lookup,
-//! insertion and removal are O(1) and a lookup allocates nothing; a read of a protected
-//! entry writes nothing but a mark in its slot. Entries refer to each other by slot index,
-//! not by pointer; the only `unsafe` is in [`Entry`].
+//! the slot first and then the key it points to. An index entry ([`Entry`]) takes 16 bytes
+//! on 64-bit targets, four to a cache line. A [`Sketch`] estimates how often keys were used
+//! lately. Lookup, insertion and removal are O(1) and a lookup allocates nothing; a read of
+//! a protected entry writes nothing but a mark in its slot. Entries refer to each other by
+//! slot index, not by pointer; the only `unsafe` is in [`Entry`].
 //!
 //! The map has no clock: every call that needs the time takes `now_ms` (unix milliseconds),
 //! so it runs the same natively, on `wasm32` and under a manual clock in tests.
@@ -274,10 +274,10 @@ struct Counters {
 /// until both hold; expired entries met on the way go first. An entry removed that way
 /// counts as an *eviction*, or as an *expiration* if its expiry had already passed.
 ///
-/// An entry larger than `max_bytes` on its own or with a key of 4 GiB or more (and any entry
-/// when `max_entries` is 0) is *rejected*: it is not stored, [`TinyLfu::insert`] returns `false`, any older value under
-/// that key is removed, and the rejected write counts as one write and one eviction (as if
-/// it were stored and evicted at once).
+/// An entry larger than `max_bytes` on its own or with a key of 4 GiB or more (and any
+/// entry when `max_entries` is 0) is *rejected*: it is not stored, [`TinyLfu::insert`]
+/// returns `false`, any older value under that key is removed, and the rejected write
+/// counts as one write and one eviction (as if it were stored and evicted at once).
 ///
 /// # Expiry
 ///
@@ -687,7 +687,7 @@ impl TinyLfu {
         {
             self.counters.expirations += 1;
         }
-        if size > self.max.bytes || self.max.entries == 0 || u32::try_from(key.len()).is_err() {
+        if size > self.max.bytes || self.max.entries == 0 || !Entry::fits(key.len()) {
             if let Some(i) = existing {
                 let (key, value) = self.remove_at(i);
                 removed.push(key, value);
@@ -738,7 +738,7 @@ impl TinyLfu {
         let key = removed.reuse_for(key);
         let slots = &self.slots;
         let Some(entry) = Entry::new(key, i) else {
-            unreachable!("a key longer than u32::MAX bytes is rejected above")
+            unreachable!("a key that does not fit an entry is rejected above")
         };
         self.table
             .insert_unique(hash, entry, |e| slots[e.slot as usize].hash);

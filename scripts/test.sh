@@ -8,8 +8,8 @@
 # `--all-features` turns on larder-tests' `rig` feature and its `rig` test binary), the edge
 # (pinned tools; the official @upstash/redis client against the gateway; the Worker built for
 # wasm32 and served by workerd), the npm package (Node, a TypeScript Worker in workerd, the AI
-# SDK middleware), the memory tier under AddressSanitizer, the fuzz regressions, the core built for
-# wasm32-unknown-unknown, every example.
+# SDK middleware), the memory tier under AddressSanitizer, the fuzz regressions, the core
+# built for wasm32-unknown-unknown, every example.
 # A fresh machine spends ~10 minutes once installing worker-build and wasm-bindgen-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -72,8 +72,12 @@ unsafe impl GlobalAlloc for CheckingAllocator {
 #[global_allocator]
 static ALLOCATOR: CheckingAllocator = CheckingAllocator;
 
-/// A key of `len` characters, some of them two bytes long in UTF-8.
+/// Key number `n`, `len` characters long (or as long as `n` takes), some of them two bytes
+/// long in UTF-8; empty when `len` is 0.
 fn key(n: usize, len: usize) -> String {
+    if len == 0 {
+        return String::new();
+    }
     let mut key = format!("{n}:");
     while key.chars().count() < len {
         key.push(if key.len() % 3 == 0 { 'é' } else { 'k' });
@@ -95,7 +99,8 @@ fn every_key_and_value_is_freed_with_the_layout_it_was_allocated_with() {
     let mut now = 1_000;
     for step in 0..20_000 {
         let n = next(200) as usize;
-        // Lengths 0 to 120 characters per key number, the same key always as long.
+        // Lengths 0 to 120 characters per key number (key 0 is empty), the same key always
+        // as long.
         let k = key(n, n * 61 % 121);
         match next(10) {
             // Insertions evict (and reuse an evicted key's allocation when as long).
@@ -111,12 +116,15 @@ fn every_key_and_value_is_freed_with_the_layout_it_was_allocated_with() {
                 map.remove(&k, now);
             }
             8 => now += next(20),
-            _ => match step % 3 {
-                0 => drop(map.remove_matching(|k| k.len() % 7 == 0, now)),
-                1 => drop(map.purge_expired(now)),
-                _ if step % 1_000 == 9 => drop(map.clear(now)),
-                _ => {}
-            },
+            _ if step % 2 == 0 => {
+                map.remove_matching(|k| k.len() % 7 == 0, now);
+            }
+            _ => {
+                map.purge_expired(now);
+            }
+        }
+        if step % 2_500 == 2_499 {
+            map.clear(now);
         }
     }
     drop(map);

@@ -1,9 +1,10 @@
 //! [`Entry`]: an entry of a [`TinyLfu`](super::TinyLfu)'s index, the key and the slot holding
-//! the rest of the entry, in two words.
+//! the rest of the entry, in 16 bytes on 64-bit targets.
 //!
-//! This is the only `unsafe` in larder-core. `Box<str>` and a `u32` take three words (the
-//! box's length is a `usize`, the `u32` is padded); with the length kept as a `u32` beside
-//! the slot the entry takes two, four to a cache line and none across two. On the memory
+//! This is the only `unsafe` in larder-core. On 64-bit targets `Box<str>` and a `u32` take
+//! 24 bytes (the box's length is a `usize`, the `u32` is padded); with the length kept as a
+//! `u32` beside the slot the entry takes 16, four to a cache line and none across two (on
+//! 32-bit targets both take 12). On the memory
 //! benchmark (BENCHMARKS.md) that makes every operation faster and every entry smaller. A
 //! thin pointer with the length in front of the key (`thin-vec`, `triomphe::ThinArc`) does
 //! not help: a quarter of the keys then span three cache lines, and reads got slower.
@@ -28,7 +29,7 @@ pub(super) struct Entry {
     pub(super) slot: u32,
 }
 
-// The index is two words per entry on 64-bit targets (the point of this type).
+// The index takes 16 bytes per entry on 64-bit targets (the point of this type).
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Entry>() == 16);
 
